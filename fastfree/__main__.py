@@ -1,0 +1,3 @@
+from fastfree.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The `fastfree` command line. Only commands that work exist."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fastfree import __version__
+from fastfree.config import PRESETS
+from fastfree.data.sources import NORMALIZATIONS, SOURCES
+from fastfree.device import ENGINES
+from fastfree.errors import FastFreeError
+from fastfree.metatest.initializations import METHODS
+from fastfree.models import ARCHITECTURES
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+    return n
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    presets = "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
+    p.add_argument("--preset", default="demo", choices=list(PRESETS), help=f"base configuration ({presets})")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available; default)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="compute precision (float64 is for equivalence checks)")
+    p.add_argument("--json", metavar="PATH", help="write machine-readable results to PATH")
+    p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
+    g = p.add_argument_group("data (override the preset)")
+    g.add_argument("--data", choices=SOURCES, help="builtin (embedded, default), cifar-fs (pickles) or folder")
+    g.add_argument("--data-root", metavar="PATH", help="folder of the cifar-fs pickles or of images/ + CSVs")
+    g.add_argument("--image-size", type=_positive, help="image side in pixels (folder and builtin data)")
+    g.add_argument("--images-per-class", type=_positive, help="builtin data: images rendered per class")
+    g.add_argument("--normalization", choices=list(NORMALIZATIONS), help="folder data: mean/std to use")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastfree",
+        description="Data-free meta-learning (FREE, CVPR 2024): teacher pools and meta-testing.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastfree {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="train a pool of teachers (vmapped, all at once)",
+                       description="Train P teachers, each on a random N-way task of the meta-train "
+                                   "split (Adam lr 0.01, batch 128, 60 epochs, clip 50, best held-out epoch).")
+    _common(p)
+    p.add_argument("--out", metavar="DIR", help="pool directory (default: pools/<preset>)")
+    p.add_argument("--teachers", type=_positive, help="number of teachers P")
+    p.add_argument("--ways", type=_positive, help="classes per teacher")
+    p.add_argument("--arch", choices=list(ARCHITECTURES), help="teacher architecture")
+    p.add_argument("--width", type=_positive, help="filters of the first stage (Conv4 default 32)")
+    p.add_argument("--epochs", type=_positive)
+    p.add_argument("--batch-size", type=_positive)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, help="seed of the teachers' classes, inits and data order")
+    p.add_argument("--group-size", type=_positive, help="teachers trained together in one vmapped step")
+    p.add_argument("--engine", default="auto", choices=list(ENGINES),
+                   help="batched: vmap over teachers; reference: one teacher at a time; "
+                        "auto (default): batched on CUDA, reference on a CPU (faster there)")
+
+    e = sub.add_parser("eval", help="meta-test a method on N-way K-shot tasks",
+                       description="Adapt each task's copy with SGD on the support set, predict the "
+                                   "query set, report mean +- 1.96 std/sqrt(n) per shot count.")
+    _common(e)
+    e.add_argument("--method", required=True, choices=METHODS,
+                   help="random: a classifier from scratch per task; average: mean of the pool's "
+                        "weights, fine-tuned; best-model: the pool's best held-out teacher, fine-tuned")
+    e.add_argument("--pool", metavar="DIR", help="pool directory for average/best-model (default: pools/<preset>)")
+    e.add_argument("--split", default="test", choices=["test", "val"], help="meta-test or meta-val classes")
+    e.add_argument("--tasks", type=_positive)
+    e.add_argument("--ways", type=_positive)
+    e.add_argument("--shots", type=_positive, nargs="+", help="one or more shot counts (default 1 5)")
+    e.add_argument("--queries", type=_positive)
+    e.add_argument("--steps", type=int, help="SGD steps on the support set (default 10)")
+    e.add_argument("--lr", type=float, help="adaptation learning rate (default 0.01)")
+    e.add_argument("--chunk", type=_positive, help="tasks adapted together (vmap)")
+    e.add_argument("--seed", type=int, help="task seed: the same seed gives the same tasks")
+    e.add_argument("--engine", choices=list(ENGINES),
+                   help="batched: vmap over tasks; reference: one task at a time; "
+                        "auto (default): batched on CUDA, reference on a CPU (faster there)")
+    e.add_argument("--arch", choices=list(ARCHITECTURES), help="random: the learner's architecture")
+    e.add_argument("--width", type=_positive, help="random: the learner's width")
+    e.add_argument("--per-task", action="store_true", help="also write every task's accuracy to --json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "pretrain":
+            from fastfree.commands import pretrain
+
+            pretrain.run(args)
+        elif args.command == "eval":
+            from fastfree.commands import evaluate
+
+            evaluate.run(args)
+    except FastFreeError as e:
+        print(f"fastfree {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""What every command shares: data set loading on a device, JSON output, run metadata."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from fastfree import __version__
+from fastfree.config import Preset, get_preset
+from fastfree.data.sources import DataConfig, load_dataset
+from fastfree.data.split import FewShotDataset
+from fastfree.device import device_name, resolve_device
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def data_config(args, preset: Preset) -> DataConfig:
+    cfg = preset.data
+    overrides = {}
+    if args.data is not None:
+        overrides["source"] = args.data
+        if args.data != preset.data.source:
+            overrides["root"] = None  # a preset's root belongs to its own source
+    if args.data_root is not None:
+        overrides["root"] = str(args.data_root)
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+    if args.images_per_class is not None:
+        overrides["images_per_class"] = args.images_per_class
+    if args.normalization is not None:
+        overrides["normalization"] = args.normalization
+    return replace(cfg, **overrides)
+
+
+def load_on_device(cfg: DataConfig, device: torch.device) -> tuple[FewShotDataset, float]:
+    t0 = time.perf_counter()
+    from tqdm import tqdm
+
+    with tqdm(desc="decoding images", unit="img", disable=None, leave=False) as bar:
+        dataset = load_dataset(cfg, progress=bar.update)
+    return dataset.to(device), time.perf_counter() - t0
+
+
+def run_metadata(device: torch.device) -> dict:
+    return {
+        "fastfree": __version__,
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": device_name(device),
+        "host": platform.node(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def write_json(path: str | os.PathLike | None, payload: dict) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def setup(args) -> tuple[Preset, torch.device, torch.dtype]:
+    preset = get_preset(args.preset)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return preset, device, DTYPES[args.dtype]

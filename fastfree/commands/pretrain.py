@@ -1,0 +1,69 @@
+"""`fastfree pretrain`: train a pool of teachers and save it as safetensors + manifest."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from tqdm import tqdm
+
+from fastfree.commands.common import data_config, load_on_device, run_metadata, setup, write_json
+from fastfree.device import resolve_engine
+from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
+from fastfree.pool.store import records_from_training, save_pool
+from fastfree.pool.teachers import sample_teacher_specs
+
+
+def pretrain_config(args, base: PretrainConfig) -> PretrainConfig:
+    fields = {
+        "teachers": args.teachers, "ways": args.ways, "arch": args.arch, "width": args.width,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "group_size": args.group_size,
+    }
+    return replace(base, **{k: v for k, v in fields.items() if v is not None})
+
+
+def run(args) -> dict:
+    preset, device, dtype = setup(args)
+    dcfg = data_config(args, preset)
+    cfg = pretrain_config(args, preset.pretrain)
+    out = args.out or preset.pool_dir
+    dataset, load_s = load_on_device(dcfg, device)
+    specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed)
+    n_train = sum(int(n * (1 - cfg.heldout_fraction)) for n in dataset.train.counts().values()) // len(dataset.train.classes)
+    steps_per_epoch = -(-n_train * cfg.ways // cfg.batch_size)
+    engine = resolve_engine(args.engine, device)
+    t0 = time.perf_counter()
+    with tqdm(total=cfg.teachers * cfg.epochs * steps_per_epoch, desc=f"pretraining {cfg.teachers} teachers ({engine})",
+              unit="teacher-step", disable=None) as bar:
+        trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, bar.update)
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+    train_s = time.perf_counter() - t0
+    records = records_from_training(trained, cfg, dataset.image_size)
+    save_pool(out, records, [t.state_dict for t in trained], dataset.name, dataset.normalization, cfg.to_dict())
+    accs = [r.heldout_accuracy for r in records]
+    result = {
+        "command": "pretrain",
+        "preset": preset.name,
+        "pool": str(out),
+        "data": dcfg.__dict__,
+        "config": cfg.to_dict(),
+        "engine": engine,
+        "dtype": args.dtype,
+        "teachers": len(records),
+        "heldout_accuracy": {
+            "mean": sum(accs) / len(accs), "min": min(accs), "max": max(accs),
+            "per_teacher": accs,
+        },
+        "seconds": {"data": load_s, "training": train_s},
+        **run_metadata(device),
+    }
+    print(f"pool of {len(records)} teachers written to {out}")
+    print(f"held-out accuracy: mean {100 * result['heldout_accuracy']['mean']:.2f}%  "
+          f"(min {100 * min(accs):.2f}%, max {100 * max(accs):.2f}%)  "
+          f"training {train_s:.1f} s on {result['device_name']}")
+    write_json(args.json, result)
+    return result

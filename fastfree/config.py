@@ -1,0 +1,55 @@
+"""Presets: named, complete configurations that the command-line flags override.
+
+- demo:     the built-in data set, a small pool, few tasks: minutes on a CPU.
+- cifar-fs: the paper's protocol on CIFAR-FS (100 Conv4 teachers, 60 epochs, 600 tasks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastfree.data.sources import DataConfig
+from fastfree.errors import FastFreeError
+from fastfree.metatest.protocol import MetaTestConfig
+from fastfree.pool.pretrain import PretrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    data: DataConfig
+    pretrain: PretrainConfig
+    metatest: MetaTestConfig
+    pool_dir: str
+    learner_arch: str = "conv4"
+    learner_width: int | None = None
+
+
+PRESETS: dict[str, Preset] = {
+    "demo": Preset(
+        name="demo",
+        description="built-in procedural data, 10 Conv4 teachers x 8 epochs, 200 meta-test tasks",
+        data=DataConfig(source="builtin", images_per_class=200),
+        pretrain=PretrainConfig(teachers=10, epochs=8),
+        metatest=MetaTestConfig(tasks=200),
+        pool_dir="pools/demo",
+    ),
+    "cifar-fs": Preset(
+        name="cifar-fs",
+        description="the paper's CIFAR-FS protocol: 100 Conv4 teachers x 60 epochs, 600 meta-test tasks",
+        data=DataConfig(source="cifar-fs"),
+        pretrain=PretrainConfig(),
+        metatest=MetaTestConfig(tasks=600),
+        pool_dir="pools/cifar-fs",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise FastFreeError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+__all__ = ["PRESETS", "Preset", "get_preset"]

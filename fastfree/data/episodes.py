@@ -1,0 +1,103 @@
+"""Episodic N-way K-shot Q-query task sampling.
+
+Task t of a sampler with seed s is drawn from its own generator seeded by (s, t): the same
+seed gives the same tasks whatever the chunking, and two methods evaluated with the same
+seed see the same tasks. Indices are drawn on the host (cheap), images are gathered and
+normalised on the images' device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fastfree.data.split import ImageSplit, Normalization
+from fastfree.errors import FastFreeError
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+
+    def __post_init__(self) -> None:
+        if self.ways < 2 or self.shots < 1 or self.queries < 1:
+            raise FastFreeError(
+                f"an episode needs ways >= 2, shots >= 1, queries >= 1; got {self.ways}-way "
+                f"{self.shots}-shot {self.queries}-query"
+            )
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """T tasks. Support/query images are normalised float [T, ways*shots|ways*queries, 3, H, W],
+    labels are task-local 0..ways-1 (class-major order), classes are the global ids [T, ways]."""
+
+    support: torch.Tensor
+    support_labels: torch.Tensor
+    query: torch.Tensor
+    query_labels: torch.Tensor
+    classes: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.support.shape[0])
+
+    def task(self, i: int) -> "EpisodeBatch":
+        """Task i as a batch of one (keeps the leading dimension)."""
+        return EpisodeBatch(*(t[i : i + 1] for t in (self.support, self.support_labels, self.query,
+                                                     self.query_labels, self.classes)))
+
+
+class EpisodeSampler:
+    def __init__(self, split: ImageSplit, normalization: Normalization, spec: EpisodeSpec, seed: int = 0):
+        index = split.class_index()
+        if len(index) < spec.ways:
+            raise FastFreeError(
+                f"{split.name} has {len(index)} classes, fewer than the {spec.ways} ways asked for: "
+                f"lower --ways or use a split with more classes"
+            )
+        need = spec.shots + spec.queries
+        small = {c: n.numel() for c, n in index.items() if n.numel() < need}
+        if small:
+            raise FastFreeError(
+                f"{split.name}: {len(small)} classes have fewer than shots + queries = {need} images "
+                f"(e.g. class {next(iter(small))} has {next(iter(small.values()))}); lower --shots/--queries"
+            )
+        self.split = split
+        self.normalization = normalization
+        self.spec = spec
+        self.seed = seed
+        self._classes = np.array(sorted(index), dtype=np.int64)
+        self._index_cpu = {c: idx.cpu().numpy() for c, idx in index.items()}
+
+    def task_indices(self, task: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(global classes [ways], support image indices [ways*shots], query indices [ways*queries])."""
+        spec = self.spec
+        rng = np.random.default_rng([self.seed, task])
+        classes = rng.choice(self._classes, size=spec.ways, replace=False)
+        support, query = [], []
+        for c in classes:
+            pick = rng.choice(self._index_cpu[int(c)], size=spec.shots + spec.queries, replace=False)
+            support.append(pick[: spec.shots])
+            query.append(pick[spec.shots :])
+        return classes, np.concatenate(support), np.concatenate(query)
+
+    def batch(self, tasks: range | list[int], dtype: torch.dtype = torch.float32) -> EpisodeBatch:
+        spec = self.spec
+        parts = [self.task_indices(t) for t in tasks]
+        device = self.split.device
+        classes = torch.as_tensor(np.stack([p[0] for p in parts]), device=device)
+        s_idx = torch.as_tensor(np.stack([p[1] for p in parts]), device=device)
+        q_idx = torch.as_tensor(np.stack([p[2] for p in parts]), device=device)
+        n = len(parts)
+        local = torch.arange(spec.ways, device=device)
+        return EpisodeBatch(
+            support=self.normalization(self.split.images[s_idx], dtype),
+            support_labels=local.repeat_interleave(spec.shots).expand(n, -1).contiguous(),
+            query=self.normalization(self.split.images[q_idx], dtype),
+            query_labels=local.repeat_interleave(spec.queries).expand(n, -1).contiguous(),
+            classes=classes,
+        )

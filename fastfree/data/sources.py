@@ -1,0 +1,59 @@
+"""Pick and load a data set from a typed config: built-in, CIFAR-FS pickles or image folders."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastfree.data.split import CIFAR100_NORM, IMAGENET_NORM, FewShotDataset
+from fastfree.errors import FastFreeError
+
+SOURCES = ("builtin", "cifar-fs", "folder")
+NORMALIZATIONS = {"cifar100": CIFAR100_NORM, "imagenet": IMAGENET_NORM}
+CIFAR_FS_ENV = "FASTFREE_CIFAR_FS"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "builtin"
+    root: str | None = None  # cifar-fs: folder of CIFAR_FS_*.pickle; folder: images/ + split CSVs
+    image_size: int = 32  # folder layout: resize to this; builtin: render at this size
+    builtin_seed: int = 0
+    images_per_class: int = 600  # builtin only
+    normalization: str = "imagenet"  # folder layout only (cifar-fs uses CIFAR-100's, builtin its own)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise FastFreeError(f"unknown data source {self.source!r}: use one of {', '.join(SOURCES)}")
+        if self.normalization not in NORMALIZATIONS:
+            raise FastFreeError(
+                f"unknown normalisation {self.normalization!r}: use one of {', '.join(NORMALIZATIONS)}"
+            )
+        if self.image_size < 16:
+            raise FastFreeError(f"image_size must be at least 16, got {self.image_size}")
+
+    def resolved_root(self) -> Path:
+        root = self.root or (os.environ.get(CIFAR_FS_ENV) if self.source == "cifar-fs" else None)
+        if not root:
+            what = "the folder holding CIFAR_FS_{train,val,test}.pickle" if self.source == "cifar-fs" \
+                else "the folder holding images/ and the split CSVs"
+            hint = f" (or set {CIFAR_FS_ENV})" if self.source == "cifar-fs" else ""
+            raise FastFreeError(f"--data {self.source} needs --data-root PATH: {what}{hint}")
+        return Path(root)
+
+
+def load_dataset(cfg: DataConfig, progress=None) -> FewShotDataset:
+    """Load the configured data set on the CPU (move it with `.to(device)`)."""
+    if cfg.source == "builtin":
+        from fastfree.data.procedural import build_procedural
+
+        return build_procedural(cfg.builtin_seed, cfg.images_per_class, cfg.image_size)
+    if cfg.source == "cifar-fs":
+        from fastfree.data.pickle_layout import load_cifar_fs
+
+        return load_cifar_fs(cfg.resolved_root())
+    from fastfree.data.folder_layout import load_image_folder
+
+    return load_image_folder(cfg.resolved_root(), cfg.image_size, NORMALIZATIONS[cfg.normalization],
+                             progress=progress)

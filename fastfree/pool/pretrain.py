@@ -1,0 +1,237 @@
+"""Teacher-pool pretraining: many same-architecture teachers trained in one vmapped step.
+
+Protocol (official implementation): Adam lr 0.01, batch 128, 60 epochs, gradient-norm clip
+50 per model, no augmentation, keep each teacher's best held-out epoch.
+
+`train_teachers_batched` stacks the teachers' parameters and buffers, takes one
+vmap(grad) step for all of them with a functional Adam, and tracks each teacher's best
+epoch with masked copies. `train_teacher_reference` is the plain one-model loop the batched
+path is tested against (equal in float64).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from fastfree.data.split import ImageSplit, Normalization
+from fastfree.device import resolve_engine
+from fastfree.errors import FastFreeError
+from fastfree.models import build_model
+from fastfree.optim import AdamState, adam_step, clip_grad_norm_stacked
+from fastfree.pool.teachers import TeacherData, TeacherSpec, epoch_order, teacher_data
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    teachers: int = 100
+    ways: int = 5
+    arch: str = "conv4"
+    width: int | None = None  # None: the architecture's default (Conv4: 32)
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 0.01
+    clip_norm: float = 50.0
+    heldout_fraction: float = 0.2
+    seed: int = 42
+    group_size: int = 100  # teachers trained together in one vmapped step (memory bound)
+    eval_batch: int = 256  # held-out images per teacher per forward
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.teachers < 1:
+            problems.append(f"teachers={self.teachers} (need >= 1)")
+        if self.ways < 2:
+            problems.append(f"ways={self.ways} (need >= 2)")
+        if self.epochs < 1:
+            problems.append(f"epochs={self.epochs} (need >= 1)")
+        if self.batch_size < 1 or self.group_size < 1 or self.eval_batch < 1:
+            problems.append("batch_size, group_size and eval_batch must be >= 1")
+        if self.lr <= 0 or self.clip_norm <= 0:
+            problems.append(f"lr={self.lr} and clip_norm={self.clip_norm} must be > 0")
+        if not 0 < self.heldout_fraction < 1:
+            problems.append(f"heldout_fraction={self.heldout_fraction} (need 0 < f < 1)")
+        if problems:
+            raise FastFreeError("invalid pretraining config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainedTeacher:
+    spec: TeacherSpec
+    state_dict: dict[str, torch.Tensor]
+    heldout_accuracy: float  # best held-out accuracy, in [0, 1]
+    best_epoch: int
+
+
+def init_teacher(spec: TeacherSpec, cfg: PretrainConfig, image_size: int) -> nn.Module:
+    """A freshly initialised teacher; its weights depend only on its own seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        return build_model(cfg.arch, num_classes=cfg.ways, width=cfg.width, image_size=image_size)
+
+
+def _batches(n: int, batch_size: int) -> list[slice]:
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+# --------------------------------------------------------------------------- reference
+def train_teacher_reference(
+    split: ImageSplit, normalization: Normalization, spec: TeacherSpec, cfg: PretrainConfig,
+    dtype: torch.dtype = torch.float32, max_steps: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TrainedTeacher:
+    """One teacher, plain PyTorch: nn.Module, torch.optim.Adam, clip_grad_norm_."""
+    device = split.device
+    data = teacher_data(split, spec, cfg.heldout_fraction)
+    model = init_teacher(spec, cfg, split.image_size).to(device=device, dtype=dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    best = (-1.0, copy.deepcopy(model.state_dict()), -1)
+    steps = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.as_tensor(epoch_order(spec, epoch, data.train_idx.numel()), device=device)
+        for sl in _batches(order.numel(), cfg.batch_size):
+            sel = order[sl]
+            x = normalization(split.images[data.train_idx[sel]], dtype)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), data.train_y[sel]).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            opt.step()
+            steps += 1
+            if progress is not None:
+                progress(1)
+            if max_steps is not None and steps >= max_steps:
+                break
+        model.eval()
+        with torch.no_grad():
+            correct = sum(
+                (model(normalization(split.images[data.heldout_idx[sl]], dtype)).argmax(-1)
+                 == data.heldout_y[sl]).sum().item()
+                for sl in _batches(data.heldout_idx.numel(), cfg.eval_batch)
+            )
+        acc = correct / data.heldout_idx.numel()
+        if acc > best[0]:
+            best = (acc, copy.deepcopy(model.state_dict()), epoch)
+        if max_steps is not None and steps >= max_steps:
+            break
+    return TrainedTeacher(spec, best[1], best[0], best[2])
+
+
+# --------------------------------------------------------------------------- batched
+def train_teachers_batched(
+    split: ImageSplit, normalization: Normalization, specs: list[TeacherSpec], cfg: PretrainConfig,
+    dtype: torch.dtype = torch.float32, max_steps: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[TrainedTeacher]:
+    """All `specs` (one architecture, equal training-set sizes) in one vmapped step each.
+
+    `progress(k)` is called after each optimiser step with the number of teachers stepped.
+    """
+    device = split.device
+    datas = [teacher_data(split, s, cfg.heldout_fraction) for s in specs]
+    n_train = {d.train_idx.numel() for d in datas}
+    n_held = {d.heldout_idx.numel() for d in datas}
+    if len(n_train) != 1 or len(n_held) != 1:
+        # Padding would change BatchNorm's batch statistics: group by size instead.
+        raise FastFreeError("teachers trained together need equally many images; group them by size")
+    models = [init_teacher(s, cfg, split.image_size).to(device=device, dtype=dtype) for s in specs]
+    params, buffers = stack_module_state(models)
+    params = {k: v.detach() for k, v in params.items()}
+    template = copy.deepcopy(models[0]).to("meta")
+    del models
+
+    train_idx = torch.stack([d.train_idx for d in datas])
+    train_y = torch.stack([d.train_y for d in datas])
+    held_idx = torch.stack([d.heldout_idx for d in datas])
+    held_y = torch.stack([d.heldout_y for d in datas])
+    n = train_idx.shape[1]
+
+    def loss_fn(p, b, x, y):
+        return F.cross_entropy(functional_call(template, (p, b), (x,)), y)
+
+    step_fn = vmap(grad_and_value(loss_fn))
+    forward = vmap(lambda p, b, x: functional_call(template, (p, b), (x,)))
+    adam = AdamState.zeros_like(params)
+    best_acc = torch.full((len(specs),), -1.0, dtype=torch.float64, device=device)
+    best_epoch = torch.full((len(specs),), -1, dtype=torch.long, device=device)
+    best_params = {k: v.clone() for k, v in params.items()}
+    best_buffers = {k: v.clone() for k, v in buffers.items()}
+    steps = 0
+    for epoch in range(cfg.epochs):
+        template.train()
+        order = torch.as_tensor(np.stack([epoch_order(s, epoch, n) for s in specs]), device=device)
+        for sl in _batches(n, cfg.batch_size):
+            sel = order[:, sl]
+            x = normalization(split.images[torch.gather(train_idx, 1, sel)], dtype)
+            grads, _ = step_fn(params, buffers, x, torch.gather(train_y, 1, sel))
+            grads = clip_grad_norm_stacked(grads, cfg.clip_norm)
+            params, adam = adam_step(params, grads, adam, cfg.lr)
+            steps += 1
+            if progress is not None:
+                progress(len(specs))
+            if max_steps is not None and steps >= max_steps:
+                break
+        template.eval()
+        with torch.no_grad():
+            correct = torch.zeros(len(specs), dtype=torch.float64, device=device)
+            for sl in _batches(held_idx.shape[1], cfg.eval_batch):
+                logits = forward(params, buffers, normalization(split.images[held_idx[:, sl]], dtype))
+                correct += (logits.argmax(-1) == held_y[:, sl]).sum(-1)
+        acc = correct / held_idx.shape[1]
+        better = acc > best_acc
+        best_acc = torch.where(better, acc, best_acc)
+        best_epoch = torch.where(better, torch.full_like(best_epoch, epoch), best_epoch)
+        for src, dst in ((params, best_params), (buffers, best_buffers)):
+            for k, v in src.items():
+                mask = better.view(-1, *([1] * (v.dim() - 1)))
+                dst[k] = torch.where(mask, v, dst[k])
+        if max_steps is not None and steps >= max_steps:
+            break
+    accs, epochs = best_acc.tolist(), best_epoch.tolist()
+    return [
+        TrainedTeacher(
+            spec,
+            {k: v[i].detach().clone() for k, v in {**best_params, **best_buffers}.items()},
+            accs[i], epochs[i],
+        )
+        for i, spec in enumerate(specs)
+    ]
+
+
+def pretrain_pool(
+    split: ImageSplit, normalization: Normalization, specs: list[TeacherSpec], cfg: PretrainConfig,
+    engine: str = "auto", dtype: torch.dtype = torch.float32,
+    progress: Callable[[int], None] | None = None,
+) -> list[TrainedTeacher]:
+    """Train every teacher: batched in groups of `cfg.group_size`, or one by one (reference).
+
+    `progress(k)` gets the number of teacher-steps done (one per teacher and optimiser step).
+    """
+    engine = resolve_engine(engine, split.device)
+    if engine == "reference":
+        out = []
+        for s in specs:
+            out.append(train_teacher_reference(split, normalization, s, cfg, dtype, progress=progress))
+        return out
+    # group by training-set size (equal in CIFAR-FS and the built-in data: one group)
+    by_size: dict[int, list[TeacherSpec]] = {}
+    for s in specs:
+        size = teacher_data(split, s, cfg.heldout_fraction).train_idx.numel()
+        by_size.setdefault(size, []).append(s)
+    trained: dict[int, TrainedTeacher] = {}
+    for group in by_size.values():
+        for start in range(0, len(group), cfg.group_size):
+            chunk = group[start : start + cfg.group_size]
+            for t in train_teachers_batched(split, normalization, chunk, cfg, dtype, progress=progress):
+                trained[t.spec.index] = t
+    return [trained[s.index] for s in specs]

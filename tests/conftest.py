@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny data sets made in memory, the real CIFAR-FS path when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastfree.data.split import CIFAR100_NORM, FewShotDataset, ImageSplit
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CIFAR_FS = SHARED / "data" / "cifar-fs"
+
+
+def make_split(name: str, classes: range, per_class: int, size: int = 32, seed: int = 0) -> ImageSplit:
+    g = torch.Generator().manual_seed(seed)
+    n = len(classes) * per_class
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.tensor(list(classes)).repeat_interleave(per_class)
+    return ImageSplit(name, images, labels)
+
+
+@pytest.fixture
+def tiny_split() -> ImageSplit:
+    """10 classes x 10 random images of 32 px."""
+    return make_split("tiny/train", range(10), 10)
+
+
+@pytest.fixture
+def tiny_dataset() -> FewShotDataset:
+    return FewShotDataset(
+        "tiny",
+        make_split("tiny/train", range(0, 10), 10, seed=1),
+        make_split("tiny/val", range(10, 16), 20, seed=2),
+        make_split("tiny/test", range(16, 24), 20, seed=3),
+        CIFAR100_NORM,
+    )
+
+
+@pytest.fixture
+def cifar_fs_root() -> Path:
+    if not (CIFAR_FS / "CIFAR_FS_test.pickle").is_file():
+        pytest.skip("the real CIFAR-FS (../shared/data/cifar-fs) is not present")
+    return CIFAR_FS

@@ -1,0 +1,90 @@
+"""The vmapped meta-test equals the sequential reference (float64), and the protocol's maths."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastfree.data.episodes import EpisodeSampler, EpisodeSpec
+from fastfree.data.split import CIFAR100_NORM
+from fastfree.errors import FastFreeError
+from fastfree.metatest.adapt import adapted_query_logits_batched, adapted_query_logits_reference, query_accuracy
+from fastfree.metatest.initializations import average_init, best_model_init, random_init
+from fastfree.metatest.protocol import MetaTestConfig, confidence_interval, run_metatest
+from fastfree.models import Conv4, build_model
+
+
+def _builder():
+    return build_model("conv4", 5, 8, 32)
+
+
+@pytest.mark.parametrize("shots", [1, 3])
+def test_batched_adaptation_equals_sequential_float64(tiny_split, shots):
+    init = random_init(_builder, seed=0)
+    batch = EpisodeSampler(tiny_split, CIFAR100_NORM, EpisodeSpec(5, shots, 2), seed=0).batch(range(4), torch.float64)
+    params = init.for_tasks(range(4), torch.device("cpu"), torch.float64)
+    template = init.template.double()
+    ref = adapted_query_logits_reference(template, params, batch, steps=3, lr=0.05)
+    got = adapted_query_logits_batched(template, params, batch, steps=3, lr=0.05)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    # adaptation actually changed the predictions (a test that could fail)
+    unadapted = adapted_query_logits_batched(template, params, batch, steps=0, lr=0.05)
+    assert (unadapted - ref).abs().max() > 1e-3
+
+
+def test_protocol_engines_agree_and_same_seed_same_tasks(tiny_split):
+    init = random_init(_builder, seed=1)
+    kw = dict(tasks=6, chunk=4, shots=(1, 2), queries=2, steps=2)
+    a = run_metatest(init, tiny_split, CIFAR100_NORM, MetaTestConfig(engine="batched", **kw), torch.float64)
+    b = run_metatest(init, tiny_split, CIFAR100_NORM, MetaTestConfig(engine="reference", chunk=6,
+                                                                     **{k: v for k, v in kw.items() if k != "chunk"}),
+                     torch.float64)
+    assert [r.accuracies for r in a] == [r.accuracies for r in b]
+    assert [r.shots for r in a] == [1, 2] and all(r.tasks == 6 for r in a)
+
+
+def test_random_init_differs_per_task_and_is_reproducible():
+    init = random_init(_builder, seed=3)
+    p = init.for_tasks(range(3), torch.device("cpu"), torch.float32)
+    w = p["features.0.weight"]
+    assert not torch.equal(w[0], w[1])
+    torch.testing.assert_close(init.for_tasks([1], torch.device("cpu"), torch.float32)["features.0.weight"][0], w[1])
+
+
+def test_average_and_best_model_initialisations():
+    torch.manual_seed(0)
+    teachers = [Conv4() for _ in range(3)]
+    avg = average_init(teachers)
+    expected = torch.stack([t.features[0].weight for t in teachers]).mean(0)
+    torch.testing.assert_close(avg.shared["features.0.weight"], expected)
+    best = best_model_init(teachers, [0.3, 0.9, 0.5])
+    torch.testing.assert_close(best.shared["classifier.weight"], teachers[1].classifier.weight)
+    # batch statistics only: the template keeps no running statistics
+    assert all(m.running_mean is None for m in avg.template.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with pytest.raises(FastFreeError, match="one architecture"):
+        average_init([Conv4(), Conv4(width=16)])
+    with pytest.raises(FastFreeError, match="at least one teacher"):
+        average_init([])
+
+
+def test_accuracy_and_interval():
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[2.0, 0.0], [3.0, 1.0]]])
+    labels = torch.tensor([[0, 1], [0, 1]])
+    assert query_accuracy(logits, labels).tolist() == [1.0, 0.5]
+    acc = np.array([40.0, 60.0, 50.0, 50.0])
+    mean, ci = confidence_interval(acc)
+    assert mean == 50.0 and ci == pytest.approx(1.96 * np.std(acc) / 2)
+
+
+def test_head_size_must_match_ways(tiny_split):
+    init = random_init(lambda: build_model("conv4", 4, 8, 32), seed=0)
+    with pytest.raises(FastFreeError, match="4 outputs but the meta-test is 5-way"):
+        run_metatest(init, tiny_split, CIFAR100_NORM, MetaTestConfig(tasks=1))
+
+
+def test_bad_metatest_config():
+    with pytest.raises(FastFreeError, match="tasks >= 1"):
+        MetaTestConfig(tasks=0)
+    with pytest.raises(FastFreeError, match="shots"):
+        MetaTestConfig(shots=())
+    with pytest.raises(FastFreeError, match="unknown meta-test engine"):
+        MetaTestConfig(engine="turbo")

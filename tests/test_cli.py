@@ -1,0 +1,78 @@
+"""The command line end to end on small settings, and its clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from fastfree.cli import main
+
+SMALL = ["--images-per-class", "25", "--threads", "2"]
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pool") / "demo"
+    report = out.parent / "pretrain.json"
+    assert main(["pretrain", "--teachers", "3", "--epochs", "2", "--batch-size", "32", "--out", str(out),
+                 "--json", str(report), "--device", "cpu", *SMALL]) == 0
+    return out
+
+
+def test_pretrain_writes_pool_and_report(pool_dir):
+    report = json.loads((pool_dir.parent / "pretrain.json").read_text())
+    assert report["teachers"] == 3 and len(report["heldout_accuracy"]["per_teacher"]) == 3
+    assert report["engine"] == "reference"  # auto on a CPU
+    assert report["torch"] == torch.__version__ and report["device"] == "cpu"
+    assert (pool_dir / "manifest.json").is_file() and (pool_dir / "weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["random", "average", "best-model"])
+def test_eval_methods_write_results(pool_dir, tmp_path, method):
+    out = tmp_path / "r.json"
+    assert main(["eval", "--method", method, "--pool", str(pool_dir), "--tasks", "4", "--steps", "2",
+                 "--json", str(out), "--device", "cpu", *SMALL]) == 0
+    r = json.loads(out.read_text())
+    assert [x["shots"] for x in r["results"]] == [1, 5]
+    for x in r["results"]:
+        assert 0 <= x["mean"] <= 100 and x["ci95"] >= 0 and x["tasks"] == 4
+    assert r["method"] == method and r["dataset"] == "builtin" and r["device_name"]
+
+
+def test_same_seed_same_tasks_across_engines(tmp_path):
+    results = []
+    for engine in ("batched", "reference"):
+        out = tmp_path / f"{engine}.json"
+        assert main(["eval", "--method", "random", "--tasks", "3", "--shots", "1", "--steps", "1",
+                     "--engine", engine, "--dtype", "float64", "--per-task", "--json", str(out), *SMALL]) == 0
+        results.append(json.loads(out.read_text())["per_task_accuracy"])
+    assert results[0] == results[1]
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert main(["eval", "--method", "average", "--pool", str(tmp_path / "missing"), *SMALL]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["eval", "--method", "random", "--data", "cifar-fs", "--tasks", "1"]) == 2
+    assert "needs --data-root" in capsys.readouterr().err
+    assert main(["eval", "--method", "random", "--data", "cifar-fs", "--data-root", str(tmp_path)]) == 2
+    assert "CIFAR_FS_train.pickle" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["eval", "--method", "random", "--device", "cuda", *SMALL]) == 2
+        assert "sees no GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--method", "oracle"])
+
+
+def test_pool_from_another_dataset_is_refused(pool_dir, cifar_fs_root, capsys):
+    assert main(["eval", "--method", "average", "--pool", str(pool_dir), "--data", "cifar-fs",
+                 "--data-root", str(cifar_fs_root), "--tasks", "1"]) == 2
+    assert "trained on 'builtin'" in capsys.readouterr().err
+
+
+def test_random_on_real_cifar_fs(cifar_fs_root, tmp_path):
+    """The whole eval path on the real images (few tasks: this checks plumbing, not accuracy)."""
+    out = tmp_path / "r.json"
+    assert main(["eval", "--preset", "cifar-fs", "--data-root", str(cifar_fs_root), "--method", "random",
+                 "--tasks", "10", "--json", str(out), "--device", "cpu"]) == 0
+    r = json.loads(out.read_text())
+    assert r["dataset"] == "cifar-fs" and all(x["tasks"] == 10 for x in r["results"])
