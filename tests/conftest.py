@@ -43,3 +43,16 @@ def cifar_fs_root() -> Path:
     if not (CIFAR_FS / "CIFAR_FS_test.pickle").is_file():
         pytest.skip("the real CIFAR-FS (../shared/data/cifar-fs) is not present")
     return CIFAR_FS
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip (not fail) on machines without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

@@ -1,7 +1,8 @@
 """Conv4: the meta-learner and teacher backbone of the paper (Appendix A).
 
 4 x [Conv3x3(width, padding 1) -> BatchNorm -> ReLU -> MaxPool2], then
-Linear(width * (s // 16)^2 -> classes). 32 filters by default.
+Linear(width * (s // 16)^2 -> classes). 32 filters by default. Initialised as the
+authors' code does (`init_fan_out_`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from fastfree.errors import FastFreeError
-from fastfree.models.layers import BatchNorm2d, conv3x3
+from fastfree.models.layers import BatchNorm2d, conv3x3, init_fan_out_
 
 
 def conv4_feature_size(image_size: int) -> int:
@@ -39,6 +40,7 @@ class Conv4(nn.Module):
         self.num_classes = num_classes
         self.width = width
         self.image_size = image_size
+        init_fan_out_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))

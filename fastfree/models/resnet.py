@@ -3,6 +3,8 @@
 The stem keeps full resolution, as in the few-shot and CIFAR literature; stages of
 64/128/256/512 channels with strides 1/2/2/2, global average pooling, a linear head.
 Table 1's ResNet figures (e.g. ResNet-18 at 32 px: 1.1158 GFLOPs = 2 x MACs) follow from it.
+Initialised as the authors' code does (`init_fan_out_`). Their stem has no ReLU after its
+BatchNorm (a quirk of their network.py); ours has the usual one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 
 from fastfree.errors import FastFreeError
-from fastfree.models.layers import BatchNorm2d, conv3x3
+from fastfree.models.layers import BatchNorm2d, conv3x3, init_fan_out_
 
 
 class BasicBlock(nn.Module):
@@ -81,6 +83,7 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.width = width
         self.image_size = image_size
+        init_fan_out_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))

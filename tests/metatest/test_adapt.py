@@ -11,18 +11,21 @@ from fastfree.metatest.adapt import adapted_query_logits_batched, adapted_query_
 from fastfree.metatest.initializations import average_init, best_model_init, random_init
 from fastfree.metatest.protocol import MetaTestConfig, confidence_interval, run_metatest
 from fastfree.models import Conv4, build_model
+from tests.conftest import DEVICES
 
 
 def _builder():
     return build_model("conv4", 5, 8, 32)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shots", [1, 3])
-def test_batched_adaptation_equals_sequential_float64(tiny_split, shots):
+def test_batched_adaptation_equals_sequential_float64(tiny_split, shots, device):
     init = random_init(_builder, seed=0)
+    tiny_split = tiny_split.to(device)
     batch = EpisodeSampler(tiny_split, CIFAR100_NORM, EpisodeSpec(5, shots, 2), seed=0).batch(range(4), torch.float64)
-    params = init.for_tasks(range(4), torch.device("cpu"), torch.float64)
-    template = init.template.double()
+    params = init.for_tasks(range(4), torch.device(device), torch.float64)
+    template = init.template.double().to(device)
     ref = adapted_query_logits_reference(template, params, batch, steps=3, lr=0.05)
     got = adapted_query_logits_batched(template, params, batch, steps=3, lr=0.05)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)

@@ -79,3 +79,14 @@ def test_batchnorm_eval_equals_torch():
     x = torch.randn(4, 6, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-12, atol=1e-12)
     assert list(ours.state_dict()) == list(ref.state_dict())
+
+
+@pytest.mark.parametrize("arch", ["conv4", "resnet10"])
+def test_authors_initialisation(arch):
+    torch.manual_seed(0)
+    model = build_model(arch)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() > 5000)
+    expected = (2.0 / (9 * conv.out_channels)) ** 0.5
+    assert abs(conv.weight.std().item() / expected - 1) < 0.05
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))

@@ -5,6 +5,7 @@ from fastfree.data.split import CIFAR100_NORM
 from fastfree.errors import FastFreeError
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool, train_teacher_reference, train_teachers_batched
 from fastfree.pool.teachers import sample_teacher_specs, teacher_data
+from tests.conftest import DEVICES
 
 # A conv bias directly before BatchNorm has a true gradient of zero: its computed gradient is
 # rounding noise that Adam normalises into lr-sized steps, so those biases (and the BN running
@@ -21,9 +22,11 @@ def _compare(ref, got):
             torch.testing.assert_close(got.state_dict[k], v, rtol=1e-10, atol=1e-12, msg=k)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("epochs, max_steps", [(1, 2), (2, None)])
-def test_batched_pool_training_equals_one_by_one_float64(tiny_split, epochs, max_steps):
+def test_batched_pool_training_equals_one_by_one_float64(tiny_split, epochs, max_steps, device):
     # 5 classes x 8 training images per teacher, batch 20: 2 steps per epoch
+    tiny_split = tiny_split.to(device)
     cfg = PretrainConfig(teachers=3, epochs=epochs, batch_size=20)
     specs = sample_teacher_specs(tiny_split.classes, 3, 5, seed=1)
     batched = train_teachers_batched(tiny_split, CIFAR100_NORM, specs, cfg, torch.float64, max_steps=max_steps)
@@ -35,9 +38,10 @@ def test_batched_pool_training_equals_one_by_one_float64(tiny_split, epochs, max
         from fastfree.pool.pretrain import init_teacher
 
         x = CIFAR100_NORM(tiny_split.images[:16], torch.float64)
+        assert got.state_dict["classifier.weight"].device.type == device
         models = []
         for sd in (ref.state_dict, got.state_dict):
-            m = init_teacher(spec, cfg, 32).double().eval()
+            m = init_teacher(spec, cfg, 32).double().eval().to(device)
             m.load_state_dict(sd)
             models.append(m(x))
         torch.testing.assert_close(models[1], models[0], rtol=1e-9, atol=1e-9)
