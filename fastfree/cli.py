@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastfree {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("pretrain", help="train a pool of teachers (vmapped, all at once)",
+    p = sub.add_parser("pretrain", help="train a pool of teachers (all at once with vmap on CUDA)",
                        description="Train P teachers, each on a random N-way task of the meta-train "
                                    "split (Adam lr 0.01, batch 128, 60 epochs, clip 50, best held-out epoch).")
     _common(p)

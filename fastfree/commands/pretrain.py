@@ -11,7 +11,7 @@ from fastfree.commands.common import data_config, load_on_device, run_metadata, 
 from fastfree.device import resolve_engine
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
 from fastfree.pool.store import records_from_training, save_pool
-from fastfree.pool.teachers import sample_teacher_specs
+from fastfree.pool.teachers import sample_teacher_specs, teacher_data
 
 
 def pretrain_config(args, base: PretrainConfig) -> PretrainConfig:
@@ -30,11 +30,12 @@ def run(args) -> dict:
     out = args.out or preset.pool_dir
     dataset, load_s = load_on_device(dcfg, device)
     specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed)
-    n_train = sum(int(n * (1 - cfg.heldout_fraction)) for n in dataset.train.counts().values()) // len(dataset.train.classes)
-    steps_per_epoch = -(-n_train * cfg.ways // cfg.batch_size)
+    steps_per_epoch = [
+        -(-teacher_data(dataset.train, s, cfg.heldout_fraction).train_idx.numel() // cfg.batch_size) for s in specs
+    ]
     engine = resolve_engine(args.engine, device)
     t0 = time.perf_counter()
-    with tqdm(total=cfg.teachers * cfg.epochs * steps_per_epoch, desc=f"pretraining {cfg.teachers} teachers ({engine})",
+    with tqdm(total=cfg.epochs * sum(steps_per_epoch), desc=f"pretraining {cfg.teachers} teachers ({engine})",
               unit="teacher-step", disable=None) as bar:
         trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, bar.update)
     if device.type == "cuda":

@@ -1,0 +1,22 @@
+"""The benchmark scripts run end to end on tiny sizes and write their JSON (they assert no speed)."""
+
+import json
+
+from fastfree.profiling import bench_metatest, bench_pool
+
+
+def test_bench_pool_runs(tmp_path):
+    out = tmp_path / "b.json"
+    assert bench_pool.main(["--teachers", "2", "--steps", "1", "--repeats", "1", "--batch-size", "16",
+                            "--device", "cpu", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["times"]) == {"batched", "one_by_one"} and r["speedup_batched_over_one_by_one"] > 0
+    assert r["device_name"] and r["torch"]
+
+
+def test_bench_metatest_runs(tmp_path):
+    out = tmp_path / "m.json"
+    assert bench_metatest.main(["--tasks", "2", "--chunk", "2", "--shots", "1", "--repeats", "1",
+                                "--device", "cpu", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["times"]) == {"batched", "reference"} and r["speedup_batched_over_reference"] > 0
