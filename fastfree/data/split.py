@@ -28,9 +28,13 @@ class Normalization:
 
     def __call__(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """uint8 [..., 3, H, W] -> normalised float [..., 3, H, W] on the images' device."""
-        mean = torch.tensor(self.mean, dtype=dtype, device=images.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=dtype, device=images.device).view(3, 1, 1)
-        return (images.to(dtype) / 255.0 - mean) / std
+        return self.unit(images.to(dtype) / 255.0)
+
+    def unit(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] (e.g. a generator's output) -> normalised, same dtype."""
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(3, 1, 1)
+        return (images - mean) / std
 
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std)}
