@@ -43,7 +43,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastfree",
-        description="Data-free meta-learning (FREE, CVPR 2024): teacher pools and meta-testing.",
+        description="Data-free meta-learning (FREE, CVPR 2024): teacher pools, FREE training, meta-testing.",
     )
     parser.add_argument("--version", action="version", version=f"fastfree {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -89,6 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--arch", choices=list(ARCHITECTURES), help="random: the learner's architecture")
     e.add_argument("--width", type=_positive, help="random: the learner's width")
     e.add_argument("--per-task", action="store_true", help="also write every task's accuracy to --json")
+
+    t = sub.add_parser("train", help="run FREE end to end (pool if needed, Algorithm 3, meta-test)",
+                       description="FREE (CVPR 2024): FIVE + BELL + cross-task replay, model selection on "
+                                   "meta-val, meta-test of the selected and the last meta-learner. Writes a run "
+                                   "directory with config, metrics, checkpoints, grids and a results table.")
+    _common(t)
+    t.add_argument("--pool", metavar="DIR", help="teacher pool (default: pretrain one into RUN_DIR/pool)")
+    t.add_argument("--run-dir", metavar="DIR", help="run directory (default: runs/<preset>)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    t.add_argument("--iterations", type=_positive, help="outer iterations of Algorithm 3")
+    t.add_argument("--warmup", type=int, help="warm-up iterations (generator only)")
+    t.add_argument("--teachers-per-iteration", type=_positive, help="b: teachers sampled per iteration")
+    t.add_argument("--k", type=int, help="FIVE inner steps (5: FREE_5, 2: FREE_2)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--eval-every", type=_positive, help="meta-val evaluation interval (model selection)")
+    t.add_argument("--val-tasks", type=_positive)
+    t.add_argument("--test-tasks", type=_positive, help="meta-test tasks at the end")
+    t.add_argument("--engine", default="reference", choices=["reference"],
+                   help="only the paper-faithful reference engine exists so far (the fast engine is next)")
+    t.add_argument("--amp", action="store_true",
+                   help="bf16 mixed precision: NOT AVAILABLE YET (the fast engine); refused with an error")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile: NOT AVAILABLE YET (the fast engine); refused with an error")
     return parser
 
 
@@ -103,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             from fastfree.commands import evaluate
 
             evaluate.run(args)
+        elif args.command == "train":
+            from fastfree.commands import train
+
+            train.run(args)
     except FastFreeError as e:
         print(f"fastfree {args.command}: error: {e}", file=sys.stderr)
         return 2

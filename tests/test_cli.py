@@ -7,7 +7,7 @@ import torch
 
 from fastfree.cli import main
 
-SMALL = ["--images-per-class", "25", "--threads", "2"]
+SMALL = ["--images-per-class", "25"]
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +76,43 @@ def test_random_on_real_cifar_fs(cifar_fs_root, tmp_path):
                  "--tasks", "10", "--json", str(out), "--device", "cpu"]) == 0
     r = json.loads(out.read_text())
     assert r["dataset"] == "cifar-fs" and all(x["tasks"] == 10 for x in r["results"])
+
+
+TINY_FREE = ["--iterations", "3", "--warmup", "1", "--eval-every", "2", "--val-tasks", "2", "--test-tasks", "3",
+             "--teachers-per-iteration", "2", "--device", "cpu"]
+
+
+def test_train_end_to_end_and_resume(pool_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    out = tmp_path / "t.json"
+    assert main(["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), "--json", str(out), *TINY_FREE, *SMALL]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["results"]) >= {"FREE (last)", "Random"} and r["iterations"] == 3
+    assert r["data_recovery_seconds"] > 0 and r["config"]["engine"] == "reference"
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "results.md", "results.json"):
+        assert (run_dir / name).is_file(), name
+    assert "| Random |" in (run_dir / "results.md").read_text()
+    # a finished run resumes to the same end without redoing work; other flags are refused
+    assert main(["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), "--resume", *TINY_FREE, *SMALL]) == 0
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_train_refuses_what_does_not_exist_yet(pool_dir, tmp_path, capsys):
+    for flag in ("--amp", "--compile"):
+        assert main(["train", flag, "--pool", str(pool_dir), "--run-dir", str(tmp_path / "x"), *SMALL]) == 2
+        assert f"{flag} is not available yet" in capsys.readouterr().err
+    assert main(["train", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "y"), "--resume", *TINY_FREE, *SMALL]) == 2
+    assert "no checkpoint.pt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_short_free_run_on_real_cifar_fs(cifar_fs_root, tmp_path):
+    """The whole train path on the real images: a 2-teacher pool, 3 iterations, few tasks."""
+    data = ["--data", "cifar-fs", "--data-root", str(cifar_fs_root), "--device", "cpu"]
+    pool = tmp_path / "pool"
+    assert main(["pretrain", "--teachers", "2", "--epochs", "1", "--out", str(pool), *data]) == 0
+    out = tmp_path / "r.json"
+    args = ["train", "--pool", str(pool), "--run-dir", str(tmp_path / "run"), "--json", str(out), *TINY_FREE, *data]
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["data"]["source"] == "cifar-fs" and r["results"]["Random"]["1"]["tasks"] == 3

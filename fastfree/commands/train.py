@@ -1,0 +1,104 @@
+"""`fastfree train`: the whole FREE job (pool if needed, Algorithm 3, meta-val selection, meta-test)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from fastfree.commands.common import data_config, load_on_device, run_metadata, setup, write_json
+from fastfree.errors import FastFreeError
+from fastfree.free.config import FreeConfig
+from fastfree.free.run import RunContext, final_results, results_markdown, train_free
+from fastfree.metatest.initializations import random_init
+from fastfree.models import build_model
+from fastfree.pool.pretrain import pretrain_pool
+from fastfree.pool.store import load_pool, records_from_training, save_pool
+from fastfree.pool.teachers import sample_teacher_specs
+
+NOT_YET = ("{flag} is not available yet: the fast engine (torch.compile, CUDA graphs, bf16) is not built; "
+           "this release runs the paper-faithful reference engine only. Run without {flag}.")
+
+
+def free_config(args, base: FreeConfig) -> FreeConfig:
+    cfg = base
+    top = {"iterations": args.iterations, "warmup": args.warmup, "teachers_per_iteration": args.teachers_per_iteration,
+           "seed": args.seed, "eval_every": args.eval_every, "val_tasks": args.val_tasks}
+    cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})
+    if args.k is not None:
+        cfg = replace(cfg, five=replace(cfg.five, k=args.k))
+    return cfg
+
+
+def _pool_for_run(args, preset, dataset, run_dir: Path, dtype, device):
+    if args.pool:
+        return load_pool(args.pool)
+    pool_dir = run_dir / "pool"
+    if (pool_dir / "manifest.json").is_file():
+        return load_pool(pool_dir)
+    cfg = preset.pretrain
+    specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed)
+    print(f"no --pool given: pretraining {cfg.teachers} teachers into {pool_dir}")
+    trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, "auto", dtype)
+    save_pool(pool_dir, records_from_training(trained, cfg, dataset.image_size), [t.state_dict for t in trained],
+              dataset.name, dataset.normalization, cfg.to_dict())
+    return load_pool(pool_dir)
+
+
+def run(args) -> dict:
+    for flag, on in (("--amp", args.amp), ("--compile", args.compile)):
+        if on:
+            raise FastFreeError(NOT_YET.format(flag=flag))
+    preset, device, dtype = setup(args)
+    dcfg = data_config(args, preset)
+    cfg = free_config(args, preset.free)
+    run_dir = Path(args.run_dir or f"runs/{preset.name}")
+    resolved = {"preset": preset.name, "data": dcfg.__dict__, "free": cfg.to_dict(), "pool": args.pool,
+                "engine": "reference", "dtype": args.dtype}
+    config_path = run_dir / "config.json"
+    if args.resume and config_path.is_file():
+        stored = json.loads(config_path.read_text())
+        if stored != json.loads(json.dumps(resolved)):
+            raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
+                                f"started with ({config_path}); resume with the same flags")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset, _ = load_on_device(dcfg, device)
+    pool = _pool_for_run(args, preset, dataset, run_dir, dtype, device)
+    if pool.dataset != dataset.name:
+        raise FastFreeError(f"the pool at {pool.path} was trained on {pool.dataset!r} but this run uses "
+                            f"{dataset.name!r}: pass a matching --data or --pool")
+    if len({r.num_classes for r in pool.records}) != 1:
+        raise FastFreeError("all teachers of the pool must solve tasks with the same number of classes")
+    if not args.resume or not config_path.is_file():
+        write_json(config_path, resolved)
+    teachers = [m.to(dtype).requires_grad_(False) for m in pool.models(device)]
+    ways = pool.records[0].num_classes
+    val_cfg = replace(preset.metatest, tasks=cfg.val_tasks, engine="auto")
+    test_cfg = replace(preset.metatest, tasks=args.test_tasks or preset.metatest.tasks, ways=ways, engine="auto")
+    ctx = RunContext(run_dir, cfg, dataset, teachers, [r.classes for r in pool.records], replace(val_cfg, ways=ways),
+                     device)
+    t0 = time.perf_counter()
+    with tqdm(total=cfg.iterations, desc="FREE", unit="it", disable=None) as bar:
+        def progress(m):
+            bar.update(1)
+            if "val" in m:
+                bar.write(f"iteration {m['iteration'] + 1}: meta-val " +
+                          ", ".join(f"{s}-shot {v[0]:.2f}" for s, v in m["val"].items()))
+        state = train_free(ctx, args.resume, progress)
+    train_s = time.perf_counter() - t0
+    builder = partial(build_model, "conv4", ways, cfg.learner_width, dataset.image_size)
+    summary = final_results(ctx, state, test_cfg, lambda: random_init(builder, test_cfg.seed))
+    meta = run_metadata(device)
+    table = results_markdown(summary, meta["device_name"], test_cfg.shots, ways)
+    (run_dir / "results.md").write_text(f"# FREE results ({preset.name})\n\n" + table)
+    payload = {"command": "train", "run_dir": str(run_dir), **summary, "train_seconds": train_s,
+               "config": resolved, **meta}
+    write_json(run_dir / "results.json", payload)
+    write_json(args.json, payload)
+    print(table)
+    return payload

@@ -1,0 +1,62 @@
+"""The typed configuration of a FREE run (Algorithm 3 and its parts)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from fastfree.errors import FastFreeError
+from fastfree.free.bell import BellConfig
+from fastfree.free.five import FiveConfig
+from fastfree.free.replay import ReplayConfig
+
+
+@dataclass(frozen=True)
+class FreeConfig:
+    iterations: int = 1000  # outer iterations ("epochs") of Algorithm 3
+    warmup: int = 19  # first iterations: only the meta-generator trains (CE only, no bank, no learner)
+    teachers_per_iteration: int = 4  # b, sampled uniformly with replacement from the pool
+    seed: int = 42
+    ngf: int = 64  # generator filters (Table 6)
+    latent_dim: int = 256
+    generator_lr: float = 1e-3  # gamma: the meta-generator's persistent Adam
+    generator_betas: tuple[float, float] = (0.5, 0.999)
+    learner_lr: float = 1e-3  # the meta-learner's persistent Adam (replay outer loop, BELL's adam variant)
+    learner_width: int = 32  # Conv4 meta-learner
+    memory_per_class: int = 400
+    replay_enabled: bool = True
+    eval_every: int = 20  # meta-val evaluation for model selection
+    val_tasks: int = 200
+    checkpoint_every: int = 10
+    grid_every: int = 50  # PNG grid of recovered tasks (Fig. 7)
+    five: FiveConfig = field(default_factory=FiveConfig)
+    bell: BellConfig = field(default_factory=BellConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.iterations < 1:
+            problems.append(f"iterations={self.iterations} (need >= 1)")
+        if not 0 <= self.warmup < self.iterations:
+            problems.append(f"warmup={self.warmup} (need 0 <= warmup < iterations={self.iterations})")
+        if self.teachers_per_iteration < 1:
+            problems.append(f"teachers_per_iteration={self.teachers_per_iteration} (need >= 1)")
+        for name in ("ngf", "latent_dim", "learner_width", "memory_per_class", "eval_every", "val_tasks",
+                     "checkpoint_every", "grid_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} (need >= 1)")
+        if self.generator_lr <= 0 or self.learner_lr <= 0:
+            problems.append("learning rates must be > 0")
+        if problems:
+            raise FastFreeError("invalid FREE config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "FreeConfig":
+        d = dict(d)
+        d["five"] = FiveConfig(**{**d["five"], "betas": tuple(d["five"]["betas"])})
+        d["bell"] = BellConfig(**d["bell"])
+        d["replay"] = ReplayConfig(**d["replay"])
+        d["generator_betas"] = tuple(d["generator_betas"])
+        return FreeConfig(**d)

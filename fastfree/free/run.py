@@ -1,0 +1,168 @@
+"""A FREE run on disk: resolved config, metrics (JSON lines), atomic checkpoints, resume,
+meta-val model selection, grids of recovered tasks and the final results table.
+
+    run_dir/
+      config.json          everything needed to re-create the run
+      metrics.jsonl        one line per iteration (+ "eval" lines for meta-val)
+      checkpoint.pt        the whole state after the last checkpointed iteration (atomic)
+      best_learner.pt      the meta-learner selected on meta-val
+      grids/iter_XXXXX.png recovered tasks (one row per teacher)
+      results.md / .json   meta-test of the selected and the last meta-learner, and Random
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fastfree.data.split import FewShotDataset
+from fastfree.errors import FastFreeError
+from fastfree.free.config import FreeConfig
+from fastfree.free.five import RecoveredTask
+from fastfree.free.trainer import FreeState, free_iteration, init_state
+from fastfree.metatest.initializations import Initialization
+from fastfree.metatest.protocol import MetaTestConfig, ShotResult, run_metatest
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best_learner.pt"
+METRICS = "metrics.jsonl"
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def learner_init(learner: nn.Module) -> Initialization:
+    """The meta-learner as a meta-test starting point (its BN already uses batch statistics)."""
+    return Initialization(learner, shared={k: v.detach().clone() for k, v in learner.named_parameters()})
+
+
+def save_grid(tasks: list[RecoveredTask], path: Path, per_row: int = 20) -> None:
+    """One row per recovered task: its first `per_row` images (Fig. 7)."""
+    from PIL import Image
+
+    rows = []
+    for t in tasks:
+        imgs = t.images[:per_row].detach().float().clamp(0, 1).cpu()
+        rows.append(torch.cat(list(imgs), dim=-1))  # [3, H, W * n]
+    width = max(r.shape[-1] for r in rows)
+    rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
+    grid = (torch.cat(rows, dim=-2) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+
+
+@dataclass
+class RunContext:
+    run_dir: Path
+    cfg: FreeConfig
+    dataset: FewShotDataset
+    teachers: list[nn.Module]
+    teacher_classes: list[tuple[int, ...]]
+    val_config: MetaTestConfig
+    device: torch.device
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=float) + "\n")
+
+
+def _truncate_metrics(path: Path, completed: int) -> None:
+    """Drop lines of iterations after the checkpoint (they will run again on resume)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("iteration", -1) < completed]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _val_score(results: list[ShotResult]) -> float:
+    return sum(r.mean for r in results) / len(results)
+
+
+def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] | None = None,
+               stop_after: int | None = None) -> FreeState:
+    """Run (or continue) Algorithm 3 to ctx.cfg.iterations; returns the final state.
+
+    `stop_after` ends the call after that many iterations in total (used to test resume).
+    """
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = init_state(cfg, ctx.dataset.image_size, len(ctx.teacher_classes[0]), ctx.device)
+    ckpt = run_dir / CHECKPOINT
+    if resume:
+        if not ckpt.is_file():
+            raise FastFreeError(f"--resume: no {CHECKPOINT} in {run_dir}; start the run without --resume")
+        state.load_state_dict(torch.load(ckpt, map_location=ctx.device, weights_only=True))
+    elif ckpt.exists():
+        raise FastFreeError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
+    _truncate_metrics(run_dir / METRICS, state.iteration)
+    end = cfg.iterations if stop_after is None else min(stop_after, cfg.iterations)
+    while state.iteration < end:
+        metrics, tasks = free_iteration(state, ctx.teachers, ctx.teacher_classes, ctx.dataset.normalization, cfg)
+        it = state.iteration  # iterations completed
+        if it % cfg.grid_every == 0 or it == cfg.iterations:
+            save_grid(tasks, run_dir / "grids" / f"iter_{it:05d}.png")
+        if it > cfg.warmup and (it % cfg.eval_every == 0 or it == cfg.iterations):
+            results = run_metatest(learner_init(state.learner), ctx.dataset.val, ctx.dataset.normalization,
+                                   ctx.val_config)
+            score = _val_score(results)
+            metrics["val"] = {str(r.shots): [r.mean, r.ci95] for r in results}
+            if score > state.best["val"]:
+                state.best = {"iteration": it, "val": score}
+                atomic_torch_save({"iteration": it, "learner": state.learner.state_dict(), "val": score},
+                                  run_dir / BEST)
+        _append_metrics(run_dir / METRICS, metrics)
+        if it % cfg.checkpoint_every == 0 or it == end:
+            atomic_torch_save(state.state_dict(), ckpt)
+        if progress is not None:
+            progress(metrics)
+    return state
+
+
+def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig, random_init_fn) -> dict:
+    """Meta-test the selected (best on meta-val) and the last meta-learner, and Random, on the
+    same meta-test tasks."""
+    entries = {}
+    inits = {"FREE (last)": learner_init(state.learner)}
+    best_path = ctx.run_dir / BEST
+    if best_path.is_file():
+        best = torch.load(best_path, map_location=ctx.device, weights_only=True)
+        selected = init_state(ctx.cfg, ctx.dataset.image_size, len(ctx.teacher_classes[0]), ctx.device).learner
+        selected.load_state_dict(best["learner"])
+        inits = {f"FREE (selected on meta-val, iteration {best['iteration']})": learner_init(selected), **inits}
+    inits["Random"] = random_init_fn()
+    for name, init in inits.items():
+        results = run_metatest(init, ctx.dataset.test, ctx.dataset.normalization, test_config)
+        entries[name] = {str(r.shots): {"mean": r.mean, "ci95": r.ci95, "tasks": r.tasks} for r in results}
+    return {
+        "results": entries,
+        "data_recovery_gpu_hours": state.recovery_seconds / 3600.0,
+        "data_recovery_seconds": state.recovery_seconds,
+        "iterations": state.iteration,
+        "warmup": ctx.cfg.warmup,
+    }
+
+
+def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], ways: int) -> str:
+    head = "| method | " + " | ".join(f"{ways}-way {s}-shot" for s in shots) + " |"
+    lines = [head, "|---|" + "---|" * len(shots)]
+    for name, res in summary["results"].items():
+        cells = [f"{res[str(s)]['mean']:.2f} +- {res[str(s)]['ci95']:.2f}" for s in shots]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Data recovery (FIVE, synchronised, after {summary['warmup']} warm-up iterations): "
+        f"{summary['data_recovery_seconds']:.1f} s = {summary['data_recovery_gpu_hours']:.4f} device-hours "
+        f"on {device_name}, {summary['iterations']} iterations.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""Algorithm 3's loop: an interrupted-and-resumed run ends exactly where an uninterrupted one does."""
+
+import json
+
+import pytest
+import torch
+
+from fastfree.errors import FastFreeError
+from fastfree.free.config import FreeConfig
+from fastfree.free.five import FiveConfig
+from fastfree.free.replay import ReplayConfig
+from fastfree.free.run import CHECKPOINT, METRICS, RunContext, train_free
+from fastfree.metatest.protocol import MetaTestConfig
+from fastfree.models import Conv4
+
+CFG = FreeConfig(
+    iterations=5, warmup=1, teachers_per_iteration=2, ngf=4, latent_dim=8, learner_width=4,
+    eval_every=2, val_tasks=2, checkpoint_every=2, grid_every=3, memory_per_class=6,
+    five=FiveConfig(k=2, images_per_class=4),
+    replay=ReplayConfig(meta_batch=2, shots=1, queries=2, inner_steps=1, patience=1, max_meta_batches=2),
+)
+
+
+def _ctx(run_dir, dataset):
+    torch.manual_seed(0)
+    teachers = [Conv4(5, 4, 32).eval().requires_grad_(False) for _ in range(3)]
+    classes = [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9), (0, 2, 4, 6, 8)]
+    val = MetaTestConfig(tasks=2, shots=(1,), queries=2, steps=1, engine="reference")
+    return RunContext(run_dir, CFG, dataset, teachers, classes, val, torch.device("cpu"))
+
+
+def _params(state):
+    return {**{f"g.{k}": v for k, v in state.generator.state_dict().items()},
+            **{f"l.{k}": v for k, v in state.learner.state_dict().items()}}
+
+
+def test_resume_gives_the_same_final_parameters(tiny_dataset, tmp_path):
+    straight = train_free(_ctx(tmp_path / "a", tiny_dataset), resume=False)
+    (tmp_path / "b").mkdir()
+    first = train_free(_ctx(tmp_path / "b", tiny_dataset), resume=False, stop_after=3)  # "killed" after 3
+    assert first.iteration == 3
+    resumed = train_free(_ctx(tmp_path / "b", tiny_dataset), resume=True)
+    assert resumed.iteration == straight.iteration == 5
+    a, b = _params(straight), _params(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert len(straight.bank) == len(resumed.bank) > 0
+    assert resumed.recovery_seconds > 0 and resumed.best == straight.best
+    lines = [json.loads(x) for x in (tmp_path / "b" / METRICS).read_text().splitlines()]
+    assert [m["iteration"] for m in lines] == [0, 1, 2, 3, 4]
+    assert lines[0]["warmup"] and not lines[1]["warmup"]
+    assert "replay" in lines[1] and "alignment" in lines[1] and "val" in lines[1]
+    assert (tmp_path / "b" / "grids" / "iter_00003.png").is_file()
+
+
+def test_training_changes_the_learner_and_fills_the_bank(tiny_dataset, tmp_path):
+    from fastfree.free.trainer import init_state
+
+    before = init_state(CFG, 32, 5, torch.device("cpu"))
+    after = train_free(_ctx(tmp_path / "c", tiny_dataset), resume=False)
+    changed = [k for k, v in before.learner.state_dict().items() if not torch.equal(v, after.learner.state_dict()[k])]
+    assert changed and after.bank.classes()
+    assert set(after.bank.classes()) <= set(range(10))
+
+
+def test_resume_and_overwrite_errors(tiny_dataset, tmp_path):
+    with pytest.raises(FastFreeError, match="no checkpoint.pt"):
+        train_free(_ctx(tmp_path / "d", tiny_dataset), resume=True)
+    (tmp_path / "e").mkdir()
+    train_free(_ctx(tmp_path / "e", tiny_dataset), resume=False, stop_after=1)
+    assert (tmp_path / "e" / CHECKPOINT).is_file()
+    with pytest.raises(FastFreeError, match="pass --resume"):
+        train_free(_ctx(tmp_path / "e", tiny_dataset), resume=False)
+
+
+def test_bad_free_config():
+    with pytest.raises(FastFreeError, match="warmup=5"):
+        FreeConfig(iterations=5, warmup=5)
