@@ -39,11 +39,20 @@ def data_config(args, preset: Preset) -> DataConfig:
     return replace(cfg, **overrides)
 
 
-def load_on_device(cfg: DataConfig, device: torch.device) -> tuple[FewShotDataset, float]:
-    t0 = time.perf_counter()
+def progress_bar(**kwargs):
+    """tqdm on a terminal; in a log (not a TTY) one plain line a minute instead of silence."""
+    import sys
+
     from tqdm import tqdm
 
-    with tqdm(desc="decoding images", unit="img", disable=None, leave=False) as bar:
+    if sys.stderr.isatty():
+        return tqdm(**kwargs)
+    return tqdm(mininterval=60, ascii=True, **kwargs)
+
+
+def load_on_device(cfg: DataConfig, device: torch.device) -> tuple[FewShotDataset, float]:
+    t0 = time.perf_counter()
+    with progress_bar(desc="decoding images", unit="img", leave=False) as bar:
         dataset = load_dataset(cfg, progress=bar.update)
     return dataset.to(device), time.perf_counter() - t0
 

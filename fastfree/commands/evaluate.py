@@ -6,9 +6,8 @@ import time
 from dataclasses import replace
 from functools import partial
 
-from tqdm import tqdm
 
-from fastfree.commands.common import data_config, load_on_device, run_metadata, setup, write_json
+from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
 from fastfree.metatest.initializations import average_init, best_model_init, random_init
@@ -53,8 +52,8 @@ def run(args) -> dict:
     split = dataset.split(args.split)
     t0 = time.perf_counter()
     engine = resolve_engine(cfg.engine, device)
-    with tqdm(total=cfg.tasks * len(cfg.shots), desc=f"meta-test {args.method} ({engine})",
-              unit="task", disable=None) as bar:
+    with progress_bar(total=cfg.tasks * len(cfg.shots), desc=f"meta-test {args.method} ({engine})",
+                      unit="task") as bar:
         results = run_metatest(init, split, dataset.normalization, cfg, dtype, progress=bar.update)
     seconds = time.perf_counter() - t0
     payload = {

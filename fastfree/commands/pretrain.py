@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from tqdm import tqdm
 
-from fastfree.commands.common import data_config, load_on_device, run_metadata, setup, write_json
+from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
 from fastfree.device import resolve_engine
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
 from fastfree.pool.store import records_from_training, save_pool
@@ -35,8 +34,8 @@ def run(args) -> dict:
     ]
     engine = resolve_engine(args.engine, device)
     t0 = time.perf_counter()
-    with tqdm(total=cfg.epochs * sum(steps_per_epoch), desc=f"pretraining {cfg.teachers} teachers ({engine})",
-              unit="teacher-step", disable=None) as bar:
+    desc = f"pretraining {cfg.teachers} teachers ({engine})"
+    with progress_bar(total=cfg.epochs * sum(steps_per_epoch), desc=desc, unit="teacher-step") as bar:
         trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, bar.update)
     if device.type == "cuda":
         import torch

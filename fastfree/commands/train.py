@@ -9,9 +9,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from fastfree.commands.common import data_config, load_on_device, run_metadata, setup, write_json
+from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
 from fastfree.errors import FastFreeError
 from fastfree.free.config import FreeConfig
 from fastfree.free.run import RunContext, final_results, results_markdown, train_free
@@ -83,7 +82,7 @@ def run(args) -> dict:
     ctx = RunContext(run_dir, cfg, dataset, teachers, [r.classes for r in pool.records], replace(val_cfg, ways=ways),
                      device)
     t0 = time.perf_counter()
-    with tqdm(total=cfg.iterations, desc="FREE", unit="it", disable=None) as bar:
+    with progress_bar(total=cfg.iterations, desc="FREE", unit="it") as bar:
         def progress(m):
             bar.update(1)
             if "val" in m:
