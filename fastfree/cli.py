@@ -106,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=_positive, help="meta-val evaluation interval (model selection)")
     t.add_argument("--val-tasks", type=_positive)
     t.add_argument("--test-tasks", type=_positive, help="meta-test tasks at the end")
+    a = t.add_argument_group("ablations (Tables 5 and 7) and variants")
+    a.add_argument("--generator", choices=["meta", "sequential"],
+                   help="meta: FIVE's meta-generator (default); sequential: Table 5's baseline generator")
+    a.add_argument("--learner-update", choices=["bell", "erm", "none"],
+                   help="bell (default), erm (Table 5's ERM row) or none (replay only, Table 5's baseline)")
+    a.add_argument("--bell-outer", choices=["interpolate", "adam"],
+                   help="interpolate: theta += eps (theta_tilde - theta) as Algorithm 2 (default); "
+                        "adam: the published code's persistent Adam fed 67 (theta - theta_tilde)")
+    a.add_argument("--targets", choices=["soft", "hard"], help="soft: distillation (default); hard: Table 7's ablation")
+    a.add_argument("--no-replay", action="store_true", help="switch cross-task replay off")
+    a.add_argument("--replay-first-order", action="store_true", help="first-order MAML in replay (default second)")
     t.add_argument("--engine", default="reference", choices=["reference"],
                    help="only the paper-faithful reference engine exists so far (the fast engine is next)")
     t.add_argument("--amp", action="store_true",

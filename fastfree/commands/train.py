@@ -31,7 +31,14 @@ def free_config(args, base: FreeConfig) -> FreeConfig:
     cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})
     if args.k is not None:
         cfg = replace(cfg, five=replace(cfg.five, k=args.k))
-    return cfg
+    if args.generator is not None:
+        cfg = replace(cfg, generator=args.generator)
+    if args.no_replay:
+        cfg = replace(cfg, replay_enabled=False)
+    if args.replay_first_order:
+        cfg = replace(cfg, replay=replace(cfg.replay, second_order=False))
+    bell = {"mode": args.learner_update, "outer": args.bell_outer, "targets": args.targets}
+    return replace(cfg, bell=replace(cfg.bell, **{k: v for k, v in bell.items() if v is not None}))
 
 
 def _pool_for_run(args, preset, dataset, run_dir: Path, dtype, device):

@@ -32,7 +32,7 @@ from fastfree.free.losses import distillation_loss
 
 @dataclass(frozen=True)
 class BellConfig:
-    mode: str = "bell"  # bell | erm
+    mode: str = "bell"  # bell | erm | none (Table 5's baseline: the learner learns from replay only)
     inner_optimizer: str = "adam"  # adam | sgd
     inner_lr: float = 1e-3  # alpha
     outer: str = "interpolate"  # interpolate | adam
@@ -41,7 +41,7 @@ class BellConfig:
     targets: str = "soft"  # soft (KD) | hard (CE on the recovered labels)
 
     def __post_init__(self) -> None:
-        checks = {"mode": ("bell", "erm"), "inner_optimizer": ("adam", "sgd"), "outer": ("interpolate", "adam"),
+        checks = {"mode": ("bell", "erm", "none"), "inner_optimizer": ("adam", "sgd"), "outer": ("interpolate", "adam"),
                   "targets": ("soft", "hard")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -65,6 +65,8 @@ def bell_reference(
     cfg: BellConfig, outer_optimizer: torch.optim.Optimizer | None = None,
 ) -> dict:
     """Update `learner` in place with Algorithm 2 (or ERM). Returns the tasks' losses."""
+    if cfg.mode == "none":
+        raise FastFreeError("BellConfig(mode='none') means no learner update: do not call bell_reference")
     if len(tasks) != len(teachers) or not tasks:
         raise FastFreeError("BELL needs one teacher per recovered task and at least one task")
     if (cfg.outer == "adam" or cfg.mode == "erm") and outer_optimizer is None:

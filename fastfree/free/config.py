@@ -23,6 +23,7 @@ class FreeConfig:
     learner_lr: float = 1e-3  # the meta-learner's persistent Adam (replay outer loop, BELL's adam variant)
     learner_width: int = 32  # Conv4 meta-learner
     memory_per_class: int = 400
+    generator: str = "meta"  # meta (FIVE) | sequential (Table 5's baseline: no meta-learning)
     replay_enabled: bool = True
     eval_every: int = 20  # meta-val evaluation for model selection
     val_tasks: int = 200
@@ -44,6 +45,8 @@ class FreeConfig:
                      "checkpoint_every", "grid_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (need >= 1)")
+        if self.generator not in ("meta", "sequential"):
+            problems.append(f"generator={self.generator!r} (use meta or sequential)")
         if self.generator_lr <= 0 or self.learner_lr <= 0:
             problems.append("learning rates must be > 0")
         if problems:

@@ -91,13 +91,17 @@ def adapt_generator(
 def five_reference(
     generator: nn.Module, teachers: list[nn.Module], teacher_ids: list[int], learner: nn.Module,
     normalization: Normalization, cfg: FiveConfig, adversarial: bool, rng: torch.Generator,
-    latent_rng: torch.Generator | None = None,
+    latent_rng: torch.Generator | None = None, sequential: bool = False,
 ) -> tuple[list[RecoveredTask], dict[str, torch.Tensor]]:
     """Algorithm 1 lines 3-7 for a batch of teachers, one after another.
 
     Returns the recovered tasks and the meta-gradient (1/b) sum_i grad L^k_i by parameter
     name of `generator`. `rng` draws the augmentations, `latent_rng` (default: rng) the codes.
     Teachers must be in eval mode; the learner's BatchNorm uses batch statistics.
+
+    sequential=True is Table 5's baseline generator (no meta-learning): the generator
+    adapted to one teacher is copied into `generator` and starts the next teacher's
+    adaptation; the returned meta-gradient is then unused.
     """
     if len(teachers) != len(teacher_ids) or not teachers:
         raise FastFreeError("five_reference needs one id per teacher and at least one teacher")
@@ -111,6 +115,10 @@ def five_reference(
         labels = task_labels(ways, cfg.images_per_class, device)
         z = torch.randn(labels.numel(), generator.latent_dim, generator=latent_rng or rng, dtype=dtype).to(device)
         gen, z_i, _ = adapt_generator(generator, teacher, learner, z, labels, normalization, cfg, adversarial, rng)
+        if sequential:
+            with torch.no_grad():
+                for p, q in zip(generator.parameters(), gen.parameters()):
+                    p.copy_(q)
         x, loss, eta = _inversion_step_loss(gen, z_i, teacher, learner, labels, normalization, cfg, adversarial, rng)
         grads = torch.autograd.grad(loss, list(gen.parameters()))
         for n, g in zip(names, grads):

@@ -5,7 +5,7 @@ One iteration:
   2. FIVE recovers one task per teacher (timed: the data-recovery cost of the paper);
   3. the recovered tasks go into the memory bank, labelled with the teachers' global classes;
   4. the meta-generator takes one step on the first-order meta-gradient;
-  5. BELL updates the meta-learner on the recovered tasks;
+  5. BELL updates the meta-learner on the recovered tasks (or ERM, or nothing: ablations);
   6. cross-task replay runs MAML on tasks drawn from the bank.
 During the warm-up iterations only steps 1, 2 and 4 run, and FIVE uses the CE term alone.
 
@@ -110,11 +110,14 @@ def free_iteration(
 
     _sync(device)
     t0 = time.perf_counter()
+    sequential = cfg.generator == "sequential"
     tasks, meta_grad = five_reference(state.generator, batch, ids, state.learner, normalization, cfg.five,
-                                      adversarial=not warm, rng=state.rngs["augment"], latent_rng=state.rngs["latent"])
+                                      adversarial=not warm, rng=state.rngs["augment"], latent_rng=state.rngs["latent"],
+                                      sequential=sequential)
     _sync(device)
     recovery = time.perf_counter() - t0
-    apply_meta_gradient(state.generator, meta_grad, state.generator_opt)
+    if not sequential:
+        apply_meta_gradient(state.generator, meta_grad, state.generator_opt)
 
     metrics = {
         "iteration": state.iteration,
@@ -130,8 +133,9 @@ def free_iteration(
             classes = torch.tensor(teacher_classes[task.teacher], device=device)
             state.bank.add(task.images, classes[task.labels])
         metrics["alignment"] = gradient_alignment(state.learner, tasks, batch, normalization, cfg.bell.targets)
-        metrics["bell_losses"] = bell_reference(state.learner, tasks, batch, normalization, cfg.bell,
-                                                state.learner_opt)["losses"]
+        if cfg.bell.mode != "none":
+            metrics["bell_losses"] = bell_reference(state.learner, tasks, batch, normalization, cfg.bell,
+                                                    state.learner_opt)["losses"]
         if cfg.replay_enabled:
             stats = replay(state.learner, state.learner_opt, state.bank, normalization, cfg.replay, state.rngs["replay"])
             metrics["replay"] = {k: v for k, v in stats.items() if k != "accuracies"}

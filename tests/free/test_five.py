@@ -104,3 +104,21 @@ def test_meta_generator_update_uses_its_persistent_optimizer():
     for (n, p), q in zip(gen.named_parameters(), before.parameters()):
         torch.testing.assert_close(p, q - 1.0)
         assert p.grad is None
+
+
+def test_sequential_generator_carries_the_adapted_weights_to_the_next_teacher():
+    gen, teachers, learner = tiny_models()
+    cfg = FiveConfig(k=2, lr=0.01, images_per_class=2)
+    seq = copy.deepcopy(gen)
+    five_reference(seq, teachers, [0, 1], learner, NORM, cfg, True,
+                   torch.Generator().manual_seed(1), torch.Generator().manual_seed(2), sequential=True)
+    rng, latent = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    current = gen
+    y = task_labels(5, 2)
+    for teacher in teachers:
+        z = torch.randn(10, 8, generator=latent, dtype=torch.float64)
+        current, _, _ = adapt_generator(current, teacher, learner, z, y, NORM, cfg, True, rng)
+        draw_crop_flip(4, rng)  # the final view's draw
+    for p, q in zip(seq.parameters(), current.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    assert any(not torch.equal(p, q) for p, q in zip(seq.parameters(), gen.parameters()))

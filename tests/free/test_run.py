@@ -76,3 +76,23 @@ def test_resume_and_overwrite_errors(tiny_dataset, tmp_path):
 def test_bad_free_config():
     with pytest.raises(FastFreeError, match="warmup=5"):
         FreeConfig(iterations=5, warmup=5)
+
+
+def test_table5_baseline_switches_run(tiny_dataset, tmp_path):
+    """Sequential generator + replay only: the generator never takes a meta-step, BELL never runs."""
+    from dataclasses import replace
+
+    from fastfree.free.bell import BellConfig
+
+    cfg = replace(CFG, iterations=3, generator="sequential", bell=BellConfig(mode="none"))
+    ctx = _ctx(tmp_path / "f", tiny_dataset)
+    ctx.cfg = cfg
+    state = train_free(ctx, resume=False)
+    assert state.generator_opt.state == {}  # no meta-gradient step was taken
+    lines = [json.loads(x) for x in (tmp_path / "f" / METRICS).read_text().splitlines()]
+    assert all("bell_losses" not in m for m in lines) and "replay" in lines[-1]
+    no_replay = replace(CFG, iterations=2, replay_enabled=False)
+    ctx = _ctx(tmp_path / "g", tiny_dataset)
+    ctx.cfg = no_replay
+    train_free(ctx, resume=False)
+    assert all("replay" not in json.loads(x) for x in (tmp_path / "g" / METRICS).read_text().splitlines())
