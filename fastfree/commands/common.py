@@ -52,8 +52,11 @@ def progress_bar(**kwargs):
 
 def load_on_device(cfg: DataConfig, device: torch.device) -> tuple[FewShotDataset, float]:
     t0 = time.perf_counter()
-    with progress_bar(desc="decoding images", unit="img", leave=False) as bar:
-        dataset = load_dataset(cfg, progress=bar.update)
+    if cfg.source == "folder":  # the only source slow enough to need a bar
+        with progress_bar(desc="decoding images", unit="img", leave=False) as bar:
+            dataset = load_dataset(cfg, progress=bar.update)
+    else:
+        dataset = load_dataset(cfg)
     return dataset.to(device), time.perf_counter() - t0
 
 
