@@ -45,13 +45,14 @@ def learner_init(learner: nn.Module) -> Initialization:
     return Initialization(learner, shared={k: v.detach().clone() for k, v in learner.named_parameters()})
 
 
-def save_grid(tasks: list[RecoveredTask], path: Path, per_row: int = 20) -> None:
-    """One row per recovered task: its first `per_row` images (Fig. 7)."""
+def save_grid(tasks: list[RecoveredTask], path: Path, per_class: int = 4) -> None:
+    """One row per recovered task: `per_class` images of each of its classes, class by class (Fig. 7)."""
     from PIL import Image
 
     rows = []
     for t in tasks:
-        imgs = t.images[:per_row].detach().float().clamp(0, 1).cpu()
+        pick = torch.cat([torch.nonzero(t.labels == c).flatten()[:per_class] for c in torch.unique(t.labels)])
+        imgs = t.images[pick].detach().float().clamp(0, 1).cpu()
         rows.append(torch.cat(list(imgs), dim=-1))  # [3, H, W * n]
     width = max(r.shape[-1] for r in rows)
     rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
