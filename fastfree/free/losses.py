@@ -32,12 +32,14 @@ def kl_per_sample(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tenso
 def inversion_loss(
     teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor, adversarial: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 1. Returns (loss, eta [B] as float). The student (meta-learner) gets no gradient.
+    """Eq. 1. Returns (loss, eta [rows] as float). The student (meta-learner) gets no gradient.
 
     With adversarial=False (the warm-up iterations) the loss is the CE term alone.
     """
     student_logits = student_logits.detach()
-    ce = F.cross_entropy(_accumulation(teacher_logits), labels, reduction="none")
+    classes = teacher_logits.shape[-1]  # rows of any batch shape [..., C] (e.g. [T, B, C])
+    teacher_logits, student_logits = teacher_logits.reshape(-1, classes), student_logits.reshape(-1, classes)
+    ce = F.cross_entropy(_accumulation(teacher_logits), labels.reshape(-1), reduction="none")
     eta = (teacher_logits.argmax(-1) == student_logits.argmax(-1)).to(ce.dtype)
     if not adversarial:
         return ce.mean(), eta

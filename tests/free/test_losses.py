@@ -56,3 +56,13 @@ def test_crop_flip_draws_cover_the_range():
     tops = {d[0] for d in draws}
     flips = sum(d[2] for d in draws) / len(draws)
     assert tops == set(range(9)) and flips == pytest.approx(0.5, abs=0.05)
+
+
+def test_inversion_loss_over_rows_of_any_batch_shape():
+    torch.manual_seed(2)
+    t, s = torch.randn(3, 4, 5, dtype=torch.float64), torch.randn(3, 4, 5, dtype=torch.float64)
+    y = torch.randint(0, 5, (3, 4))
+    loss, eta = inversion_loss(t, s, y)
+    flat, flat_eta = inversion_loss(t.reshape(12, 5), s.reshape(12, 5), y.reshape(12))
+    torch.testing.assert_close(loss, flat)
+    torch.testing.assert_close(eta, flat_eta)

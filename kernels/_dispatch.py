@@ -1,0 +1,64 @@
+"""When the Triton kernels run, and how they are blocked.
+
+`INTERPRET` is read once, when this package is imported: `triton.jit` decides at decoration
+time whether a kernel is compiled or interpreted, so a later change of the environment
+variable could not take effect anyway.
+"""
+
+import math
+import os
+
+import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Widest row (classes) a single-block kernel handles; wider rows take the torch path.
+MAX_BLOCK_C = 8192
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """True where the Triton kernels can run on `tensor`: a CUDA tensor, or TRITON_INTERPRET=1."""
+    return tensor.is_cuda or INTERPRET
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def launchable(tensor: torch.Tensor) -> bool:
+    """Whether this call takes the Triton path (else the plain torch implementation).
+
+    float64 stays on the torch path (the kernels accumulate in float32). Under the interpreter
+    a kernel needs real CPU data, so traced calls (fake/functional tensors, an active dispatch
+    mode, e.g. inside torch.compile) take the torch path there; on CUDA they go through
+    `wrap_triton` and torch.compile sees the kernel.
+    """
+    if not use_triton(tensor) or tensor.dtype == torch.float64:
+        return False
+    if next_power_of_2(tensor.shape[-1]) > MAX_BLOCK_C:
+        return False
+    if INTERPRET:
+        from torch._subclasses.fake_tensor import is_fake
+
+        if type(tensor) is not torch.Tensor or is_fake(tensor) or _get_current_dispatch_mode() is not None:
+            return False
+    return True
+
+
+def blocks(rows: int, cols: int) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_C, num_warps): whole rows per program, few programs under the interpreter."""
+    block_c = next_power_of_2(cols)
+    target = 16384 if INTERPRET else 2048  # elements per program
+    block_r = max(1, min(target // block_c, next_power_of_2(rows)))
+    num_warps = 4 if block_r * block_c <= 4096 else 8
+    return block_r, block_c, num_warps
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64 (torch path); everything else accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def num_rows(shape) -> int:
+    return math.prod(shape[:-1])
