@@ -12,6 +12,7 @@ meta-val model selection, grids of recovered tasks and the final results table.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -138,7 +139,7 @@ def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig
     best_path = ctx.run_dir / BEST
     if best_path.is_file():
         best = torch.load(best_path, map_location=ctx.device, weights_only=True)
-        selected = init_state(ctx.cfg, ctx.dataset.image_size, len(ctx.teacher_classes[0]), ctx.device).learner
+        selected = copy.deepcopy(state.learner)
         selected.load_state_dict(best["learner"])
         inits = {f"FREE (selected on meta-val, iteration {best['iteration']})": learner_init(selected), **inits}
     inits["Random"] = random_init_fn()
