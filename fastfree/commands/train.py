@@ -98,6 +98,8 @@ def run(args) -> dict:
         state = train_free(ctx, args.resume, progress)
     train_s = time.perf_counter() - t0
     builder = partial(build_model, "conv4", ways, cfg.learner_width, dataset.image_size)
+    print(f"meta-test: FREE (selected on meta-val and last) and Random on the same {test_cfg.tasks} tasks "
+          f"x {len(test_cfg.shots)} shot counts ...", flush=True)
     summary = final_results(ctx, state, test_cfg, lambda: random_init(builder, test_cfg.seed))
     meta = run_metadata(device)
     table = results_markdown(summary, meta["device_name"], test_cfg.shots, ways)
