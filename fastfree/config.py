@@ -39,9 +39,11 @@ PRESETS: dict[str, Preset] = {
         pretrain=PretrainConfig(teachers=10, epochs=8),
         metatest=MetaTestConfig(tasks=200),
         pool_dir="pools/demo",
-        # CPU-sized: a small generator, 10 images per class, short replay; same algorithm
+        # CPU-sized: a small generator, 10 images per class, short replay; same algorithm.
+        # 60 iterations: at 30 the 1-shot gain over Random stayed inside the intervals on meta-val
+        # (23.51 vs ~22.0); at 60 it is 24.20 +- 0.85 vs 22.03 +- 0.68 (200 meta-val tasks).
         free=FreeConfig(
-            iterations=30, warmup=3, ngf=16, eval_every=10, val_tasks=50, checkpoint_every=5, grid_every=10,
+            iterations=60, warmup=3, ngf=16, eval_every=10, val_tasks=50, checkpoint_every=5, grid_every=10,
             five=FiveConfig(images_per_class=10),
             replay=ReplayConfig(meta_batch=4, patience=2, max_meta_batches=4),
         ),
