@@ -12,6 +12,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
 from ._dispatch import INTERPRET, accumulation_dtype, blocks, launchable, num_rows
+from ._rows import load_rows, softmax_rows
 
 # Per element (exp/log as 1): two log-softmaxes ~9, KL ~3; gradient q - p ~2 (q = exp/sum)
 # plus the backward's scale 1.
@@ -25,28 +26,13 @@ def _kl_kernel(
     m_ptr, f_ptr, kl_ptr, grad_ptr, R, C,
     COMPUTE_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_C)
-    row_ok = rows < R
-    col_ok = cols < C
-    mask = row_ok[:, None] & col_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-    m = tl.where(col_ok[None, :], tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32), -1.0e30)
-    f = tl.where(col_ok[None, :], tl.load(f_ptr + offs, mask=mask, other=0.0).to(tl.float32), -1.0e30)
-
-    m_shift = m - tl.max(m, axis=1)[:, None]
-    m_exp = tl.exp(m_shift)
-    m_sum = tl.sum(m_exp, axis=1)
-    log_p = m_shift - tl.log(m_sum)[:, None]
-    p = m_exp / m_sum[:, None]
-    f_shift = f - tl.max(f, axis=1)[:, None]
-    f_exp = tl.exp(f_shift)
-    f_sum = tl.sum(f_exp, axis=1)
-    log_q = f_shift - tl.log(f_sum)[:, None]
+    rows, cols, row_ok, col_ok, mask, offs, m, f = load_rows(m_ptr, f_ptr, R, C, BLOCK_R, BLOCK_C)
+    log_p, p = softmax_rows(m)
+    log_q, q = softmax_rows(f)
     kl = tl.sum(p * tl.where(col_ok[None, :], log_p - log_q, 0.0), axis=1)
     tl.store(kl_ptr + rows, kl, mask=row_ok)
     if COMPUTE_GRAD:
-        tl.store(grad_ptr + offs, f_exp / f_sum[:, None] - p, mask=mask)
+        tl.store(grad_ptr + offs, q - p, mask=mask)
 
 
 @triton_op("fastfree::kl_rows", mutates_args=())

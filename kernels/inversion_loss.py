@@ -19,6 +19,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
 from ._dispatch import INTERPRET, accumulation_dtype, blocks, launchable, num_rows
+from ._rows import load_rows, softmax_rows
 
 # Honest per-element FLOP counts (exp/log counted as 1): two log-softmaxes (max, sub, exp, sum,
 # p = exp/sum) ~9, CE ~1, two argmaxes ~2, KL (sub, mul, sum) ~3; the gradient (p - onehot,
@@ -33,25 +34,10 @@ def _inversion_kernel(
     m_ptr, f_ptr, y_ptr, loss_ptr, eta_ptr, grad_ptr, R, C,
     ADVERSARIAL: tl.constexpr, COMPUTE_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_C)
-    row_ok = rows < R
-    col_ok = cols < C
-    mask = row_ok[:, None] & col_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-    # Load with 0 (representable in every dtype), then pad columns with a finite "minus
-    # infinity" in float32: no inf - inf, no NumPy warnings under the interpreter.
-    m = tl.where(col_ok[None, :], tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32), -1.0e30)
-    f = tl.where(col_ok[None, :], tl.load(f_ptr + offs, mask=mask, other=0.0).to(tl.float32), -1.0e30)
+    rows, cols, row_ok, col_ok, mask, offs, m, f = load_rows(m_ptr, f_ptr, R, C, BLOCK_R, BLOCK_C)
     y = tl.load(y_ptr + rows, mask=row_ok, other=0)
-
-    m_shift = m - tl.max(m, axis=1)[:, None]
-    m_exp = tl.exp(m_shift)
-    m_sum = tl.sum(m_exp, axis=1)
-    log_p = m_shift - tl.log(m_sum)[:, None]
-    p = m_exp / m_sum[:, None]
-    f_shift = f - tl.max(f, axis=1)[:, None]
-    log_q = f_shift - tl.log(tl.sum(tl.exp(f_shift), axis=1))[:, None]
+    log_p, p = softmax_rows(m)
+    log_q, _ = softmax_rows(f)
 
     is_y = cols[None, :] == y[:, None]
     valid = y != -100  # cross_entropy's default ignore_index
