@@ -123,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 mixed precision: NOT AVAILABLE YET (the fast engine); refused with an error")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile: NOT AVAILABLE YET (the fast engine); refused with an error")
+
+    pr = sub.add_parser("profile", help="operation counts and profiles (table1: the paper's Table 1)",
+                        description="Count and profile. `table1` regenerates the paper's Table 1 on a CPU in "
+                                    "seconds (shapes only, on the meta device).")
+    prs = pr.add_subparsers(dest="profile_command", required=True, metavar="WHAT")
+    p1 = prs.add_parser("table1", help="Table 1: GFLOPs of one image, paper vs recount vs true fwd+bwd",
+                        description="Conv-4, ResNet-18, ResNet-50 at 32/84/224 px: the paper's value, 2 x thop "
+                                    "MACs of one forward on the authors' models (the paper's convention), and "
+                                    "FlopCounterMode forward / forward+backward on fastfree's models. Markdown "
+                                    "on stdout.")
+    p1.add_argument("--json", metavar="PATH", help="write machine-readable results to PATH")
     return parser
 
 
@@ -141,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             from fastfree.commands import train
 
             train.run(args)
+        elif args.command == "profile":
+            from fastfree.commands import profile
+
+            profile.run(args)
     except FastFreeError as e:
         print(f"fastfree {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -61,6 +61,8 @@ def test_clear_errors(tmp_path, capsys):
         assert "sees no GPU" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--method", "oracle"])
+    with pytest.raises(SystemExit):  # `profile` needs a sub-command (table1)
+        main(["profile"])
 
 
 def test_pool_from_another_dataset_is_refused(pool_dir, cifar_fs_root, capsys):
