@@ -117,12 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--targets", choices=["soft", "hard"], help="soft: distillation (default); hard: Table 7's ablation")
     a.add_argument("--no-replay", action="store_true", help="switch cross-task replay off")
     a.add_argument("--replay-first-order", action="store_true", help="first-order MAML in replay (default second)")
-    t.add_argument("--engine", default="reference", choices=["reference"],
-                   help="only the paper-faithful reference engine exists so far (the fast engine is next)")
-    t.add_argument("--amp", action="store_true",
-                   help="bf16 mixed precision: NOT AVAILABLE YET (the fast engine); refused with an error")
-    t.add_argument("--compile", action="store_true",
-                   help="torch.compile: NOT AVAILABLE YET (the fast engine); refused with an error")
+    f = t.add_argument_group("engine")
+    f.add_argument("--engine", default="fast", choices=["fast", "reference"],
+                   help="fast (default): teachers stacked and BN-folded, FIVE and replay vmapped on CUDA (looped "
+                        "on a CPU, where that is faster), pure inner loops; reference: the paper-faithful "
+                        "sequential oracle. Both give the same run from the same seed")
+    f.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for convolutions and matmuls (losses and optimiser state stay fp32)")
+    f.add_argument("--compile", action="store_true", help="torch.compile FIVE's k-step epoch (fixed shapes)")
+    f.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture FIVE's k-step epoch in one CUDA graph (default: on with CUDA)")
+    f.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=None,
+                   help="fused Triton losses (default: on with CUDA; --no-kernels: the torch losses)")
 
     pr = sub.add_parser("profile", help="operation counts and profiles (table1: the paper's Table 1)",
                         description="Count and profile. `table1` regenerates the paper's Table 1 on a CPU in "

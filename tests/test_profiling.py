@@ -20,3 +20,21 @@ def test_bench_metatest_runs(tmp_path):
                                 "--device", "cpu", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert set(r["times"]) == {"batched", "reference"} and r["speedup_batched_over_reference"] > 0
+
+
+def test_bench_five_runs(tmp_path):
+    from fastfree.profiling import bench_five
+
+    out = tmp_path / "f.json"
+    assert bench_five.main(["--b", "2", "--k", "1", "--per-class", "2", "--ngf", "4", "--width", "4", "--image-size",
+                            "16", "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["times"]) == {"reference", "fast"} and r["speedup_over_reference"]["reference"] == 1.0
+
+
+def test_gpu_check_skips_steps_past_its_budget(tmp_path):
+    from fastfree.profiling import gpu_check
+
+    assert gpu_check.main(["--out", str(tmp_path), "--budget", "0"]) == 0
+    r = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert all(s.get("skipped") for s in r["steps"].values()) and "bench_five_32px" in r["steps"]

@@ -20,8 +20,24 @@ from fastfree.pool.pretrain import pretrain_pool
 from fastfree.pool.store import load_pool, records_from_training, save_pool
 from fastfree.pool.teachers import sample_teacher_specs
 
-NOT_YET = ("{flag} is not available yet: the fast engine (torch.compile, CUDA graphs, bf16) is not built; "
-           "this release runs the paper-faithful reference engine only. Run without {flag}.")
+
+
+def engine_options(args, device):
+    """The fast engine's options (None for --engine reference) and the settings recorded in config.json."""
+    if args.engine == "reference":
+        for flag, on in (("--amp", args.amp), ("--compile", args.compile), ("--cuda-graphs", args.cuda_graphs),
+                         ("--kernels", args.kernels)):
+            if on:
+                raise FastFreeError(f"{flag} belongs to the fast engine; drop it or drop --engine reference")
+        return None, {"engine": "reference"}
+    if args.amp and args.dtype == "float64":
+        raise FastFreeError("--amp (bf16) and --dtype float64 contradict each other: float64 is for equivalence "
+                            "checks, bf16 for speed; drop one")
+    from fastfree.engine.options import EngineOptions
+
+    options = EngineOptions.for_device(device, compile=args.compile, amp=args.amp, cuda_graphs=args.cuda_graphs,
+                                       kernels=args.kernels)
+    return options, {"engine": "fast", **options.__dict__}
 
 
 def free_config(args, base: FreeConfig) -> FreeConfig:
@@ -57,15 +73,13 @@ def _pool_for_run(args, preset, dataset, run_dir: Path, dtype, device):
 
 
 def run(args) -> dict:
-    for flag, on in (("--amp", args.amp), ("--compile", args.compile)):
-        if on:
-            raise FastFreeError(NOT_YET.format(flag=flag))
     preset, device, dtype = setup(args)
     dcfg = data_config(args, preset)
     cfg = free_config(args, preset.free)
     run_dir = Path(args.run_dir or f"runs/{preset.name}")
+    options, engine_settings = engine_options(args, device)
     resolved = {"preset": preset.name, "data": dcfg.__dict__, "free": cfg.to_dict(), "pool": args.pool,
-                "engine": "reference", "dtype": args.dtype}
+                "engine": engine_settings, "dtype": args.dtype}
     config_path = run_dir / "config.json"
     if args.resume and config_path.is_file():
         stored = json.loads(config_path.read_text())
@@ -86,8 +100,13 @@ def run(args) -> dict:
     ways = pool.records[0].num_classes
     val_cfg = replace(preset.metatest, tasks=cfg.val_tasks, engine="auto")
     test_cfg = replace(preset.metatest, tasks=args.test_tasks or preset.metatest.tasks, ways=ways, engine="auto")
+    engine = None
+    if options is not None:
+        from fastfree.engine.trainer import FastEngine
+
+        engine = FastEngine(teachers, options, device)
     ctx = RunContext(run_dir, cfg, dataset, teachers, [r.classes for r in pool.records], replace(val_cfg, ways=ways),
-                     device)
+                     device, engine, dtype)
     t0 = time.perf_counter()
     with progress_bar(total=cfg.iterations, desc="FREE", unit="it") as bar:
         def progress(m):

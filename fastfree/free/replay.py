@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -123,12 +124,21 @@ def maml_meta_batch_reference(
 def replay(
     learner: nn.Module, optimizer: torch.optim.Optimizer, bank: MemoryBank, normalization: Normalization,
     cfg: ReplayConfig, generator: torch.Generator,
+    meta_batch_fn: Callable[[nn.Module, EpisodeBatch, Normalization, ReplayConfig],
+                            tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
     """Replay meta-batches from the bank until `cfg.patience` in a row bring no gain.
 
     Each meta-batch: sample `cfg.meta_batch` tasks (bank.sample_tasks with `generator`), compute
-    `maml_meta_batch_reference`, set every trainable parameter's .grad to the summed outer-loss
-    gradient and call `optimizer.step()` (the caller's persistent outer optimiser).
+    `meta_batch_fn` (default: `maml_meta_batch_reference`), set every trainable parameter's .grad
+    to the summed outer-loss gradient and call `optimizer.step()` (the caller's persistent outer
+    optimiser).
+
+    meta_batch_fn: any callable with `maml_meta_batch_reference`'s signature and return values
+    ((learner, batch, normalization, cfg) -> (grads by name, summed outer loss, mean accuracy)),
+    e.g. the fast engine's `fastfree.engine.replay.maml_meta_batch_fast`, which so reuses this
+    patience loop. None (the default) means `maml_meta_batch_reference`, looked up in this
+    module when replay is called.
 
     Patience (the authors' loop): the best meta-batch accuracy starts unset in every call; a
     meta-batch is a gain if its accuracy is strictly greater than the best so far (the first
@@ -142,6 +152,8 @@ def replay(
     (fewer than `ways` classes with shots + queries images) nothing is updated and
     meta_batches is 0.
     """
+    if meta_batch_fn is None:
+        meta_batch_fn = maml_meta_batch_reference
     params = _trainable(learner)
     accuracies: list[float] = []
     losses: list[float] = []
@@ -153,7 +165,7 @@ def replay(
         if batch is None:
             stopped = "bank_too_small"
             break
-        grads, loss, acc = maml_meta_batch_reference(learner, batch, normalization, cfg)
+        grads, loss, acc = meta_batch_fn(learner, batch, normalization, cfg)
         for n, p in params.items():
             p.grad = grads[n].detach().to(p.dtype)
         optimizer.step()

@@ -42,8 +42,11 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 def learner_init(learner: nn.Module) -> Initialization:
-    """The meta-learner as a meta-test starting point (its BN already uses batch statistics)."""
-    return Initialization(learner, shared={k: v.detach().clone() for k, v in learner.named_parameters()})
+    """The meta-learner as a meta-test starting point (its BN already uses batch statistics).
+
+    A copy: the meta-test moves its template to the protocol's dtype, which must not touch the
+    learner being trained (a float64 run would silently continue in float32)."""
+    return Initialization(copy.deepcopy(learner), shared={k: v.detach().clone() for k, v in learner.named_parameters()})
 
 
 def save_grid(tasks: list[RecoveredTask], path: Path, per_class: int = 4) -> None:
@@ -71,6 +74,8 @@ class RunContext:
     teacher_classes: list[tuple[int, ...]]
     val_config: MetaTestConfig
     device: torch.device
+    engine: object = None  # runs the phases: fastfree.engine.FastEngine, or None for the reference
+    dtype: torch.dtype = torch.float32  # of the generator and meta-learner (float64: equivalence checks)
 
 
 def _append_metrics(path: Path, record: dict) -> None:
@@ -99,7 +104,7 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
     """
     cfg, run_dir = ctx.cfg, ctx.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = init_state(cfg, ctx.dataset.image_size, len(ctx.teacher_classes[0]), ctx.device)
+    state = init_state(cfg, ctx.dataset.image_size, len(ctx.teacher_classes[0]), ctx.device, ctx.dtype)
     ckpt = run_dir / CHECKPOINT
     if resume:
         if not ckpt.is_file():
@@ -110,7 +115,8 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
     _truncate_metrics(run_dir / METRICS, state.iteration)
     end = cfg.iterations if stop_after is None else min(stop_after, cfg.iterations)
     while state.iteration < end:
-        metrics, tasks = free_iteration(state, ctx.teachers, ctx.teacher_classes, ctx.dataset.normalization, cfg)
+        metrics, tasks = free_iteration(state, ctx.teachers, ctx.teacher_classes, ctx.dataset.normalization, cfg,
+                                        ctx.engine)
         it = state.iteration  # iterations completed
         if it % cfg.grid_every == 0 or it == cfg.iterations:
             save_grid(tasks, run_dir / "grids" / f"iter_{it:05d}.png")

@@ -8,6 +8,8 @@ One iteration:
   5. BELL updates the meta-learner on the recovered tasks (or ERM, or nothing: ablations);
   6. cross-task replay runs MAML on tasks drawn from the bank.
 During the warm-up iterations only steps 1, 2 and 4 run, and FIVE uses the CE term alone.
+The phases run on an engine: ReferenceEngine here (sequential, the oracle) or
+fastfree.engine.FastEngine (batched, compiled, graphed); the loop and its random draws are shared.
 
 All randomness comes from four torch.Generators held in the state (teacher sampling,
 latent codes, augmentation, replay tasks) and the state is checkpointed whole, so a run
@@ -28,7 +30,7 @@ from fastfree.free.bell import bell_reference, gradient_alignment
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask, apply_meta_gradient, five_reference
 from fastfree.free.memory import MemoryBank
-from fastfree.free.replay import replay
+from fastfree.free.replay import maml_meta_batch_reference, replay
 from fastfree.metatest.adapt import functional_template
 from fastfree.models import Conv4, Generator
 
@@ -92,53 +94,105 @@ def init_state(cfg: FreeConfig, image_size: int, ways: int, device: torch.device
     )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class PhaseTimer:
+    """Seconds per phase of an iteration: CUDA events on a GPU (read once, at the end), wall time on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, object]] = []
+
+    def mark(self, name: str) -> None:
+        """End of phase `name` (the first mark, named "start", opens the first phase)."""
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append((name, event))
+        else:
+            self.marks.append((name, time.perf_counter()))
+
+    def read(self) -> dict[str, float]:
+        if self.cuda:
+            self.marks[-1][1].synchronize()
+            span = [a.elapsed_time(b) / 1000 for (_, a), (_, b) in zip(self.marks, self.marks[1:])]
+        else:
+            span = [b - a for (_, a), (_, b) in zip(self.marks, self.marks[1:])]
+        out: dict[str, float] = {}
+        for (name, _), seconds in zip(self.marks[1:], span):
+            out[name] = out.get(name, 0.0) + seconds
+        return out
+
+
+class ReferenceEngine:
+    """The paper-faithful sequential engine (the oracle): each phase as fastfree.free writes it."""
+
+    name = "reference"
+    meta_batch_fn = staticmethod(maml_meta_batch_reference)
+
+    def __init__(self, teachers: list[nn.Module]):
+        self.teachers = teachers
+
+    def recover(self, state: FreeState, ids: list[int], normalization: Normalization, cfg: FreeConfig,
+                adversarial: bool) -> tuple[list[RecoveredTask], dict[str, torch.Tensor]]:
+        return five_reference(state.generator, [self.teachers[i] for i in ids], ids, state.learner, normalization,
+                              cfg.five, adversarial=adversarial, rng=state.rngs["augment"],
+                              latent_rng=state.rngs["latent"], sequential=cfg.generator == "sequential")
+
+    def learn(self, state: FreeState, tasks: list[RecoveredTask], ids: list[int], normalization: Normalization,
+              cfg: FreeConfig) -> list[float]:
+        return bell_reference(state.learner, tasks, [self.teachers[i] for i in ids], normalization, cfg.bell,
+                              state.learner_opt)["losses"]
+
+    def alignment(self, state: FreeState, tasks: list[RecoveredTask], ids: list[int], normalization: Normalization,
+                  cfg: FreeConfig) -> dict:
+        return gradient_alignment(state.learner, tasks, [self.teachers[i] for i in ids], normalization,
+                                  cfg.bell.targets)
 
 
 def free_iteration(
     state: FreeState, teachers: list[nn.Module], teacher_classes: list[tuple[int, ...]],
-    normalization: Normalization, cfg: FreeConfig,
+    normalization: Normalization, cfg: FreeConfig, engine=None,
 ) -> tuple[dict, list[RecoveredTask]]:
-    """Run iteration `state.iteration` (0-based) of Algorithm 3 and advance the state."""
+    """Run iteration `state.iteration` (0-based) of Algorithm 3 and advance the state.
+
+    `engine` runs the phases (default: ReferenceEngine(teachers)); every engine draws the same
+    random numbers in the same order, so the same seed gives the same run on each.
+    """
+    engine = engine or ReferenceEngine(teachers)
     device = next(state.generator.parameters()).device
     warm = state.iteration < cfg.warmup
     t_start = time.perf_counter()
+    timer = PhaseTimer(device)
+    timer.mark("start")
     ids = torch.randint(0, len(teachers), (cfg.teachers_per_iteration,), generator=state.rngs["teachers"]).tolist()
-    batch = [teachers[i] for i in ids]
-
-    _sync(device)
-    t0 = time.perf_counter()
-    sequential = cfg.generator == "sequential"
-    tasks, meta_grad = five_reference(state.generator, batch, ids, state.learner, normalization, cfg.five,
-                                      adversarial=not warm, rng=state.rngs["augment"], latent_rng=state.rngs["latent"],
-                                      sequential=sequential)
-    _sync(device)
-    recovery = time.perf_counter() - t0
-    if not sequential:
+    tasks, meta_grad = engine.recover(state, ids, normalization, cfg, adversarial=not warm)
+    timer.mark("five")
+    if cfg.generator != "sequential":
         apply_meta_gradient(state.generator, meta_grad, state.generator_opt)
+    timer.mark("generator")
 
-    metrics = {
-        "iteration": state.iteration,
-        "warmup": warm,
-        "teachers": ids,
-        "five_loss": sum(t.final_loss for t in tasks) / len(tasks),
-        "eta_rate": sum(t.eta_rate for t in tasks) / len(tasks),
-        "recovery_s": recovery,
-    }
+    metrics = {"iteration": state.iteration, "warmup": warm, "teachers": ids}
     if not warm:
-        state.recovery_seconds += recovery
         for task in tasks:
             classes = torch.tensor(teacher_classes[task.teacher], device=device)
             state.bank.add(task.images, classes[task.labels])
-        metrics["alignment"] = gradient_alignment(state.learner, tasks, batch, normalization, cfg.bell.targets)
+        timer.mark("bank")
+        metrics["alignment"] = engine.alignment(state, tasks, ids, normalization, cfg)
+        timer.mark("alignment")
         if cfg.bell.mode != "none":
-            metrics["bell_losses"] = bell_reference(state.learner, tasks, batch, normalization, cfg.bell,
-                                                    state.learner_opt)["losses"]
+            metrics["bell_losses"] = engine.learn(state, tasks, ids, normalization, cfg)
+        timer.mark("bell")
         if cfg.replay_enabled:
-            stats = replay(state.learner, state.learner_opt, state.bank, normalization, cfg.replay, state.rngs["replay"])
+            stats = replay(state.learner, state.learner_opt, state.bank, normalization, cfg.replay,
+                           state.rngs["replay"], meta_batch_fn=engine.meta_batch_fn)
             metrics["replay"] = {k: v for k, v in stats.items() if k != "accuracies"}
+        timer.mark("replay")
+    phases = timer.read()  # the iteration's one wait for the device (besides replay's patience checks)
+    metrics["five_loss"] = sum(t.final_loss for t in tasks) / len(tasks)
+    metrics["eta_rate"] = sum(t.eta_rate for t in tasks) / len(tasks)
+    metrics["recovery_s"] = phases["five"]
+    metrics["phase_s"] = phases
+    if not warm:
+        state.recovery_seconds += phases["five"]
     metrics["bank_images"] = len(state.bank)
     metrics["iteration_s"] = time.perf_counter() - t_start
     state.iteration += 1

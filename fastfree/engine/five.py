@@ -1,0 +1,175 @@
+"""FIVE (Algorithm 1), batched: all b teachers' k-step inversions as one pure function.
+
+The b generator clones and latent codes are stacked tensors [b, ...]; the inner loop is k
+steps of torch.func.grad through generator -> crop/flip -> normalisation -> teacher (the
+meta-learner only supplies its no-grad logits), each followed by a functional Adam step
+(fastfree.optim.adam_step, its step count a device tensor) on the stacked tensors, which is
+exactly b independent torch.optim.Adam instances. The meta-gradient is the gradient at the
+adapted weights with the (k+1)-th augmentation draw, averaged over teachers in one pass.
+
+Teachers are mapped either with vmap (one grouped kernel per layer: the GPU path) or with a
+Python loop over the same per-teacher function (faster on a CPU, see EngineOptions); both
+give the reference's numbers (tests in float64). The inner step and the meta-gradient are pure
+functions that torch.compile wraps (boundary outside vmap/grad; one graph each, reused by all k
+steps); a CUDA graph captures the whole epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
+
+from fastfree.data.split import Normalization
+from fastfree.engine.augment import crop_flip_indexed
+from fastfree.engine.graphs import GraphedCallable
+from fastfree.engine.options import EngineOptions
+from fastfree.engine.teachers import StackedTeachers
+from fastfree.free.five import FiveConfig
+from fastfree.free.losses import kl_per_sample
+from fastfree.optim import AdamState, adam_step
+
+Z = "z"  # the latent codes' key in the inner optimiser's parameter dict (generator names contain dots)
+
+
+@dataclass
+class FiveOutputs:
+    """One FIVE epoch of b teachers, all on the device (nothing read back)."""
+
+    meta_grad: dict[str, torch.Tensor]  # (1/b) sum_i grad L^k_i, by generator parameter name
+    images: torch.Tensor  # [b, n, C, H, W] recovered tasks in [0, 1]
+    eta: torch.Tensor  # [b, n] agreement of teacher and learner on the final images
+    loss: torch.Tensor  # [b] each teacher's L^k
+
+
+def eq1_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor, adversarial: bool,
+             kernels: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1 per row, fp32 (float64 stays float64), and eta; the same arithmetic as free.losses."""
+    if kernels:
+        from fastfree.kernels import inversion_loss_rows
+
+        return inversion_loss_rows(teacher_logits, student_logits, labels, adversarial)
+    t = teacher_logits if teacher_logits.dtype == torch.float64 else teacher_logits.float()
+    s = (student_logits if student_logits.dtype == torch.float64 else student_logits.float()).detach()
+    ce = F.cross_entropy(t, labels, reduction="none")
+    eta = (t.argmax(-1) == s.argmax(-1)).to(ce.dtype)
+    return (ce - eta * kl_per_sample(t, s) if adversarial else ce), eta
+
+
+def make_objective(generator: nn.Module, teachers: StackedTeachers, learner: nn.Module, normalization: Normalization,
+                   cfg: FiveConfig, adversarial: bool, options: EngineOptions, device: torch.device) -> Callable:
+    """L_G for one teacher: (theta, z, teacher tensors, draw, learner params, labels) -> (loss, (x, eta, loss))."""
+
+    def objective(theta, z, teacher, draw, learner_params, labels):
+        with options.autocast(device):
+            x = functional_call(generator, theta, (z,))
+        x = x.to(z.dtype)  # images (and the pixel gradients) stay in the parameters' precision
+        view = crop_flip_indexed(x, draw, cfg.pad) if cfg.augment else x
+        view = normalization.unit(view)
+        with options.autocast(device):
+            teacher_logits = teachers.forward(teacher, view)
+            with torch.no_grad():
+                student_logits = functional_call(learner, learner_params, (view,))
+        rows, eta = eq1_rows(teacher_logits, student_logits, labels, adversarial, options.kernels)
+        loss = rows.mean()
+        return loss, (x, eta, loss.detach())
+
+    return objective
+
+
+def map_teachers(fn: Callable, in_dims: tuple, vectorize: bool, size: int) -> Callable:
+    """vmap(fn, in_dims), or a loop over the `size` entries of the mapped dimension, outputs stacked."""
+    if vectorize:
+        return vmap(fn, in_dims=in_dims)
+
+    def looped(*args):
+        outs = [fn(*(a if d is None else tree_map(lambda t: t[i], a) for a, d in zip(args, in_dims)))
+                for i in range(size)]
+        return tree_map(lambda *xs: torch.stack(xs), *outs)
+
+    return looped
+
+
+def inner_step(params: dict[str, torch.Tensor], state: AdamState, teacher: dict[str, torch.Tensor], draw: torch.Tensor,
+               learner_params: dict[str, torch.Tensor], labels: torch.Tensor, *, objective: Callable, lr: float,
+               betas: tuple[float, float], vectorize: bool) -> tuple[dict[str, torch.Tensor], AdamState]:
+    """Pure: one Adam step on L_G for b teachers at once (params holds theta [b, ...] and Z [b, n, d])."""
+    b = params[Z].shape[0]
+    step_grad = map_teachers(grad(objective, argnums=(0, 1), has_aux=True), (0, 0, 0, 0, None, None), vectorize, b)
+    theta = {n: p for n, p in params.items() if n != Z}
+    (g_theta, g_z), _ = step_grad(theta, params[Z], teacher, draw, learner_params, labels)
+    return adam_step(params, {**g_theta, Z: g_z}, state, lr, betas)
+
+
+def meta_gradient(params: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], draw: torch.Tensor,
+                  learner_params: dict[str, torch.Tensor], labels: torch.Tensor, *, objective: Callable,
+                  vectorize: bool):
+    """Pure: the gradient at the adapted weights, averaged over teachers, and the recovered tasks."""
+    b = params[Z].shape[0]
+    final = map_teachers(grad(objective, has_aux=True), (0, 0, 0, 0, None, None), vectorize, b)
+    theta = {n: p for n, p in params.items() if n != Z}
+    g, (x, eta, loss) = final(theta, params[Z], teacher, draw, learner_params, labels)
+    return {n: v.mean(0) for n, v in g.items()}, x.detach(), eta.detach(), loss.detach()
+
+
+def five_epoch(theta0: dict[str, torch.Tensor], z0: torch.Tensor, teacher: dict[str, torch.Tensor], draws: torch.Tensor,
+               learner_params: dict[str, torch.Tensor], labels: torch.Tensor, *, step: Callable, final: Callable,
+               k: int):
+    """k inner Adam steps for b teachers and the averaged meta-gradient (`step`/`final`: the two
+    pure functions above, maybe compiled; the epoch itself is what a CUDA graph captures).
+
+    theta0: the meta-generator's parameters (unstacked); z0 [b, n, d]; teacher [b, ...];
+    draws [b, k+1, 3]. Returns (meta_grad, images [b, n, ...], eta [b, n], loss [b]).
+    """
+    b = z0.shape[0]
+    params = {n: p.detach().expand(b, *p.shape).clone() for n, p in theta0.items()}
+    params[Z] = z0
+    state = AdamState.zeros_like(params)
+    for i in range(k):
+        params, state = step(params, state, teacher, draws[:, i], learner_params, labels)
+    return final(params, teacher, draws[:, k], learner_params, labels)
+
+
+class FastFive:
+    """FIVE epochs for one run: the pure epoch, compiled and/or CUDA-graphed per warm-up phase.
+
+    Two variants exist (warm-up: CE only; afterwards: Eq. 1), each compiled / captured once on
+    first use, so switching phase never recompiles.
+    """
+
+    def __init__(self, generator: nn.Module, teachers: StackedTeachers, learner: nn.Module,
+                 normalization: Normalization, cfg: FiveConfig, options: EngineOptions, device: torch.device):
+        self.generator, self.teachers, self.learner = generator, teachers, learner
+        self.normalization, self.cfg, self.options, self.device = normalization, cfg, options, device
+        self._epochs: dict[bool, Callable] = {}
+
+    def _epoch(self, adversarial: bool) -> Callable:
+        if adversarial not in self._epochs:
+            objective = make_objective(self.generator, self.teachers, self.learner, self.normalization, self.cfg,
+                                       adversarial, self.options, self.device)
+            vectorize = self.options.vectorize
+            step = partial(inner_step, objective=objective, lr=self.cfg.lr, betas=self.cfg.betas, vectorize=vectorize)
+            final = partial(meta_gradient, objective=objective, vectorize=vectorize)
+            if self.options.compile:  # one graph per function, reused by all k steps (compile time / (k+1))
+                backend = self.options.compile_backend
+                step = torch.compile(step, fullgraph=True, dynamic=False, backend=backend)
+                final = torch.compile(final, fullgraph=True, dynamic=False, backend=backend)
+            fn = partial(five_epoch, step=step, final=final, k=self.cfg.k)
+            if self.options.cuda_graphs:
+                fn = GraphedCallable(fn)
+            self._epochs[adversarial] = fn
+        return self._epochs[adversarial]
+
+    def __call__(self, theta: dict[str, torch.Tensor], z: torch.Tensor, teacher_ids: torch.Tensor, draws: torch.Tensor,
+                 learner_params: dict[str, torch.Tensor], labels: torch.Tensor, adversarial: bool) -> FiveOutputs:
+        teacher = self.teachers.gather(teacher_ids)
+        meta_grad, images, eta, loss = self._epoch(adversarial)(theta, z, teacher, draws, learner_params, labels)
+        if self.options.cuda_graphs:  # outputs live in the graph's static buffers: keep copies
+            meta_grad, images, eta, loss = tree_map(torch.clone, (meta_grad, images, eta, loss))
+        return FiveOutputs(meta_grad, images, eta, loss)

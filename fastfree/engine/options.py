@@ -1,0 +1,52 @@
+"""What the fast engine may use, resolved once per run from the device and the flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastfree.errors import FastFreeError
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Switches of the fast engine. `for_device` picks the defaults; every field can be overridden.
+
+    vectorize: vmap over teachers / tasks (one grouped kernel per layer). On a GPU this saves
+        launches; on a CPU oneDNN runs grouped convolutions 2-3x slower than a loop of plain
+        ones (measured, README), so there the engine loops over teachers with the same pure
+        functions instead.
+    compile: torch.compile the inner-loop functions (boundary outside vmap/grad).
+    cuda_graphs: capture FIVE's fixed k-step loop of all b teachers in one CUDA graph.
+    amp: bf16 autocast for convolutions and matmuls; losses and optimiser state in fp32.
+    kernels: the fused Triton losses (fastfree.kernels) instead of the torch ones.
+    compile_backend: torch.compile's backend ("inductor"; "aot_eager" traces without code
+        generation, which tests use to check graph breaks quickly).
+    """
+
+    vectorize: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+    amp: bool = False
+    kernels: bool = False
+    compile_backend: str = "inductor"
+
+    @staticmethod
+    def for_device(device: torch.device, *, compile: bool = False, amp: bool = False,
+                   cuda_graphs: bool | None = None, kernels: bool | None = None,
+                   vectorize: bool | None = None) -> "EngineOptions":
+        cuda = device.type == "cuda"
+        if cuda_graphs and not cuda:
+            raise FastFreeError("--cuda-graphs needs a CUDA device: drop the flag or use --device cuda")
+        return EngineOptions(
+            vectorize=cuda if vectorize is None else vectorize,
+            compile=compile,
+            cuda_graphs=cuda if cuda_graphs is None else cuda_graphs,
+            amp=amp,
+            kernels=cuda if kernels is None else kernels,
+        )
+
+    def autocast(self, device: torch.device):
+        """bf16 autocast when amp is on (cache off: required inside CUDA graphs), else a no-op."""
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False)

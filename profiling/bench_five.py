@@ -1,0 +1,116 @@
+"""Benchmark: one FIVE epoch (b teachers x (k inner Adam steps + the meta-gradient)), reference vs fast.
+
+Not a test: it reports. Issue 4's setting by default: b=4, k=5, 100 latent codes (5 ways x
+20), generator ngf 64, Conv4-32 teachers (frozen, eval mode) and meta-learner, at the given
+image size. Variants, all on the same inputs, each timed as a median over repeats after a
+warm-up (compilation and CUDA-graph capture happen in the warm-up):
+
+  reference         fastfree.free.five.five_reference (deepcopy + torch.optim.Adam per teacher)
+  fast              FastFive with the device's defaults, eager (vmap on CUDA, loop on a CPU)
+  fast_compile      + torch.compile of the inner step and the meta-gradient
+  fast_graphs       + the epoch captured in one CUDA graph (CUDA only)
+  fast_compile_graphs
+  *_bf16            the same with bf16 autocast (--amp)
+
+    python -m fastfree.profiling.bench_five --image-size 32 --variants reference fast --json out.json
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastfree.commands.common import run_metadata, write_json
+from fastfree.data.split import CIFAR100_NORM
+from fastfree.engine.augment import draw_table
+from fastfree.engine.five import FastFive
+from fastfree.engine.options import EngineOptions
+from fastfree.engine.teachers import StackedTeachers
+from fastfree.free.five import FiveConfig, five_reference, task_labels
+from fastfree.metatest.adapt import functional_template
+from fastfree.models import Conv4, Generator
+from fastfree.profiling.timing import median_time, parser, resolve_device
+
+FAST = {
+    "fast": {},
+    "fast_compile": {"compile": True},
+    "fast_graphs": {"cuda_graphs": True},
+    "fast_compile_graphs": {"compile": True, "cuda_graphs": True},
+}
+
+
+def variants_for(device: torch.device) -> list[str]:
+    names = ["reference", "fast"]
+    if device.type == "cuda":
+        names += ["fast_compile", "fast_graphs", "fast_compile_graphs", "reference_bf16", "fast_compile_graphs_bf16"]
+    return names
+
+
+def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: int, width: int, image_size: int,
+          repeats: int, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    gen = Generator(256, ngf, image_size).to(device)
+    teachers = [Conv4(ways, width, image_size).to(device).eval().requires_grad_(False) for _ in range(b)]
+    learner = functional_template(Conv4(ways, width, image_size)).to(device)
+    cfg = FiveConfig(k=k, images_per_class=per_class)
+    ids = list(range(b))
+    labels = task_labels(ways, per_class, device)
+    z = torch.randn(b, ways * per_class, 256, device=device)
+    draws = draw_table(b, k + 1, cfg.pad, torch.Generator().manual_seed(0)).to(device)
+    stack = StackedTeachers(teachers)
+    times = {}
+    for name in variants:
+        amp = name.endswith("_bf16")
+        base = name.removesuffix("_bf16")
+        if base == "reference":
+            def call(amp=amp):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    tasks, _ = five_reference(gen, teachers, ids, learner, CIFAR100_NORM, cfg, True,
+                                              torch.Generator().manual_seed(0))
+                return tasks[-1].final_loss  # a host read: synchronised
+        else:
+            flags = dict(FAST[base])
+            if flags.get("cuda_graphs") and device.type != "cuda":
+                continue
+            options = EngineOptions.for_device(device, amp=amp, cuda_graphs=flags.get("cuda_graphs", False),
+                                               compile=flags.get("compile", False))
+            five = FastFive(gen, stack, learner, CIFAR100_NORM, cfg, options, device)
+            theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
+            id_tensor = torch.tensor(ids, device=device)
+
+            def call(five=five, theta=theta, lp=lp, id_tensor=id_tensor):
+                return five(theta, z, id_tensor, draws, lp, labels, True).loss.sum().item()
+        times[name] = median_time(call, repeats, device)
+    ref = times.get("reference", {}).get("median_s")
+    return {
+        "benchmark": "one FIVE epoch: b teachers x (k inner Adam steps + meta-gradient), seconds per epoch",
+        "b": b, "k": k, "images": ways * per_class, "ngf": ngf, "teacher": f"conv4-{width}", "image_size": image_size,
+        "repeats": repeats, "times": times,
+        "speedup_over_reference": {n: ref / t["median_s"] for n, t in times.items()} if ref else {},
+        **run_metadata(device),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__)
+    p.add_argument("--variants", nargs="+", help="default: all that the device supports")
+    p.add_argument("--b", type=int, default=4)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--per-class", type=int, default=20)
+    p.add_argument("--ngf", type=int, default=64)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=32)
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    result = bench(args.variants or variants_for(device), args.b, args.k, args.ways, args.per_class, args.ngf,
+                   args.width, args.image_size, args.repeats, device)
+    for name, t in result["times"].items():
+        ratio = result["speedup_over_reference"].get(name)
+        print(f"{result['device_name']} {args.image_size}px {name:>26}: {1e3 * t['median_s']:8.1f} ms"
+              + (f"  ({ratio:.2f}x the reference)" if ratio else ""), flush=True)
+    write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""The fast FIVE epoch against the sequential reference (float64), and its compiled / bf16 variants."""
+
+import copy
+
+import pytest
+import torch
+
+from fastfree.data.split import CIFAR100_NORM as NORM
+from fastfree.engine.augment import crop_flip_indexed, draw_table
+from fastfree.engine.five import FastFive
+from fastfree.engine.options import EngineOptions
+from fastfree.engine.teachers import StackedTeachers
+from fastfree.errors import FastFreeError
+from fastfree.free.augment import crop_flip, draw_crop_flip
+from fastfree.free.five import FiveConfig, five_reference, task_labels
+from fastfree.models import Conv4
+from tests.free.helpers import tiny_models
+
+CPU = torch.device("cpu")
+
+
+def _setup(teachers=3, seed=0, batch_statistics=False):
+    """Tiny float64 models. The learner is a perturbed copy of teacher 2, which agrees with it on
+    most images (so Eq. 1's KL term and both values of eta are exercised), or with
+    batch_statistics=True the real meta-learner (a Conv4 whose BatchNorm uses batch statistics)."""
+    gen, ts, meta_learner = tiny_models(seed=seed, teachers=teachers)
+    if batch_statistics:
+        return gen, ts, meta_learner
+    learner = copy.deepcopy(ts[2])
+    noise = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(0.3 * p.std() * torch.randn(p.shape, generator=noise, dtype=p.dtype))
+    return gen, ts, learner
+
+
+def _fast(gen, ts, learner, cfg, ids, adversarial, options, seed_aug=1, seed_z=2):
+    latent = torch.Generator().manual_seed(seed_z)
+    z = torch.stack([torch.randn(cfg.images_per_class * 5, gen.latent_dim, generator=latent, dtype=torch.float64)
+                     for _ in ids])
+    draws = draw_table(len(ids), cfg.k + 1, cfg.pad, torch.Generator().manual_seed(seed_aug))
+    five = FastFive(gen, StackedTeachers(ts), learner, NORM, cfg, options, CPU)
+    return five(dict(gen.named_parameters()), z, torch.tensor(ids), draws, dict(learner.named_parameters()),
+                task_labels(5, cfg.images_per_class), adversarial)
+
+
+@pytest.mark.parametrize("vectorize", [False, True], ids=["loop", "vmap"])
+@pytest.mark.parametrize("b,k", [(1, 1), (1, 5), (3, 1), (3, 5)])
+@pytest.mark.parametrize("adversarial", [True, False], ids=["eq1", "warmup"])
+def test_fast_five_equals_the_reference_in_float64(vectorize, b, k, adversarial):
+    _check_against_reference(vectorize, b, k, adversarial, batch_statistics=False)
+
+
+@pytest.mark.parametrize("vectorize", [False, True], ids=["loop", "vmap"])
+def test_fast_five_equals_the_reference_with_the_batch_statistics_learner(vectorize):
+    _check_against_reference(vectorize, 3, 2, True, batch_statistics=True)
+
+
+def _check_against_reference(vectorize, b, k, adversarial, batch_statistics):
+    gen, ts, learner = _setup(batch_statistics=batch_statistics)
+    cfg = FiveConfig(k=k, lr=0.01, images_per_class=4)
+    ids = [2, 0, 2][:b]  # with a repeated teacher, as uniform sampling with replacement does
+    tasks, meta_grad = five_reference(gen, [ts[i] for i in ids], ids, learner, NORM, cfg, adversarial,
+                                      torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    out = _fast(gen, ts, learner, cfg, ids, adversarial, EngineOptions(vectorize=vectorize))
+    for name, g in meta_grad.items():
+        torch.testing.assert_close(out.meta_grad[name], g, rtol=1e-10, atol=1e-13, msg=name)
+    for i, task in enumerate(tasks):
+        torch.testing.assert_close(out.images[i], task.images, rtol=1e-10, atol=1e-13)
+        assert out.eta[i].mean().item() == pytest.approx(task.eta_rate, abs=1e-12)
+        assert out.loss[i].item() == pytest.approx(task.final_loss, rel=1e-10)
+    if adversarial and not batch_statistics:
+        assert 0 < out.eta.mean() < 1, "the test must exercise both branches of eta"
+
+
+def test_the_meta_generator_and_inputs_are_not_modified():
+    gen, ts, learner = _setup()
+    before = {n: p.detach().clone() for n, p in gen.named_parameters()}
+    _fast(gen, ts, learner, FiveConfig(k=2, lr=0.01, images_per_class=4), [0, 1], True, EngineOptions())
+    for n, p in gen.named_parameters():
+        assert torch.equal(p, before[n]) and p.grad is None
+
+
+def test_indexed_crop_flip_is_the_reference_augmentation():
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    rng_a, rng_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    table = draw_table(4, 5, 4, rng_a)
+    for draw in table.view(-1, 3):
+        top, left, flip = draw_crop_flip(4, rng_b)
+        assert draw.tolist() == [top, left, int(flip)]
+        assert torch.equal(crop_flip_indexed(x, draw, 4), crop_flip(x, top, left, flip, 4))
+
+
+def test_stacked_teachers_are_the_folded_teachers():
+    _, ts, _ = tiny_models(teachers=3)
+    stack = StackedTeachers(ts)
+    x = torch.randn(6, 3, 16, 16, dtype=torch.float64)
+    got = torch.vmap(stack.forward, in_dims=(0, None))(stack.gather(torch.tensor([2, 0])), x)
+    torch.testing.assert_close(got, torch.stack([ts[2](x), ts[0](x)]), rtol=1e-12, atol=1e-12)
+    assert len(stack) == 3 and stack.ways == 5
+
+
+def test_teachers_of_different_architectures_are_refused_with_the_fix():
+    _, ts, _ = tiny_models(teachers=1)
+    other = Conv4(num_classes=5, width=8, image_size=16).double().eval()
+    with pytest.raises(FastFreeError, match="--engine reference"):
+        StackedTeachers([ts[0], other])
+
+
+def test_cuda_graphs_are_refused_off_cuda():
+    with pytest.raises(FastFreeError, match="CUDA"):
+        EngineOptions.for_device(CPU, cuda_graphs=True)
+    assert EngineOptions.for_device(CPU) == EngineOptions()
+
+
+@pytest.mark.parametrize("vectorize,backend", [(False, "aot_eager"), (True, "inductor")], ids=["loop", "vmap"])
+def test_compiled_epoch_has_no_graph_break_no_recompile_and_equals_eager(vectorize, backend):
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    gen, ts, learner = _setup()
+    cfg = FiveConfig(k=2, lr=0.01, images_per_class=4)
+    options = EngineOptions(vectorize=vectorize, compile=True, compile_backend=backend)
+    stack = StackedTeachers(ts)
+    five = FastFive(gen, stack, learner, NORM, cfg, options, CPU)
+    eager = FastFive(gen, stack, learner, NORM, cfg, EngineOptions(vectorize=vectorize), CPU)
+    labels = task_labels(5, 4)
+    theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
+    for seed in range(3):  # new latents, draws and teachers each time: the same graphs
+        z = torch.randn(2, 20, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        draws = draw_table(2, 3, 4, torch.Generator().manual_seed(seed))
+        ids = torch.tensor([seed % 3, (seed + 1) % 3])
+        # the first epoch compiles (warm-up); after it, any recompilation is an error
+        with torch._dynamo.config.patch(error_on_recompile=seed > 0):
+            got = five(theta, z, ids, draws, lp, labels, True)
+        want = eager(theta, z, ids, draws, lp, labels, True)
+        for n in want.meta_grad:
+            torch.testing.assert_close(got.meta_grad[n], want.meta_grad[n], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(got.images, want.images, rtol=1e-9, atol=1e-12)
+    assert sum(counters["graph_break"].values()) == 0
+    assert counters["stats"]["unique_graphs"] == 2  # the inner step (reused k times) and the meta-gradient
+
+
+def test_bf16_autocast_keeps_the_meta_gradient_direction():
+    gen, ts, learner = _setup()
+    gen, learner = gen.float(), learner.float()
+    ts = [t.float() for t in ts]
+    cfg = FiveConfig(k=0, lr=0.01, images_per_class=4)
+    outs = []
+    for amp in (False, True):
+        z = torch.randn(2, 20, 8, generator=torch.Generator().manual_seed(0))
+        draws = draw_table(2, 1, 4, torch.Generator().manual_seed(0))
+        five = FastFive(gen, StackedTeachers(ts), learner, NORM, cfg, EngineOptions(amp=amp), CPU)
+        outs.append(five(dict(gen.named_parameters()), z, torch.tensor([0, 1]), draws,
+                         dict(learner.named_parameters()), task_labels(5, 4), True))
+    fp32, bf16 = outs
+    assert bf16.images.dtype == torch.float32 and bf16.loss.dtype == torch.float32
+    flat = [torch.cat([o.meta_grad[n].flatten() for n in sorted(o.meta_grad)]) for o in outs]
+    # bf16 keeps 8 mantissa bits: on these tiny models (ngf 4) the direction agrees to ~0.96
+    assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.9
+    torch.testing.assert_close(bf16.images, fp32.images, atol=2e-2, rtol=0)  # bf16: 8 mantissa bits
+    torch.testing.assert_close(bf16.loss, fp32.loss, rtol=2e-2, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_cuda_graph_replays_equal_eager_over_three_epochs(compile):
+    cuda = torch.device("cuda")
+    gen, ts, learner = _setup()
+    gen, learner = gen.float().to(cuda), learner.float().to(cuda)
+    stack = StackedTeachers([t.float().to(cuda) for t in ts])
+    cfg = FiveConfig(k=3, lr=0.01, images_per_class=4)
+    graphed = FastFive(gen, stack, learner, NORM, cfg, EngineOptions.for_device(cuda, compile=compile), cuda)
+    eager = FastFive(gen, stack, learner, NORM, cfg, EngineOptions.for_device(cuda, cuda_graphs=False,
+                                                                             compile=compile), cuda)
+    theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
+    for seed in range(3):  # fresh inputs each epoch, copied into the graph's static buffers
+        z = torch.randn(2, 20, 8, generator=torch.Generator().manual_seed(seed)).to(cuda)
+        draws = draw_table(2, cfg.k + 1, 4, torch.Generator().manual_seed(seed)).to(cuda)
+        ids = torch.tensor([seed % 3, (seed + 1) % 3], device=cuda)
+        got = graphed(theta, z, ids, draws, lp, task_labels(5, 4, cuda), True)
+        want = eager(theta, z, ids, draws, lp, task_labels(5, 4, cuda), True)
+        for n in want.meta_grad:
+            torch.testing.assert_close(got.meta_grad[n], want.meta_grad[n], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got.images, want.images, rtol=1e-4, atol=1e-6)
+    assert graphed._epochs[True].replays == 3
