@@ -142,3 +142,53 @@ def maml_meta_batch_fast(
     query = normalization.unit(batch.query.to(dtype))
     return meta_batch_loss_and_grads(template, params, support, batch.support_labels, query, batch.query_labels,
                                      cfg.inner_steps, cfg.inner_lr, cfg.second_order, chunk_size)
+
+
+class GraphedMetaBatch:
+    """``maml_meta_batch_fast`` captured in one CUDA graph (the engine's replay with --cuda-graphs).
+
+    A drop-in ``meta_batch_fn``: the first call builds the template and captures the pure
+    meta-batch (normalisation, the vmapped inner loops, the second-order outer gradient) for
+    the replay configuration's fixed shapes; every later call copies the learner's current
+    parameters and the new tasks into the graph's static inputs and replays it (one launch
+    instead of hundreds; the notes' prototype: 112 ms -> 20.5 ms on an H200). The outputs are
+    cloned, because the next replay overwrites the graph's buffers.
+    """
+
+    def __init__(self, warmup: int = 3):
+        from fastfree.engine.graphs import GraphedCallable
+
+        self._graphed = GraphedCallable(self._pure, warmup=warmup)
+        self._template: nn.Module | None = None
+        self._constants: tuple | None = None
+        self._norm: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _pure(self, params, support, support_labels, query, query_labels, mean, std):
+        inner_steps, inner_lr, second_order = self._constants
+        return meta_batch_loss_and_grads(self._template, params, (support - mean) / std, support_labels,
+                                         (query - mean) / std, query_labels, inner_steps, inner_lr, second_order)
+
+    @property
+    def replays(self) -> int:
+        return self._graphed.replays
+
+    def __call__(self, learner: nn.Module, batch: EpisodeBatch, normalization: Normalization,
+                 cfg: ReplayConfig) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        params = {n: p.detach() for n, p in _trainable(learner).items()}
+        dtype = next(iter(params.values())).dtype
+        constants = (cfg.inner_steps, cfg.inner_lr, cfg.second_order)
+        if self._template is None:
+            self._template, self._constants = replay_template(learner), constants
+        elif constants != self._constants:
+            from fastfree.errors import FastFreeError
+
+            raise FastFreeError("the CUDA-graphed replay was captured for another inner loop (steps, lr, order); "
+                                "run with --no-cuda-graphs to change it within a run")
+        key = (normalization.mean, normalization.std, dtype, batch.support.device)
+        if key not in self._norm:  # made once: a host-to-device copy per call would synchronise
+            self._norm[key] = tuple(torch.tensor(v, dtype=dtype, device=batch.support.device).view(1, 3, 1, 1)
+                                    for v in (normalization.mean, normalization.std))
+        mean, std = self._norm[key]
+        grads, loss, accuracy = self._graphed(params, batch.support.to(dtype), batch.support_labels,
+                                              batch.query.to(dtype), batch.query_labels, mean, std)
+        return {k: v.clone() for k, v in grads.items()}, loss.clone(), accuracy.clone()
