@@ -38,6 +38,24 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=_positive, help="image side in pixels (folder and builtin data)")
     g.add_argument("--images-per-class", type=_positive, help="builtin data: images rendered per class")
     g.add_argument("--normalization", choices=list(NORMALIZATIONS), help="folder data: mean/std to use")
+    g.add_argument("--decoder", choices=["auto", "dali", "pil"], help="folder data: auto (DALI on a CUDA device when installed, else PIL), dali, pil")
+
+
+def _engine_flags(p: argparse.ArgumentParser, choose_engine: bool = True) -> None:
+    """The engine and what the fast engine may use (train, profile run; bench compares both engines)."""
+    f = p.add_argument_group("engine")
+    if choose_engine:
+        f.add_argument("--engine", default="fast", choices=["fast", "reference"],
+                       help="fast (default): teachers stacked and BN-folded, FIVE and replay vmapped on CUDA "
+                            "(looped on a CPU, where that is faster), pure inner loops; reference: the "
+                            "paper-faithful sequential oracle. Both give the same run from the same seed")
+    f.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for convolutions and matmuls (losses and optimiser state stay fp32)")
+    f.add_argument("--compile", action="store_true", help="torch.compile FIVE's k-step epoch (fixed shapes)")
+    f.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture FIVE's k-step epoch in one CUDA graph (default: on with CUDA)")
+    f.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=None,
+                   help="fused Triton losses (default: on with CUDA; --no-kernels: the torch losses)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,12 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="train a pool of teachers (all at once with vmap on CUDA)",
                        description="Train P teachers, each on a random N-way task of the meta-train "
-                                   "split (Adam lr 0.01, batch 128, 60 epochs, clip 50, best held-out epoch).")
+                                   "split (Conv4: Adam lr 0.01; ResNets: SGD lr 0.01, momentum 0.9, weight decay "
+                                   "5e-4; batch 128, 60 epochs, clip 50, best held-out epoch).")
     _common(p)
     p.add_argument("--out", metavar="DIR", help="pool directory (default: pools/<preset>)")
     p.add_argument("--teachers", type=_positive, help="number of teachers P")
     p.add_argument("--ways", type=_positive, help="classes per teacher")
     p.add_argument("--arch", choices=list(ARCHITECTURES), help="teacher architecture")
+    p.add_argument("--archs", nargs="+", choices=list(ARCHITECTURES), metavar="ARCH",
+                   help="several teacher architectures: each teacher's is drawn uniformly from them (Table 4: "
+                        "conv4 resnet10 resnet18; ResNets train with SGD momentum 0.9, weight decay 5e-4)")
     p.add_argument("--width", type=_positive, help="filters of the first stage (Conv4 default 32)")
     p.add_argument("--epochs", type=_positive)
     p.add_argument("--batch-size", type=_positive)
@@ -117,20 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--targets", choices=["soft", "hard"], help="soft: distillation (default); hard: Table 7's ablation")
     a.add_argument("--no-replay", action="store_true", help="switch cross-task replay off")
     a.add_argument("--replay-first-order", action="store_true", help="first-order MAML in replay (default second)")
-    f = t.add_argument_group("engine")
-    f.add_argument("--engine", default="fast", choices=["fast", "reference"],
-                   help="fast (default): teachers stacked and BN-folded, FIVE and replay vmapped on CUDA (looped "
-                        "on a CPU, where that is faster), pure inner loops; reference: the paper-faithful "
-                        "sequential oracle. Both give the same run from the same seed")
-    f.add_argument("--amp", action="store_true",
-                   help="bf16 autocast for convolutions and matmuls (losses and optimiser state stay fp32)")
-    f.add_argument("--compile", action="store_true", help="torch.compile FIVE's k-step epoch (fixed shapes)")
-    f.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="capture FIVE's k-step epoch in one CUDA graph (default: on with CUDA)")
-    f.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=None,
-                   help="fused Triton losses (default: on with CUDA; --no-kernels: the torch losses)")
+    _engine_flags(t)
 
-    pr = sub.add_parser("profile", help="operation counts and profiles (table1: the paper's Table 1)",
+    pr = sub.add_parser("profile", help="operation counts and profiles (table1: the paper's Table 1; run: a FREE iteration)",
                         description="Count and profile. `table1` regenerates the paper's Table 1 on a CPU in "
                                     "seconds (shapes only, on the meta device).")
     prs = pr.add_subparsers(dest="profile_command", required=True, metavar="WHAT")
@@ -140,6 +151,38 @@ def build_parser() -> argparse.ArgumentParser:
                                     "FlopCounterMode forward / forward+backward on fastfree's models. Markdown "
                                     "on stdout.")
     p1.add_argument("--json", metavar="PATH", help="write machine-readable results to PATH")
+    p2 = prs.add_parser("run", help="profile a few FREE iterations: time, FLOPs, MFU per phase, GPU-hours",
+                        description="Per phase (FIVE, meta-generator, bank, alignment, BELL, replay, meta-test): "
+                                    "device time (CUDA events; wall time on a CPU), FLOPs (FlopCounterMode on one "
+                                    "eager iteration), TFLOP/s and MFU against the device's peak for the precision "
+                                    "in use, the full protocol's data-recovery device-hours, peak memory and NVML "
+                                    "telemetry (absent without a GPU). Markdown on stdout.")
+    _common(p2)
+    p2.add_argument("--pool", metavar="DIR", help="teacher pool (default: freshly initialised teachers of the "
+                                                  "preset's pool; time and FLOPs do not depend on the weights)")
+    p2.add_argument("--iterations", type=_positive, default=3, help="timed iterations (default 3, after 2 untimed)")
+    p2.add_argument("--metatest-tasks", type=_positive, default=20, help="meta-test tasks timed per shot count")
+    p2.add_argument("--teachers-per-iteration", type=_positive, help="b: teachers sampled per iteration")
+    p2.add_argument("--k", type=_positive, help="FIVE inner steps")
+    p2.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: from the built-in table)")
+    p2.add_argument("--trace", metavar="PATH", help="also write a torch.profiler Chrome trace of one iteration")
+    _engine_flags(p2)
+
+    b = sub.add_parser("bench", help="reference vs fast engine side by side (FIVE, iteration, pool, meta-test)",
+                       description="Times the reference and the fast engine in one run on one device: one FIVE "
+                                   "epoch, one whole FREE iteration (with each phase's share), pool pretraining "
+                                   "and meta-test adaptation. Medians over --repeats after a warm-up, ratios, "
+                                   "device name and versions. Not a test: it reports.")
+    _common(b)
+    b.add_argument("--only", nargs="+", choices=["five", "iteration", "pool", "metatest"],
+                   help="run only these sections (default: all)")
+    b.add_argument("--repeats", type=_positive, default=3, help="timed repeats per variant (default 3)")
+    b.add_argument("--teachers-per-iteration", type=_positive, help="b: teachers per FIVE epoch / iteration")
+    b.add_argument("--k", type=_positive, help="FIVE inner steps")
+    b.add_argument("--pool-teachers", type=_positive, help="teachers in the pool benchmark (default: the preset's)")
+    b.add_argument("--pool-steps", type=_positive, default=5, help="optimiser steps in the pool benchmark")
+    b.add_argument("--metatest-tasks", type=_positive, default=20, help="tasks per shot count in the meta-test benchmark")
+    _engine_flags(b, choose_engine=False)
     return parser
 
 
@@ -162,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             from fastfree.commands import profile
 
             profile.run(args)
+        elif args.command == "bench":
+            from fastfree.commands import bench
+
+            bench.run(args)
     except FastFreeError as e:
         print(f"fastfree {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
-"""Optimiser steps as pure functions on dicts of (possibly stacked) tensors.
+"""Optimiser steps (Adam, SGD) as pure functions on dicts of (possibly stacked) tensors.
 
 Used where many models train at once under torch.func: each function returns new tensors
-and never mutates its inputs. They reproduce torch.optim.Adam / clip_grad_norm_ exactly
+and never mutates its inputs. They reproduce torch.optim.Adam / SGD / clip_grad_norm_ exactly
 (same formulas, same order of operations up to rounding), which the tests check in float64.
 """
 
@@ -48,6 +48,36 @@ def adam_step(
         new_params[k] = p - (lr / bias_correction1).to(p.dtype) * m / denom
         new_m[k], new_v[k] = m, v
     return new_params, AdamState(new_m, new_v, step)
+
+
+@dataclass
+class SgdState:
+    momentum_buffer: Tensors
+
+    @staticmethod
+    def zeros_like(params: Tensors) -> "SgdState":
+        # torch.optim.SGD starts its buffer as a copy of the first gradient; momentum * 0 + g is
+        # that copy exactly, so a zero buffer needs no first-step branch (none inside a graph either)
+        return SgdState({k: torch.zeros_like(p) for k, p in params.items()})
+
+
+def sgd_step(
+    params: Tensors, grads: Tensors, state: SgdState, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+) -> tuple[Tensors, SgdState]:
+    """One torch.optim.SGD step (no dampening, no Nesterov) as a pure function.
+
+    Weight decay is added to the gradient inside the step, as torch does: after any clipping.
+    """
+    new_params, new_buf = {}, {}
+    for k, p in params.items():
+        g = grads[k]
+        if weight_decay:
+            g = g.add(p, alpha=weight_decay)
+        if momentum:
+            g = state.momentum_buffer[k].mul(momentum).add(g)
+        new_buf[k] = g if momentum else state.momentum_buffer[k]
+        new_params[k] = p.add(g, alpha=-lr)
+    return new_params, SgdState(new_buf)
 
 
 def clip_grad_norm_stacked(grads: Tensors, max_norm: float, model_dims: int = 1) -> Tensors:

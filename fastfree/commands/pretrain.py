@@ -8,14 +8,18 @@ from dataclasses import replace
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
 from fastfree.device import resolve_engine
+from fastfree.errors import FastFreeError
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
 from fastfree.pool.store import records_from_training, save_pool
 from fastfree.pool.teachers import sample_teacher_specs, teacher_data
 
 
 def pretrain_config(args, base: PretrainConfig) -> PretrainConfig:
+    if args.arch is not None and args.archs is not None:
+        raise FastFreeError("--arch and --archs both name the teachers' architectures: pass one of them")
+    archs = (args.arch,) if args.arch is not None else args.archs
     fields = {
-        "teachers": args.teachers, "ways": args.ways, "arch": args.arch, "width": args.width,
+        "teachers": args.teachers, "ways": args.ways, "archs": archs, "width": args.width,
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "group_size": args.group_size,
     }
@@ -28,7 +32,7 @@ def run(args) -> dict:
     cfg = pretrain_config(args, preset.pretrain)
     out = args.out or preset.pool_dir
     dataset, load_s = load_on_device(dcfg, device)
-    specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed)
+    specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed, cfg.archs)
     steps_per_epoch = [
         -(-teacher_data(dataset.train, s, cfg.heldout_fraction).train_idx.numel() // cfg.batch_size) for s in specs
     ]
@@ -45,6 +49,7 @@ def run(args) -> dict:
     records = records_from_training(trained, cfg, dataset.image_size)
     save_pool(out, records, [t.state_dict for t in trained], dataset.name, dataset.normalization, cfg.to_dict())
     accs = [r.heldout_accuracy for r in records]
+    by_arch = {a: [r.heldout_accuracy for r in records if r.arch == a] for a in cfg.archs}
     result = {
         "command": "pretrain",
         "preset": preset.name,
@@ -57,6 +62,7 @@ def run(args) -> dict:
         "heldout_accuracy": {
             "mean": sum(accs) / len(accs), "min": min(accs), "max": max(accs),
             "per_teacher": accs,
+            "by_arch": {a: {"teachers": len(v), "mean": sum(v) / len(v)} for a, v in by_arch.items() if v},
         },
         "seconds": {"data": load_s, "training": train_s},
         **run_metadata(device),
@@ -65,5 +71,8 @@ def run(args) -> dict:
     print(f"held-out accuracy: mean {100 * result['heldout_accuracy']['mean']:.2f}%  "
           f"(min {100 * min(accs):.2f}%, max {100 * max(accs):.2f}%)  "
           f"training {train_s:.1f} s on {result['device_name']}")
+    if len(cfg.archs) > 1:
+        print("by architecture: " + ", ".join(f"{a} {v['teachers']} teachers, mean {100 * v['mean']:.2f}%"
+                                              for a, v in result["heldout_accuracy"]["by_arch"].items()))
     write_json(args.json, result)
     return result

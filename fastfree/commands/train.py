@@ -64,7 +64,7 @@ def _pool_for_run(args, preset, dataset, run_dir: Path, dtype, device):
     if (pool_dir / "manifest.json").is_file():
         return load_pool(pool_dir)
     cfg = preset.pretrain
-    specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed)
+    specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed, cfg.archs)
     print(f"no --pool given: pretraining {cfg.teachers} teachers into {pool_dir}")
     trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, "auto", dtype)
     save_pool(pool_dir, records_from_training(trained, cfg, dataset.image_size), [t.state_dict for t in trained],

@@ -1,10 +1,11 @@
 """BELL (Algorithm 2) for the fast engine: one batched teacher forward, pure inner steps.
 
 The teachers' logits on all b recovered tasks do not depend on the learner: they come from
-one vmapped forward of the stacked, folded teachers. The b distillation steps on the clone
-are sequential by definition (each starts where the previous ended); they run as a pure
-function of the parameters (torch.func.grad + fastfree.optim.adam_step) with nothing read
-back to the host. Same numbers as fastfree.free.bell.bell_reference (tested in float64).
+one vmapped forward of the stacked, folded teachers (one per architecture in a mixed pool).
+The b distillation steps on the clone are sequential by definition (each starts where the
+previous ended); they run as a pure function of the parameters (torch.func.grad +
+fastfree.optim.adam_step) with nothing read back to the host. Same numbers as
+fastfree.free.bell.bell_reference (tested in float64).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fastfree.data.split import Normalization
+from fastfree.engine.groups import GroupedBatch, TeacherGroups
 from fastfree.engine.options import EngineOptions
 from fastfree.engine.teachers import StackedTeachers
 from fastfree.errors import FastFreeError
@@ -31,12 +33,14 @@ def _kd(teacher_logits: torch.Tensor, student_logits: torch.Tensor, kernels: boo
     return kl_per_sample(teacher_logits.detach(), student_logits).mean()
 
 
-def bell_fast(learner: nn.Module, images: torch.Tensor, labels: torch.Tensor, teacher: dict[str, torch.Tensor],
-              teachers: StackedTeachers, normalization: Normalization, cfg: BellConfig, options: EngineOptions,
+def bell_fast(learner: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              teacher: dict[str, torch.Tensor] | GroupedBatch, teachers: StackedTeachers | TeacherGroups,
+              normalization: Normalization, cfg: BellConfig, options: EngineOptions,
               outer_optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
     """Update `learner` in place from b tasks (images [b, n, ...], labels [n]); returns the losses [b].
 
-    `teacher` holds the b tasks' teachers' stacked tensors (StackedTeachers.gather).
+    `teacher` holds the b tasks' teachers as `teachers.gather` returns them (stacked tensors, or
+    per-architecture parts of a TeacherGroups).
     """
     if cfg.mode == "none":
         raise FastFreeError("BellConfig(mode='none') means no learner update: do not call bell_fast")
@@ -58,7 +62,7 @@ def bell_fast(learner: nn.Module, images: torch.Tensor, labels: torch.Tensor, te
         targets = labels.expand(images.shape[0], -1)
     else:
         with torch.no_grad(), options.autocast(device):
-            targets = vmap(teachers.forward)(teacher, x)
+            targets = teachers.logits(teacher, x)
         targets = targets if targets.dtype == torch.float64 else targets.float()
 
     if cfg.mode == "erm":

@@ -12,6 +12,10 @@ Python loop over the same per-teacher function (faster on a CPU, see EngineOptio
 give the reference's numbers (tests in float64). The inner step and the meta-gradient are pure
 functions that torch.compile wraps (boundary outside vmap/grad; one graph each, reused by all k
 steps); a CUDA graph captures the whole epoch.
+
+A mixed pool runs one FastFive per architecture group on that group's share of the sampled
+teachers; `merge_outputs` weighs each group's mean meta-gradient by its share m/b, which is
+the reference's (1/b) sum over all b teachers, and restores the sampled order.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch.utils._pytree import tree_map
 from fastfree.data.split import Normalization
 from fastfree.engine.augment import crop_flip_indexed
 from fastfree.engine.graphs import GraphedCallable
+from fastfree.engine.groups import GroupPart, merge, whole
 from fastfree.engine.options import EngineOptions
 from fastfree.engine.teachers import StackedTeachers
 from fastfree.free.five import FiveConfig
@@ -140,17 +145,19 @@ class FastFive:
     """FIVE epochs for one run: the pure epoch, compiled and/or CUDA-graphed per warm-up phase.
 
     Two variants exist (warm-up: CE only; afterwards: Eq. 1), each compiled / captured once on
-    first use, so switching phase never recompiles.
+    first use, so switching phase never recompiles. In a mixed pool the number of a group's
+    teachers changes from one iteration to the next; each count gets its own variant (a CUDA
+    graph has fixed shapes), at most b per phase.
     """
 
     def __init__(self, generator: nn.Module, teachers: StackedTeachers, learner: nn.Module,
                  normalization: Normalization, cfg: FiveConfig, options: EngineOptions, device: torch.device):
         self.generator, self.teachers, self.learner = generator, teachers, learner
         self.normalization, self.cfg, self.options, self.device = normalization, cfg, options, device
-        self._epochs: dict[bool, Callable] = {}
+        self._epochs: dict[tuple[bool, int], Callable] = {}
 
-    def _epoch(self, adversarial: bool) -> Callable:
-        if adversarial not in self._epochs:
+    def _epoch(self, adversarial: bool, b: int) -> Callable:
+        if (adversarial, b) not in self._epochs:
             objective = make_objective(self.generator, self.teachers, self.learner, self.normalization, self.cfg,
                                        adversarial, self.options, self.device)
             vectorize = self.options.vectorize
@@ -163,13 +170,28 @@ class FastFive:
             fn = partial(five_epoch, step=step, final=final, k=self.cfg.k)
             if self.options.cuda_graphs:
                 fn = GraphedCallable(fn)
-            self._epochs[adversarial] = fn
-        return self._epochs[adversarial]
+            self._epochs[adversarial, b] = fn
+        return self._epochs[adversarial, b]
 
     def __call__(self, theta: dict[str, torch.Tensor], z: torch.Tensor, teacher_ids: torch.Tensor, draws: torch.Tensor,
                  learner_params: dict[str, torch.Tensor], labels: torch.Tensor, adversarial: bool) -> FiveOutputs:
         teacher = self.teachers.gather(teacher_ids)
-        meta_grad, images, eta, loss = self._epoch(adversarial)(theta, z, teacher, draws, learner_params, labels)
+        meta_grad, images, eta, loss = self._epoch(adversarial, z.shape[0])(theta, z, teacher, draws, learner_params,
+                                                                            labels)
         if self.options.cuda_graphs:  # outputs live in the graph's static buffers: keep copies
             meta_grad, images, eta, loss = tree_map(torch.clone, (meta_grad, images, eta, loss))
         return FiveOutputs(meta_grad, images, eta, loss)
+
+
+def merge_outputs(parts: list[GroupPart], outputs: list[FiveOutputs]) -> FiveOutputs:
+    """The groups' FIVE epochs as one epoch of all b sampled teachers, in the sampled order.
+
+    Group g's meta-gradient is the mean over its m_g teachers; the reference's is the mean over
+    all b = sum m_g, i.e. sum_g (m_g / b) mean_g.
+    """
+    if whole(parts):
+        return outputs[0]
+    b = sum(len(p) for p in parts)
+    meta_grad = {n: sum(o.meta_grad[n] * (len(p) / b) for p, o in zip(parts, outputs)) for n in outputs[0].meta_grad}
+    return FiveOutputs(meta_grad, merge(parts, [o.images for o in outputs]), merge(parts, [o.eta for o in outputs]),
+                       merge(parts, [o.loss for o in outputs]))

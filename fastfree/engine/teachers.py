@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from fastfree.engine.fold import fold_batchnorm
 from fastfree.errors import FastFreeError
@@ -25,8 +25,8 @@ class StackedTeachers:
             other = dict(f.named_parameters()) | dict(f.named_buffers())
             if other.keys() != first.keys() or any(other[k].shape != first[k].shape for k in first):
                 raise FastFreeError(
-                    f"teacher {i} has another architecture than teacher 0: the fast engine stacks teachers of "
-                    "one architecture; use --engine reference for a mixed pool")
+                    f"teacher {i} has another architecture than teacher 0: a stack holds one architecture; "
+                    "group a mixed pool with TeacherGroups")
         self.template = folded[0].requires_grad_(False)
         self.tensors = {k: torch.stack([dict(f.named_parameters()).get(k, dict(f.named_buffers()).get(k)).detach()
                                         for f in folded]) for k in first}
@@ -43,3 +43,7 @@ class StackedTeachers:
     def forward(self, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """One teacher's logits (unstacked tensors; vmap this over the stack)."""
         return functional_call(self.template, tensors, (x,))
+
+    def logits(self, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Teacher j's logits on x[j] for the gathered teachers: [b, n, ways] in one vmapped forward."""
+        return vmap(self.forward)(tensors, x)

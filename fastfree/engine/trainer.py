@@ -4,9 +4,17 @@ Plugs into fastfree.free.trainer.free_iteration in place of ReferenceEngine. It 
 same random numbers in the same order (teacher ids, then each teacher's latent codes, then
 each teacher's k+1 augmentations), so a run with the same seed is the same run on either
 engine (equal in float64; tested).
+
+A multi-architecture pool (Table 4) is grouped by architecture (fastfree.engine.groups): the
+draws are made for all b sampled teachers in the sampled order, as above, and then handed
+to each group's vmapped FIVE; tasks, eta and losses come back in the sampled order and the
+meta-gradient is the reference's mean over all b teachers. BELL's teacher forward and the
+alignment diagnostic are per group likewise; BELL's steps and replay do not see teachers.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -14,10 +22,10 @@ from torch import nn
 from fastfree.data.split import Normalization
 from fastfree.engine.augment import draw_table
 from fastfree.engine.bell import bell_fast
-from fastfree.engine.five import FastFive
+from fastfree.engine.five import FastFive, merge_outputs
+from fastfree.engine.groups import TeacherGroups, take
 from fastfree.engine.options import EngineOptions
-from fastfree.engine.replay import maml_meta_batch_fast
-from fastfree.engine.teachers import StackedTeachers
+from fastfree.engine.replay import GraphedMetaBatch, maml_meta_batch_fast
 from fastfree.free.bell import gradient_alignment
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask, five_reference, task_labels
@@ -30,15 +38,16 @@ class FastEngine:
 
     def __init__(self, teachers: list[nn.Module], options: EngineOptions, device: torch.device):
         self.teachers = teachers  # kept for the sequential-generator ablation, which cannot batch
-        self.stack = StackedTeachers(teachers)
+        self.groups = TeacherGroups(teachers)
         self.options, self.device = options, device
-        self._five: FastFive | None = None
-        # Replay: vmapped over the meta-batch where vectorising pays (GPU); on a CPU the per-task
-        # loop is faster (measured: vmapped 1.3-1.4x slower, chunked worse; profiling/bench_replay.py).
-        self.meta_batch_fn = maml_meta_batch_fast if options.vectorize else maml_meta_batch_reference
-
-    def _ids(self, ids: list[int]) -> torch.Tensor:
-        return torch.tensor(ids, device=self.device)
+        self._fives: dict[int, FastFive] = {}  # per architecture group, made on its first use
+        # Replay: vmapped over the meta-batch where vectorising pays (GPU), and with --cuda-graphs the
+        # whole meta-batch is one graph replay; on a CPU the per-task loop is faster (measured: vmapped
+        # 1.3-1.4x slower, chunked worse; profiling/bench_replay.py).
+        if options.cuda_graphs and options.vectorize:
+            self.meta_batch_fn = GraphedMetaBatch()
+        else:
+            self.meta_batch_fn = maml_meta_batch_fast if options.vectorize else maml_meta_batch_reference
 
     def recover(self, state: FreeState, ids: list[int], normalization: Normalization, cfg: FreeConfig,
                 adversarial: bool) -> tuple[list[RecoveredTask], dict[str, torch.Tensor]]:
@@ -46,47 +55,59 @@ class FastEngine:
             return five_reference(state.generator, [self.teachers[i] for i in ids], ids, state.learner,
                                   normalization, cfg.five, adversarial=adversarial, rng=state.rngs["augment"],
                                   latent_rng=state.rngs["latent"], sequential=True)
-        if self._five is None:
-            self._five = FastFive(state.generator, self.stack, state.learner, normalization, cfg.five, self.options,
-                                  self.device)
         five, gen = cfg.five, state.generator
         dtype = next(gen.parameters()).dtype
-        n = self.stack.ways * five.images_per_class
+        n = self.groups.ways * five.images_per_class
         # host draws in the reference's order; one copy each to the device
         z = torch.stack([torch.randn(n, gen.latent_dim, generator=state.rngs["latent"], dtype=dtype) for _ in ids])
         if five.augment:
             draws = draw_table(len(ids), five.k + 1, five.pad, state.rngs["augment"])
         else:
             draws = torch.zeros(len(ids), five.k + 1, 3, dtype=torch.long)
-        labels = task_labels(self.stack.ways, five.images_per_class, self.device)
-        out = self._five(dict(gen.named_parameters()), _to(z, self.device), self._ids(ids), _to(draws, self.device),
-                         dict(state.learner.named_parameters()), labels, adversarial)
+        labels = task_labels(self.groups.ways, five.images_per_class, self.device)
+        z, draws = _to(z, self.device), _to(draws, self.device)
+        theta, learner_params = dict(gen.named_parameters()), dict(state.learner.named_parameters())
+        parts = self.groups.split(ids)
+        outs = []
+        with self._compile_variants(len(ids)):
+            for part in parts:
+                outs.append(self._five_of(part.group, state, normalization, cfg)(
+                    theta, take(z, parts, part), self.groups.local_ids(part), take(draws, parts, part),
+                    learner_params, labels, adversarial))
+        out = merge_outputs(parts, outs)
         eta_rate, loss = out.eta.mean(1).tolist(), out.loss.tolist()  # one read per iteration (metrics)
         tasks = [RecoveredTask(out.images[i], labels, tid, eta_rate[i], loss[i]) for i, tid in enumerate(ids)]
         return tasks, out.meta_grad
 
+    def _compile_variants(self, b: int):
+        """Under --compile, room for every variant of FIVE's compiled functions in a mixed pool.
+
+        Each (function, phase, group, group size) is its own graph, and dynamo counts them all
+        against one limit (every torch.compile'd partial runs through the same wrapper frame):
+        2 x 2 x groups x b of them, beyond dynamo's default of 8, where fullgraph=True fails hard.
+        """
+        if not self.options.compile:
+            return nullcontext()
+        limit = torch._dynamo.config.recompile_limit + 4 * len(self.groups.groups) * b
+        return torch._dynamo.config.patch(recompile_limit=limit)
+
+    def _five_of(self, group: int, state: FreeState, normalization: Normalization, cfg: FreeConfig) -> FastFive:
+        if group not in self._fives:
+            self._fives[group] = FastFive(state.generator, self.groups.groups[group], state.learner, normalization,
+                                          cfg.five, self.options, self.device)
+        return self._fives[group]
+
     def learn(self, state: FreeState, tasks: list[RecoveredTask], ids: list[int], normalization: Normalization,
               cfg: FreeConfig) -> list[float]:
         images = torch.stack([t.images for t in tasks])
-        losses = bell_fast(state.learner, images, tasks[0].labels, self.stack.gather(self._ids(ids)), self.stack,
+        losses = bell_fast(state.learner, images, tasks[0].labels, self.groups.gather(ids), self.groups,
                            normalization, cfg.bell, self.options, state.learner_opt)
         return losses.tolist()
 
     def alignment(self, state: FreeState, tasks: list[RecoveredTask], ids: list[int], normalization: Normalization,
                   cfg: FreeConfig) -> dict:
-        tensors = self.stack.gather(self._ids(ids))
-        teachers = [_Bound(self.stack, {k: v[i] for k, v in tensors.items()}) for i in range(len(ids))]
-        return gradient_alignment(state.learner, tasks, teachers, normalization, cfg.bell.targets)
-
-
-class _Bound:
-    """One stacked teacher as a callable x -> logits."""
-
-    def __init__(self, stack: StackedTeachers, tensors: dict[str, torch.Tensor]):
-        self.stack, self.tensors = stack, tensors
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stack.forward(self.tensors, x)
+        return gradient_alignment(state.learner, tasks, [self.groups.bound(i) for i in ids], normalization,
+                                  cfg.bell.targets)
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -1,12 +1,16 @@
 """Teacher-pool pretraining: many same-architecture teachers trained in one vmapped step.
 
 Protocol (official implementation): Adam lr 0.01, batch 128, 60 epochs, gradient-norm clip
-50 per model, no augmentation, keep each teacher's best held-out epoch.
+50 per model, no augmentation, keep each teacher's best held-out epoch. In a
+multi-architecture pool (Table 4) the ResNets train with SGD(lr 0.01, momentum 0.9, weight
+decay 5e-4) instead of Adam; the notes on the authors' code name only the optimiser, so
+everything else (batch, epochs, clip, best epoch) is the Conv4 protocol.
 
-`train_teachers_batched` stacks the teachers' parameters and buffers, takes one
-vmap(grad) step for all of them with a functional Adam, and tracks each teacher's best
-epoch with masked copies. `train_teacher_reference` is the plain one-model loop the batched
-path is tested against (equal in float64).
+`train_teachers_batched` stacks the teachers' parameters and buffers (one architecture),
+takes one vmap(grad) step for all of them with a functional optimiser, and tracks each
+teacher's best epoch with masked copies. `train_teacher_reference` is the plain one-model
+loop the batched path is tested against (equal in float64). `pretrain_pool` trains a mixed
+pool group by group: one batched run per architecture (and training-set size).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from fastfree.data.split import ImageSplit, Normalization
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
-from fastfree.models import build_model
-from fastfree.optim import AdamState, adam_step, clip_grad_norm_stacked
+from fastfree.models import ARCHITECTURES, build_model
+from fastfree.optim import clip_grad_norm_stacked
+from fastfree.pool.optimizers import OPTIMIZERS, OptimizerSpec
 from fastfree.pool.teachers import TeacherData, TeacherSpec, epoch_order, teacher_data
 
 
@@ -33,11 +38,15 @@ from fastfree.pool.teachers import TeacherData, TeacherSpec, epoch_order, teache
 class PretrainConfig:
     teachers: int = 100
     ways: int = 5
-    arch: str = "conv4"
-    width: int | None = None  # None: the architecture's default (Conv4: 32)
+    # each teacher's architecture, drawn uniformly from these (one entry: a single-architecture pool)
+    archs: tuple[str, ...] = ("conv4",)
+    width: int | None = None  # None: each architecture's default (Conv4: 32, ResNets: 64)
     epochs: int = 60
     batch_size: int = 128
-    lr: float = 0.01
+    lr: float = 0.01  # every teacher's: the authors use 0.01 with Adam (Conv4) and with SGD (ResNets)
+    resnet_optimizer: str = "sgd"  # ResNets: sgd (the authors' Table 4 pool) | adam (as Conv4)
+    momentum: float = 0.9  # SGD's
+    weight_decay: float = 5e-4  # SGD's
     clip_norm: float = 50.0
     heldout_fraction: float = 0.2
     seed: int = 42
@@ -45,7 +54,15 @@ class PretrainConfig:
     eval_batch: int = 256  # held-out images per teacher per forward
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "archs", tuple(self.archs))  # a list from the command line or JSON
         problems = []
+        unknown = [a for a in self.archs if a not in ARCHITECTURES]
+        if not self.archs or unknown or len(set(self.archs)) != len(self.archs):
+            problems.append(f"archs={self.archs} (need distinct names among {', '.join(ARCHITECTURES)})")
+        if self.resnet_optimizer not in OPTIMIZERS:
+            problems.append(f"resnet_optimizer={self.resnet_optimizer!r} (use {' or '.join(OPTIMIZERS)})")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            problems.append(f"momentum={self.momentum} and weight_decay={self.weight_decay} (need 0 <= m < 1, wd >= 0)")
         if self.teachers < 1:
             problems.append(f"teachers={self.teachers} (need >= 1)")
         if self.ways < 2:
@@ -64,6 +81,12 @@ class PretrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def optimizer_for(self, arch: str) -> OptimizerSpec:
+        """Conv4: Adam(lr); ResNets: SGD(lr, momentum, weight decay), or Adam(lr) with resnet_optimizer='adam'."""
+        if arch.startswith("resnet") and self.resnet_optimizer == "sgd":
+            return OptimizerSpec("sgd", self.lr, self.momentum, self.weight_decay)
+        return OptimizerSpec("adam", self.lr)
+
 
 @dataclass
 class TrainedTeacher:
@@ -77,7 +100,7 @@ def init_teacher(spec: TeacherSpec, cfg: PretrainConfig, image_size: int) -> nn.
     """A freshly initialised teacher; its weights depend only on its own seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        return build_model(cfg.arch, num_classes=cfg.ways, width=cfg.width, image_size=image_size)
+        return build_model(spec.arch, num_classes=cfg.ways, width=cfg.width, image_size=image_size)
 
 
 def _batches(n: int, batch_size: int) -> list[slice]:
@@ -90,11 +113,11 @@ def train_teacher_reference(
     dtype: torch.dtype = torch.float32, max_steps: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> TrainedTeacher:
-    """One teacher, plain PyTorch: nn.Module, torch.optim.Adam, clip_grad_norm_."""
+    """One teacher, plain PyTorch: nn.Module, torch.optim (Adam or SGD), clip_grad_norm_."""
     device = split.device
     data = teacher_data(split, spec, cfg.heldout_fraction)
     model = init_teacher(spec, cfg, split.image_size).to(device=device, dtype=dtype)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = cfg.optimizer_for(spec.arch).torch(model.parameters())
     best = (-1.0, copy.deepcopy(model.state_dict()), -1)
     steps = 0
     for epoch in range(cfg.epochs):
@@ -137,6 +160,10 @@ def train_teachers_batched(
 
     `progress(k)` is called after each optimiser step with the number of teachers stepped.
     """
+    if len({s.arch for s in specs}) != 1:
+        raise FastFreeError("a batched run trains at least one teacher, all of one architecture: group the "
+                            "specs by arch (pretrain_pool does)")
+    optimizer = cfg.optimizer_for(specs[0].arch)
     device = split.device
     datas = [teacher_data(split, s, cfg.heldout_fraction) for s in specs]
     n_train = {d.train_idx.numel() for d in datas}
@@ -161,7 +188,7 @@ def train_teachers_batched(
 
     step_fn = vmap(grad_and_value(loss_fn))
     forward = vmap(lambda p, b, x: functional_call(template, (p, b), (x,)))
-    adam = AdamState.zeros_like(params)
+    opt_state = optimizer.init(params)
     best_acc = torch.full((len(specs),), -1.0, dtype=torch.float64, device=device)
     best_epoch = torch.full((len(specs),), -1, dtype=torch.long, device=device)
     best_params = {k: v.clone() for k, v in params.items()}
@@ -175,7 +202,7 @@ def train_teachers_batched(
             x = normalization(split.images[torch.gather(train_idx, 1, sel)], dtype)
             grads, _ = step_fn(params, buffers, x, torch.gather(train_y, 1, sel))
             grads = clip_grad_norm_stacked(grads, cfg.clip_norm)
-            params, adam = adam_step(params, grads, adam, cfg.lr)
+            params, opt_state = optimizer.step(params, grads, opt_state)
             steps += 1
             if progress is not None:
                 progress(len(specs))
@@ -215,21 +242,26 @@ def pretrain_pool(
 ) -> list[TrainedTeacher]:
     """Train every teacher: batched in groups of `cfg.group_size`, or one by one (reference).
 
-    `progress(k)` gets the number of teacher-steps done (one per teacher and optimiser step).
+    Batched, teachers are grouped by architecture (a vmapped step needs one) and training-set
+    size. `progress(k)` gets the number of teacher-steps done (one per teacher and optimiser step).
     """
+    stray = sorted({s.arch for s in specs} - set(cfg.archs))
+    if stray:
+        raise FastFreeError(f"teachers of architecture {', '.join(stray)} are not in the config's archs {cfg.archs}: "
+                            "sample the specs with archs=cfg.archs")
     engine = resolve_engine(engine, split.device)
     if engine == "reference":
         out = []
         for s in specs:
             out.append(train_teacher_reference(split, normalization, s, cfg, dtype, progress=progress))
         return out
-    # group by training-set size (equal in CIFAR-FS and the built-in data: one group)
-    by_size: dict[int, list[TeacherSpec]] = {}
+    # group by architecture and training-set size (sizes are equal in CIFAR-FS and the built-in data)
+    groups: dict[tuple[str, int], list[TeacherSpec]] = {}
     for s in specs:
         size = teacher_data(split, s, cfg.heldout_fraction).train_idx.numel()
-        by_size.setdefault(size, []).append(s)
+        groups.setdefault((s.arch, size), []).append(s)
     trained: dict[int, TrainedTeacher] = {}
-    for group in by_size.values():
+    for group in groups.values():
         for start in range(0, len(group), cfg.group_size):
             chunk = group[start : start + cfg.group_size]
             for t in train_teachers_batched(split, normalization, chunk, cfg, dtype, progress=progress):

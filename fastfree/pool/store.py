@@ -190,10 +190,10 @@ def load_pool(path: str | Path) -> Pool:
 
 
 def records_from_training(trained, cfg, image_size: int) -> list[TeacherRecord]:
-    """Manifest records for the output of `pretrain_pool`."""
-    width = cfg.width if cfg.width is not None else default_width(cfg.arch)
+    """Manifest records for the output of `pretrain_pool` (each teacher with its own architecture)."""
     return [
-        TeacherRecord(t.spec.index, cfg.arch, width, cfg.ways, image_size, t.spec.classes,
-                      round(float(t.heldout_accuracy), 6), t.spec.seed, t.best_epoch)
+        TeacherRecord(t.spec.index, t.spec.arch, cfg.width if cfg.width is not None else default_width(t.spec.arch),
+                      cfg.ways, image_size, t.spec.classes, round(float(t.heldout_accuracy), 6), t.spec.seed,
+                      t.best_epoch)
         for t in trained
     ]

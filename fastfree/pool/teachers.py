@@ -4,6 +4,12 @@ Teacher i solves a `ways`-way task over classes drawn at random from the meta-tr
 (classes may repeat across teachers); local label j is global class `classes[j]`. Per
 class, the first (1 - heldout_fraction) of its images (in stored order) train the teacher,
 the rest are held out to pick the best epoch.
+
+A multi-architecture pool (the paper's Table 4) draws each teacher's architecture uniformly
+at random from a list, as the paper and the authors' code do ("for each pre-trained model, the
+architecture is randomly chosen from Conv4, ResNet-10 and ResNet-18"): independent draws, so the
+group sizes vary around P / len(archs). The draws come from their own random stream, so the
+classes and seeds of a pool do not depend on the architectures chosen.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class TeacherSpec:
     index: int
     classes: tuple[int, ...]
     seed: int  # initialisation and data-order seed of this teacher
+    arch: str = "conv4"
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,8 @@ class TeacherData:
     heldout_y: torch.Tensor
 
 
-def sample_teacher_specs(classes: list[int], num_teachers: int, ways: int, seed: int) -> list[TeacherSpec]:
+def sample_teacher_specs(classes: list[int], num_teachers: int, ways: int, seed: int,
+                         archs: tuple[str, ...] = ("conv4",)) -> list[TeacherSpec]:
     if len(classes) < ways:
         raise FastFreeError(
             f"teachers solve {ways}-way tasks but the meta-train split has only {len(classes)} classes: "
@@ -43,12 +51,18 @@ def sample_teacher_specs(classes: list[int], num_teachers: int, ways: int, seed:
         )
     if num_teachers < 1:
         raise FastFreeError(f"a pool needs at least one teacher, got --teachers {num_teachers}")
+    if not archs:
+        raise FastFreeError("a pool needs at least one teacher architecture")
     rng = np.random.default_rng(seed)
     pool = np.array(sorted(classes))
+    # a separate stream, untouched for one architecture: single-architecture pools stay as they were
+    drawn = np.random.default_rng([seed, 1]).integers(0, len(archs), num_teachers) if len(archs) > 1 else \
+        np.zeros(num_teachers, dtype=np.int64)
     specs = []
     for i in range(num_teachers):
         chosen = rng.choice(pool, size=ways, replace=False)
-        specs.append(TeacherSpec(i, tuple(int(c) for c in chosen), int(rng.integers(0, 2**31 - 1))))
+        specs.append(TeacherSpec(i, tuple(int(c) for c in chosen), int(rng.integers(0, 2**31 - 1)),
+                                 archs[int(drawn[i])]))
     return specs
 
 

@@ -1,0 +1,52 @@
+"""Which optimiser trains a teacher, as torch.optim (reference trainer) or a pure step (batched).
+
+The authors train Conv4 teachers with Adam(lr 0.01) and, in the multi-architecture pool
+(Table 4), ResNets with SGD(lr 0.01, momentum 0.9, weight decay 5e-4). One `OptimizerSpec`
+describes either; both trainers build their optimiser from it, so the two paths cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from fastfree.errors import FastFreeError
+from fastfree.optim import AdamState, SgdState, Tensors, adam_step, sgd_step
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str  # adam | sgd
+    lr: float
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0  # sgd only (added to the gradient inside the step, after clipping)
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise FastFreeError(f"optimiser {self.name!r}: use one of {', '.join(OPTIMIZERS)}")
+        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise FastFreeError(f"optimiser needs lr > 0, 0 <= momentum < 1, weight_decay >= 0; got lr={self.lr}, "
+                                f"momentum={self.momentum}, weight_decay={self.weight_decay}")
+        if self.name == "adam" and (self.momentum or self.weight_decay):
+            raise FastFreeError("momentum and weight_decay belong to SGD here; Adam takes neither")
+
+    def torch(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimiser of the one-model reference trainer."""
+        if self.name == "adam":
+            return torch.optim.Adam(params, lr=self.lr)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+    def init(self, params: Tensors) -> AdamState | SgdState:
+        """The zero state of the pure step, shaped like the (stacked) parameters."""
+        return AdamState.zeros_like(params) if self.name == "adam" else SgdState.zeros_like(params)
+
+    def step(self, params: Tensors, grads: Tensors,
+             state: AdamState | SgdState) -> tuple[Tensors, AdamState | SgdState]:
+        """One step for every stacked model at once (the element-wise formulas do not mix models)."""
+        if self.name == "adam":
+            return adam_step(params, grads, state, self.lr)
+        return sgd_step(params, grads, state, self.lr, self.momentum, self.weight_decay)
