@@ -36,6 +36,8 @@ def data_config(args, preset: Preset) -> DataConfig:
         overrides["images_per_class"] = args.images_per_class
     if args.normalization is not None:
         overrides["normalization"] = args.normalization
+    if args.decoder is not None:
+        overrides["decoder"] = args.decoder
     return replace(cfg, **overrides)
 
 
@@ -54,7 +56,7 @@ def load_on_device(cfg: DataConfig, device: torch.device) -> tuple[FewShotDatase
     t0 = time.perf_counter()
     if cfg.source == "folder":  # the only source slow enough to need a bar
         with progress_bar(desc="decoding images", unit="img", leave=False) as bar:
-            dataset = load_dataset(cfg, progress=bar.update)
+            dataset = load_dataset(cfg, progress=bar.update, device=device)  # CUDA: DALI decodes there
     else:
         dataset = load_dataset(cfg)
     return dataset.to(device), time.perf_counter() - t0

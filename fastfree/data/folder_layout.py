@@ -10,13 +10,16 @@
 Each CSV starts with the header line ``filename,label``; ``label`` is a class name such as
 ``n01532829``. Class names map to global integer ids by sorting the names of all three
 splits, so ids are stable. Images are decoded with PIL on a thread pool (PIL releases the GIL
-while decoding and resizing) and stored as uint8 ``[N, 3, S, S]`` tensors.
+while decoding and resizing), or with NVIDIA DALI (``decoder="dali"``, or ``"auto"`` on a CUDA device when DALI
+is installed and every file is a format it reads; see `fastfree.data.dali_decode` for how its
+pixels differ), and stored as uint8 ``[N, 3, S, S]`` tensors.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -24,11 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastfree.data import dali_decode
 from fastfree.data.split import FewShotDataset, ImageSplit, Normalization
 from fastfree.errors import FastFreeError
 
 SPLITS = ("train", "val", "test")
 HEADER = ("filename", "label")
+DECODERS = ("auto", "dali", "pil")  # auto: DALI when importable and every file is a format it decodes
 _CHUNK = 64  # images per thread-pool task: amortises scheduling, keeps progress updates frequent
 
 
@@ -181,6 +186,44 @@ def _decode_split(
     return images
 
 
+def _decode_split_dali(
+    paths: list[Path],
+    image_size: int,
+    strict: bool,
+    device_id: int | None,
+    threads: int,
+    pool: ThreadPoolExecutor,
+    progress: Callable[[int], None] | None,
+) -> torch.Tensor:
+    """DALI decoding; on a failed batch PIL decodes it, which names a broken file in its error.
+
+    ``strict`` ("dali" chosen explicitly): a batch PIL decodes but DALI cannot is an error.
+    Otherwise ("auto") PIL finishes the split, with a warning: the two differ only by resize
+    rounding and the border rule (see dali_decode), so a mixed split is still the same data.
+    """
+    images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    try:
+        dali_decode.decode_images(paths, image_size, device_id=device_id, threads=threads, progress=progress,
+                                  out=images)
+    except dali_decode.DaliDecodeError as e:
+        rest = e.batch if strict else paths[e.done:]
+        images[e.done:e.done + len(rest)] = _decode_split(rest, image_size, pool, None if strict else progress)
+        if strict:
+            raise FastFreeError(f"{e}; PIL decodes these files: use --decoder pil (or auto)") from e
+        warnings.warn(f"{e}; PIL decoded the remaining {len(rest)} image(s) of the split instead", stacklevel=3)
+    return images
+
+
+def wants_dali(decoder: str, dali_device: int | None, files: list[Path]) -> bool:
+    """Whether DALI decodes: when chosen, or under "auto" when it decodes on a GPU, is installed and
+    reads every file. Not on a CPU under "auto": there DALI is no faster than PIL's thread pool
+    (measured 0.78-1.02x, profiling/results/2026-11-26-cpu-bench_dali.json)."""
+    if decoder == "dali":
+        return True
+    return (decoder == "auto" and dali_device is not None and dali_decode.available()
+            and dali_decode.decodable(files))
+
+
 def load_image_folder(
     root: str | Path,
     image_size: int,
@@ -188,6 +231,8 @@ def load_image_folder(
     name: str | None = None,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    decoder: str = "pil",
+    dali_device: int | None = None,
 ) -> FewShotDataset:
     """Load an image-folder + split-CSV data set as uint8 ``[N, 3, image_size, image_size]``.
 
@@ -195,11 +240,18 @@ def load_image_folder(
     size. ``progress``, if given, is called from the calling thread with the number of images
     decoded since its last call (``tqdm.update`` fits). ``workers`` sizes the decoding thread
     pool (default: the CPU count, at most 32). ``name`` defaults to the folder's name.
+    ``decoder``: "pil" (the default here: the reference path), "dali" or "auto" (DALI when
+    decoding on a GPU, installed, and every file is a format it decodes; else PIL); `DataConfig`
+    defaults to "auto". ``dali_device``: the CUDA device DALI decodes on (None: the CPU).
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise FastFreeError(f"image_size must be a positive int (e.g. 84 or 32), got {image_size!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise FastFreeError(f"workers must be a positive int or None, got {workers!r}")
+    if decoder not in DECODERS:
+        raise FastFreeError(f"unknown image decoder {decoder!r}: use one of {', '.join(DECODERS)}")
+    if decoder == "dali":
+        dali_decode.require()  # before reading anything: the fix is an install, not the data
     root = Path(root)
     rows = read_folder_splits(root)
     images_dir = root / "images"
@@ -218,12 +270,25 @@ def load_image_folder(
             f"restore them under {images_dir} or remove their rows"
         )
 
+    all_files = [p for split in SPLITS for p in files[split]]
+    if decoder == "dali" and not dali_decode.decodable(all_files):
+        odd = sorted({p.suffix or p.name for p in all_files if p.suffix.lower() not in dali_decode.SUFFIXES})
+        raise FastFreeError(
+            f"decoder 'dali' cannot read files of type {', '.join(odd[:5])} (it reads "
+            f"{', '.join(sorted(dali_decode.SUFFIXES))}); convert them or use --decoder pil (or auto)"
+        )
+    use_dali = wants_dali(decoder, dali_device, all_files)
+
     class_ids = {c: i for i, c in enumerate(sorted({label for r in rows.values() for _, label in r}))}
     n_workers = workers or min(32, os.cpu_count() or 1)
     splits: dict[str, ImageSplit] = {}
     with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="fastfree-decode") as pool:
         for split in SPLITS:
-            images = _decode_split(files[split], image_size, pool, progress)
+            if use_dali:
+                images = _decode_split_dali(files[split], image_size, decoder == "dali", dali_device, n_workers,
+                                            pool, progress)
+            else:
+                images = _decode_split(files[split], image_size, pool, progress)
             labels = torch.tensor([class_ids[label] for _, label in rows[split]], dtype=torch.int64)
             names = {class_ids[c]: c for c in sorted({label for _, label in rows[split]})}
             splits[split] = ImageSplit(split, images, labels, names)

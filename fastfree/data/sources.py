@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from fastfree.data.folder_layout import DECODERS
 from fastfree.data.split import CIFAR100_NORM, IMAGENET_NORM, FewShotDataset
 from fastfree.errors import FastFreeError
 
@@ -22,6 +25,7 @@ class DataConfig:
     builtin_seed: int = 0
     images_per_class: int = 600  # builtin only
     normalization: str = "imagenet"  # folder layout only (cifar-fs uses CIFAR-100's, builtin its own)
+    decoder: str = "auto"  # folder layout only: "auto" (DALI on a CUDA device when installed, else PIL), "dali" or "pil"
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -30,6 +34,8 @@ class DataConfig:
             raise FastFreeError(
                 f"unknown normalisation {self.normalization!r}: use one of {', '.join(NORMALIZATIONS)}"
             )
+        if self.decoder not in DECODERS:
+            raise FastFreeError(f"unknown image decoder {self.decoder!r}: use one of {', '.join(DECODERS)}")
         if self.image_size < 16:
             raise FastFreeError(f"image_size must be at least 16, got {self.image_size}")
 
@@ -43,8 +49,11 @@ class DataConfig:
         return Path(root)
 
 
-def load_dataset(cfg: DataConfig, progress=None) -> FewShotDataset:
-    """Load the configured data set on the CPU (move it with `.to(device)`)."""
+def load_dataset(cfg: DataConfig, progress=None, device: torch.device | str | None = None) -> FewShotDataset:
+    """Load the configured data set on the CPU (move it with `.to(device)`).
+
+    ``device``: where the data will be used; a CUDA device lets DALI decode image folders on it.
+    """
     if cfg.source == "builtin":
         from fastfree.data.procedural import build_procedural
 
@@ -55,5 +64,9 @@ def load_dataset(cfg: DataConfig, progress=None) -> FewShotDataset:
         return load_cifar_fs(cfg.resolved_root())
     from fastfree.data.folder_layout import load_image_folder
 
+    dali_device = None
+    if device is not None and torch.device(device).type == "cuda":
+        index = torch.device(device).index
+        dali_device = index if index is not None else torch.cuda.current_device()
     return load_image_folder(cfg.resolved_root(), cfg.image_size, NORMALIZATIONS[cfg.normalization],
-                             progress=progress)
+                             progress=progress, decoder=cfg.decoder, dali_device=dali_device)
