@@ -10,6 +10,7 @@ warm-up (compilation and CUDA-graph capture happen in the warm-up):
   fast_compile      + torch.compile of the inner step and the meta-gradient
   fast_graphs       + the epoch captured in one CUDA graph (CUDA only)
   fast_compile_graphs
+  fast_compile_graphs_nokernels   the same with the torch losses instead of the fused Triton kernels
   *_bf16            the same with bf16 autocast (--amp)
 
     python -m fastfree.profiling.bench_five --image-size 32 --variants reference fast --json out.json
@@ -35,13 +36,16 @@ FAST = {
     "fast_compile": {"compile": True},
     "fast_graphs": {"cuda_graphs": True},
     "fast_compile_graphs": {"compile": True, "cuda_graphs": True},
+    # the fused Triton losses' effect on a whole epoch (issue 5): the same without them
+    "fast_compile_graphs_nokernels": {"compile": True, "cuda_graphs": True, "kernels": False},
 }
 
 
 def variants_for(device: torch.device) -> list[str]:
     names = ["reference", "fast"]
     if device.type == "cuda":
-        names += ["fast_compile", "fast_graphs", "fast_compile_graphs", "reference_bf16", "fast_compile_graphs_bf16"]
+        names += ["fast_compile", "fast_graphs", "fast_compile_graphs", "fast_compile_graphs_nokernels",
+                  "reference_bf16", "fast_compile_graphs_bf16"]
     return names
 
 
@@ -72,7 +76,7 @@ def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: i
             if flags.get("cuda_graphs") and device.type != "cuda":
                 continue
             options = EngineOptions.for_device(device, amp=amp, cuda_graphs=flags.get("cuda_graphs", False),
-                                               compile=flags.get("compile", False))
+                                               compile=flags.get("compile", False), kernels=flags.get("kernels"))
             five = FastFive(gen, stack, learner, CIFAR100_NORM, cfg, options, device)
             theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
             id_tensor = torch.tensor(ids, device=device)

@@ -166,3 +166,48 @@ def flop_counter_flops(model: nn.Module, image_size: int, backward: str = "none"
 
 
 __all__ = ["NO_RULE", "THOP_RULES", "ThopCount", "flop_counter_flops", "thop_macs"]
+
+
+class _GlobalOnly:
+    """A stand-in for FlopCounterMode's ModuleTracker: everything counts under "Global"."""
+
+    parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None) -> int:
+    """FLOPs of aten.convolution_backward, right for grouped convolutions.
+
+    torch's formula (2.11-2.13) counts a grouped convolution's weight gradient `groups` times
+    too high (it takes the whole input's channels as one group). That matters here: under vmap
+    every stacked model's convolution becomes one grouped convolution (groups = models), so the
+    fast engine would seem to do more work than the reference. Each gradient, input's or
+    weight's, costs what the forward convolution costs: 2 x N x (spatial positions of the
+    output, or of the input for a transposed convolution) x w[0] x w[1] x kernel size, where
+    w is (C_out, C_in / groups, k...) (transposed: (C_in, C_out / groups, k...)).
+    """
+    spatial = x_shape[2:] if transposed else grad_out_shape[2:]
+    forward = 2 * grad_out_shape[0] * math.prod(spatial) * w_shape[0] * w_shape[1] * math.prod(w_shape[2:])
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+class GlobalFlopCounter(FlopCounterMode):
+    """FlopCounterMode without its per-module breakdown, for code that uses torch.func.
+
+    FlopCounterMode's ModuleTracker puts multi-grad hooks on module outputs; under
+    torch.func.grad (FIVE's inner steps, functional replay) autograd.grad then fails with "A
+    leaf node was passed to _will_engine_execute_node". The counting itself (a dispatch mode
+    and the same FLOP registry, including the fused kernels' registered formulas) is unchanged;
+    only the per-module table is lost, which the phase profiler does not use. Grouped
+    convolutions' backward is counted by `conv_backward_flops` (torch's formula overcounts it).
+    """
+
+    def __init__(self):
+        super().__init__(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops})
+        self.mod_tracker = _GlobalOnly()

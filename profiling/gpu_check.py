@@ -4,14 +4,19 @@
 
 Runs, most important first, each bounded and the whole within --budget (540 s) so the call stays
 inside the device's 10-minute limit (steps past the budget are recorded as skipped):
-1. one FIVE epoch, reference vs fast (eager, compiled, CUDA graph, bf16) at 32 and 84 px
-   -> bench_five_{32,84}px.json
-2. one replay meta-batch (10 second-order MAML tasks), vmapped vs per-task -> bench_replay.json
-3. `pytest -m gpu` (graph replay == eager over 3 epochs, Triton bf16/fp16/graph, CUDA
-   equivalence; they skip on a CPU) -> gpu_tests.txt
-4. pool pretraining, batched vs one-by-one (100 teachers, 5 steps)   -> bench_pool.json
-5. meta-test adaptation, vmapped vs sequential (200 tasks, 1 and 5 shots) -> bench_metatest_{1,5}shot.json
-6. optionally the real CIFAR-FS random baseline, when --cifar-fs points at the pickles.
+1. one FIVE epoch, reference vs fast (eager, compiled, CUDA graph, without kernels, bf16), 32 px
+   -> bench_five_32px.json
+2. one whole FREE iteration, reference vs fast (compiled), phase shares -> bench_iteration.json
+3. `fastfree profile run` of the paper's configuration, bf16 + compile: time, FLOPs and MFU per
+   phase, GPU-hours, memory, NVML telemetry -> profile_run_bf16.json
+4. one replay meta-batch (10 second-order MAML tasks), vmapped vs per-task -> bench_replay.json
+5. `pytest -m gpu` (graph replay == eager over 3 epochs, Triton bf16/fp16/graph, CUDA
+   equivalence, DALI's GPU decoder; they skip on a CPU) -> gpu_tests.txt
+6. the fused losses vs torch vs torch.compile -> bench_kernels.json
+7. the FIVE epoch at 84 px -> bench_five_84px.json; 8. profile run in fp32 (tf32 convolutions)
+9. pool pretraining, batched vs one-by-one (100 teachers, 5 steps) -> bench_pool.json
+10. meta-test adaptation, vmapped vs sequential (200 tasks, 1 and 5 shots) -> bench_metatest_{1,5}shot.json
+11. optionally the real CIFAR-FS random baseline, when --cifar-fs points at the pickles.
 A summary with the device, versions and date goes to gpu_check.json.
 """
 
@@ -58,13 +63,28 @@ def main(argv: list[str] | None = None) -> int:
         steps[name] = _run(cmd, out / f"{name}.txt", min(timeout, left))
 
     steps: dict[str, dict] = {}
-    # most important first: the fast engine's FIVE epoch (issue 4's benchmark) at 32 and 84 px
-    for px in (32, 84):
-        run(f"bench_five_{px}px", [py, "-m", "fastfree.profiling.bench_five", "--image-size", str(px), "--repeats", "5",
-                                   "--json", str(out / f"bench_five_{px}px.json")], 200)
+    ff = [py, "-m", "fastfree"]
+    # the paper's configuration (cifar-fs preset: b=4, k=5, ngf 64, 20 images/class, replay 10 tasks) on
+    # the built-in data (same shapes; ../shared does not travel), freshly initialised teachers
+    paper = ["--preset", "cifar-fs", "--data", "builtin", "--images-per-class", "100"]
+    # most important first: the fast engine's FIVE epoch (issue 4's benchmark) at 32 px
+    run("bench_five_32px", [py, "-m", "fastfree.profiling.bench_five", "--image-size", "32", "--repeats", "5",
+                            "--json", str(out / "bench_five_32px.json")], 200)
+    # the whole iteration, reference vs fast, with phase shares (what users wait for)
+    run("bench_iteration", [*ff, "bench", *paper, "--only", "iteration", "--repeats", "3", "--compile",
+                            "--json", str(out / "bench_iteration.json")], 200)
+    # where the fast iteration's time and FLOPs go: MFU, GPU-hours, memory, NVML
+    run("profile_run_bf16", [*ff, "profile", "run", *paper, "--amp", "--compile", "--iterations", "3",
+                             "--json", str(out / "profile_run_bf16.json")], 150)
     run("bench_replay", [py, "-m", "fastfree.profiling.bench_replay", "--repeats", "5",
                          "--json", str(out / "bench_replay.json")], 90)
-    run("gpu_tests", [py, "-m", "pytest", "-m", "gpu", "-q", "tests"], 180)
+    run("gpu_tests", [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"], 180)
+    run("bench_kernels", [py, "-m", "fastfree.profiling.bench_kernels", "--repeats", "5",
+                          "--json", str(out / "bench_kernels.json")], 90)
+    run("bench_five_84px", [py, "-m", "fastfree.profiling.bench_five", "--image-size", "84", "--repeats", "5",
+                            "--json", str(out / "bench_five_84px.json")], 200)
+    run("profile_run_fp32", [*ff, "profile", "run", *paper, "--iterations", "3",
+                             "--json", str(out / "profile_run_fp32.json")], 120)
     run("bench_pool", [py, "-m", "fastfree.profiling.bench_pool", "--teachers", "100", "--steps", "5",
                        "--repeats", "3", "--json", str(out / "bench_pool.json")], 120)
     for shots in (1, 5):

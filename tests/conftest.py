@@ -1,13 +1,28 @@
-"""Shared fixtures: tiny data sets made in memory, the real CIFAR-FS path when present."""
+"""Shared fixtures: tiny data sets made in memory, the real CIFAR-FS path when present.
+
+Also, first of all: without a GPU, the Triton kernels run on CPU through Triton's interpreter.
+TRITON_INTERPRET must be set before triton is imported (`triton.jit` decides at decoration
+time; `fastfree.kernels` reads it once at import), and any test module may import
+`fastfree.kernels` at collection, so it is set here, in the conftest pytest loads before any
+test module. With a GPU the variable is left alone, so the GPU tests run the compiled kernels.
+Other tests are unaffected: they do not use triton (the CPU inductor backend generates C++).
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from fastfree.data.split import CIFAR100_NORM, FewShotDataset, ImageSplit
+TRITON_IMPORTED_EARLY = "triton" in sys.modules
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from fastfree.data.split import CIFAR100_NORM, FewShotDataset, ImageSplit  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR_FS = SHARED / "data" / "cifar-fs"

@@ -150,18 +150,20 @@ class ReferenceEngine:
 
 def free_iteration(
     state: FreeState, teachers: list[nn.Module], teacher_classes: list[tuple[int, ...]],
-    normalization: Normalization, cfg: FreeConfig, engine=None,
+    normalization: Normalization, cfg: FreeConfig, engine=None, timer: PhaseTimer | None = None,
 ) -> tuple[dict, list[RecoveredTask]]:
     """Run iteration `state.iteration` (0-based) of Algorithm 3 and advance the state.
 
     `engine` runs the phases (default: ReferenceEngine(teachers)); every engine draws the same
     random numbers in the same order, so the same seed gives the same run on each.
+    `timer` marks the phases (default: a PhaseTimer on the device; the profiler passes one that
+    also counts FLOPs per phase).
     """
     engine = engine or ReferenceEngine(teachers)
     device = next(state.generator.parameters()).device
     warm = state.iteration < cfg.warmup
     t_start = time.perf_counter()
-    timer = PhaseTimer(device)
+    timer = timer or PhaseTimer(device)
     timer.mark("start")
     ids = torch.randint(0, len(teachers), (cfg.teachers_per_iteration,), generator=state.rngs["teachers"]).tolist()
     tasks, meta_grad = engine.recover(state, ids, normalization, cfg, adversarial=not warm)

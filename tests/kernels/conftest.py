@@ -1,17 +1,6 @@
-"""Run the Triton kernels on CPU through the interpreter when there is no GPU.
+"""The Triton kernels run on CPU through the interpreter when there is no GPU: tests/conftest.py
+sets TRITON_INTERPRET=1 before any test module can import triton (see its docstring)."""
 
-TRITON_INTERPRET must be set before triton is imported (`triton.jit` decides at decoration
-time); `fastfree.kernels` reads it once at import. This conftest is loaded at collection,
-before any test runs, and nothing else in the suite imports triton at collection time.
-With a GPU the variable is left alone, so the GPU tests run the compiled kernels.
-Other tests are unaffected: they do not use triton (the CPU inductor backend generates C++).
-"""
+from tests.conftest import TRITON_IMPORTED_EARLY
 
-import os
-import sys
-
-import torch
-
-TRITON_IMPORTED_EARLY = "triton" in sys.modules
-if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
+__all__ = ["TRITON_IMPORTED_EARLY"]

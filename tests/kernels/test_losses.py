@@ -21,7 +21,7 @@ from fastfree.kernels import reference as torch_impl
 
 if not _dispatch.INTERPRET and not torch.cuda.is_available():
     pytest.skip(
-        "triton was imported before tests/kernels/conftest.py could set TRITON_INTERPRET=1"
+        "triton was imported before tests/conftest.py could set TRITON_INTERPRET=1"
         if TRITON_IMPORTED_EARLY
         else "TRITON_INTERPRET is not 1 and there is no GPU: the kernels cannot run",
         allow_module_level=True,

@@ -38,3 +38,29 @@ def test_gpu_check_skips_steps_past_its_budget(tmp_path):
     assert gpu_check.main(["--out", str(tmp_path), "--budget", "0"]) == 0
     r = json.loads((tmp_path / "gpu_check.json").read_text())
     assert all(s.get("skipped") for s in r["steps"].values()) and "bench_five_32px" in r["steps"]
+
+
+def test_bench_kernels_runs_the_torch_variants_on_a_cpu(tmp_path):
+    from fastfree.profiling import bench_kernels
+
+    out = tmp_path / "k.json"
+    assert bench_kernels.main(["--device", "cpu", "--repeats", "1", "--calls", "2", "--variants", "torch",
+                               "--shapes", "engine", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["times"]) == {"inversion_engine", "distillation_engine"}
+    assert r["times"]["inversion_engine"]["torch"]["speedup_over_torch"] == 1.0
+    assert "kernel" not in r["times"]["inversion_engine"]  # the Triton kernels need CUDA
+
+
+def test_eq1_torch_form_equals_the_engine_loss():
+    """The benchmark's torch baseline is the engine's --no-kernels loss."""
+    import torch
+
+    from fastfree.engine.five import eq1_rows
+    from fastfree.profiling.bench_kernels import eq1_torch
+
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(4, 10, 5, generator=g), torch.randn(4, 10, 5, generator=g)
+    y = torch.randint(0, 5, (4, 10), generator=g)
+    want = torch.stack([eq1_rows(t[i], s[i], y[i], True, False)[0] for i in range(4)])
+    torch.testing.assert_close(eq1_torch(t, s, y), want)

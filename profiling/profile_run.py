@@ -1,0 +1,206 @@
+"""`fastfree profile run`: where a FREE iteration's time and FLOPs go, on this device.
+
+Sequence (all on one device, one process):
+1. one iteration with the eager variant of the chosen engine under FlopCounterMode: FLOPs per
+   phase (the same operations the compiled or graphed engine runs; a replayed CUDA graph or an
+   inductor kernel is invisible to the dispatcher, so counting needs the eager run);
+2. one warm-up iteration with the chosen engine (compilation, CUDA-graph capture): untimed;
+3. `iterations` timed iterations: device time per phase from CUDA events (wall time on a CPU),
+   NVML telemetry sampled in a background thread, peak memory;
+4. the meta-test phase: the meta-learner adapted on `metatest_tasks` tasks per shot count.
+FLOPs are those FlopCounterMode counts: convolutions and matmuls (forward and backward), plus
+the fused Triton losses through their registered formulas; element-wise work, normalisation
+and optimiser updates are not counted. Replay's FLOPs are per meta-batch (the count varies
+with its patience-based stop) times the meta-batches each timed iteration ran.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+
+from fastfree.free.run import learner_init
+from fastfree.free.trainer import PhaseTimer, free_iteration
+from fastfree.metatest.protocol import run_metatest
+from fastfree.profiling.flops import GlobalFlopCounter
+from fastfree.profiling.peaks import peak_tflops, precision_key
+from fastfree.profiling.telemetry import Telemetry
+from fastfree.profiling.workload import PHASES, CountingTimer, Workload, fresh_state, make_engine
+
+# the paper's data-recovery GPU-hours (Table 2, one RTX 3090), by preset and k
+PAPER_RECOVERY_HOURS = {("cifar-fs", 5): 0.11, ("cifar-fs", 2): 0.05}
+
+
+def _eager(options):
+    return None if options is None else replace(options, compile=False, cuda_graphs=False)
+
+
+def _iteration(w: Workload, state, engine, timer=None) -> dict:
+    metrics, _ = free_iteration(state, w.teachers, w.teacher_classes, w.dataset.normalization, w.cfg, engine, timer)
+    return metrics
+
+
+def _metatest(w: Workload, state, tasks: int) -> tuple[float, int]:
+    """Seconds per task (device time) and FLOPs per task of adapting the meta-learner."""
+    base = replace(w.preset.metatest, ways=w.ways, engine="auto")
+    with GlobalFlopCounter() as counter:  # FLOPs per task: one task per shot count
+        run_metatest(learner_init(state.learner), w.dataset.test, w.dataset.normalization,
+                     replace(base, tasks=1, chunk=1), w.dtype)
+    timer = PhaseTimer(w.device)
+    timer.mark("start")
+    run_metatest(learner_init(state.learner), w.dataset.test, w.dataset.normalization,
+                 replace(base, tasks=tasks, chunk=min(base.chunk, tasks)), w.dtype)
+    timer.mark("metatest")
+    return timer.read()["metatest"] / tasks, counter.get_total_flops()
+
+
+def _rate(flops: float | None, seconds: float, peak: float | None) -> dict:
+    if flops is None or seconds <= 0:
+        return {"tflop_per_s": None, "mfu": None}
+    rate = flops / seconds / 1e12
+    return {"tflop_per_s": rate, "mfu": rate / peak if peak else None}
+
+
+def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak_override: float | None = None,
+                trace: str | None = None) -> dict:
+    from fastfree.commands.common import run_metadata
+
+    device = w.device
+    meta = run_metadata(device)
+    precision = precision_key(device, w.dtype, bool(options and options.amp))
+    peak = peak_override or peak_tflops(meta["device_name"], precision)
+    state = fresh_state(w)
+
+    # 1. FLOPs per phase, on one eager iteration (also the eager engine's warm-up)
+    with GlobalFlopCounter() as counter:
+        timer = CountingTimer(device, counter)
+        counted = _iteration(w, state, make_engine(w, _eager(options)), timer)
+    flops = timer.flops()
+    counted_batches = counted.get("replay", {}).get("meta_batches", 0)
+    replay_per_batch = flops.get("replay", 0) / counted_batches if counted_batches else None
+
+    # 2. warm-up of the chosen engine (compile, capture), untimed
+    engine = make_engine(w, options)
+    t0 = time.perf_counter()
+    _iteration(w, state, engine)
+    warmup_s = time.perf_counter() - t0
+
+    # 3. timed iterations
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    with Telemetry(device) as telemetry:
+        timed = [_iteration(w, state, engine) for _ in range(iterations)]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    memory = ({"peak_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+               "peak_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20} if device.type == "cuda" else
+              {"host_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "note": "the whole process's peak resident memory (ru_maxrss)"})
+
+    batches = [m.get("replay", {}).get("meta_batches", 0) for m in timed]
+    phases: dict[str, dict] = {}
+    total_flops = 0.0
+    for name in PHASES:
+        runs = [m["phase_s"].get(name, 0.0) for m in timed]
+        if name == "replay" and replay_per_batch is not None:
+            f = replay_per_batch * statistics.mean(batches)
+        else:
+            f = float(flops.get(name, 0))
+        total_flops += f
+        median = statistics.median(runs)
+        phases[name] = {"seconds_median": median, "seconds": runs, "flops": f, **_rate(f, median, peak)}
+    iteration_s = statistics.median([sum(m["phase_s"].values()) for m in timed])
+    for p in phases.values():
+        p["share"] = p["seconds_median"] / iteration_s if iteration_s else None
+
+    # 4. meta-test
+    mt_s, mt_flops = _metatest(w, state, metatest_tasks)
+    shots = w.preset.metatest.shots
+    metatest = {"tasks": metatest_tasks, "shots": list(shots), "seconds_per_task": mt_s,
+                "flops_per_task": mt_flops, **_rate(mt_flops, mt_s, peak),
+                "note": "per task = one task at each shot count"}
+
+    if trace:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            _iteration(w, state, engine)
+        prof.export_chrome_trace(trace)
+
+    cfg = w.cfg
+    after = cfg.iterations - cfg.warmup
+    five_s, gen_s = phases["five"]["seconds_median"], phases["generator"]["seconds_median"]
+    evals = cfg.iterations // cfg.eval_every
+    extrapolation = {
+        "iterations": cfg.iterations, "warmup": cfg.warmup,
+        "data_recovery_hours": five_s * after / 3600,
+        "training_hours": (iteration_s * after + (five_s + gen_s) * cfg.warmup + evals * cfg.val_tasks * mt_s) / 3600,
+        "paper_data_recovery_hours": PAPER_RECOVERY_HOURS.get((w.preset.name, cfg.five.k)),
+        "note": ("data recovery = median FIVE time x post-warm-up iterations (what results.json counts; the "
+                 "paper's GPU hours, measured on one RTX 3090); training = median iteration x post-warm-up "
+                 "iterations + FIVE and generator steps of the warm-up + meta-val evaluations; warm-up FIVE "
+                 "(no adversarial term) is a little cheaper than timed here"),
+    }
+    return {
+        "command": "profile run", "preset": w.preset.name,
+        "engine": "reference" if options is None else {"engine": "fast", **options.__dict__},
+        "dtype": str(w.dtype).removeprefix("torch."), "precision": precision,
+        "peak_tflops": peak, "peak_source": ("--peak-tflops" if peak_override else
+                                             "fastfree.profiling.peaks (data sheet, dense)" if peak else
+                                             "unknown for this device: MFU not computed (pass --peak-tflops)"),
+        "teachers": w.teachers_source, "b": cfg.teachers_per_iteration, "k": cfg.five.k,
+        "images_per_task": w.ways * cfg.five.images_per_class, "image_size": w.dataset.image_size,
+        "iterations_timed": iterations, "warmup_iteration_s": warmup_s,
+        "replay_meta_batches": batches, "replay_meta_batches_counted": counted_batches,
+        "phases": phases,
+        "iteration": {"seconds_median": iteration_s, "flops": total_flops, **_rate(total_flops, iteration_s, peak)},
+        "metatest": metatest, "extrapolation": extrapolation, "memory": memory,
+        "telemetry": telemetry.summary(iterations), "trace": trace,
+        "flops_counted": ("FlopCounterMode on one eager iteration: convolutions and matmuls forward and backward, "
+                          "and the fused Triton losses by their registered formulas; element-wise work, "
+                          "normalisation and optimiser updates are not counted"),
+        "timing": "CUDA events (device time)" if device.type == "cuda" else "wall clock (CPU)",
+        **meta,
+    }
+
+
+def to_markdown(r: dict) -> str:
+    def f(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    lines = [f"FREE iteration profile: preset {r['preset']}, {r['device_name']}, {r['precision']}, "
+             f"b={r['b']} k={r['k']}, {r['image_size']} px; median of {r['iterations_timed']} iterations "
+             f"({r['timing']}); peak {f(r['peak_tflops'], '.1f')} TFLOP/s",
+             "",
+             "| phase | ms | share | GFLOP | TFLOP/s | MFU |",
+             "|---|---|---|---|---|---|"]
+    for name, p in r["phases"].items():
+        lines.append(f"| {name} | {1e3 * p['seconds_median']:.1f} | {100 * (p['share'] or 0):.0f}% | "
+                     f"{p['flops'] / 1e9:.2f} | {f(p['tflop_per_s'], '.3f')} | {f(p['mfu'], '.2%')} |")
+    it = r["iteration"]
+    lines.append(f"| **iteration** | {1e3 * it['seconds_median']:.1f} | 100% | {it['flops'] / 1e9:.2f} | "
+                 f"{f(it['tflop_per_s'], '.3f')} | {f(it['mfu'], '.2%')} |")
+    mt = r["metatest"]
+    lines.append(f"| meta-test (per task) | {1e3 * mt['seconds_per_task']:.1f} | - | {mt['flops_per_task'] / 1e9:.2f} "
+                 f"| {f(mt['tflop_per_s'], '.3f')} | {f(mt['mfu'], '.2%')} |")
+    e = r["extrapolation"]
+    paper = e["paper_data_recovery_hours"]
+    lines += ["", f"Full protocol ({e['iterations']} iterations): data recovery {e['data_recovery_hours']:.4f} "
+                  f"device-hours" + (f" (paper: {paper} GPU-hours on an RTX 3090)" if paper else "") +
+                  f", training {e['training_hours']:.4f} device-hours.",
+              f"Replay meta-batches per timed iteration: {r['replay_meta_batches']}. Warm-up iteration "
+              f"(compile/capture): {r['warmup_iteration_s']:.1f} s.",
+              f"Memory: {', '.join(f'{k} {v:.0f}' for k, v in r['memory'].items() if isinstance(v, float))}.",
+              "Telemetry: " + (f"{r['telemetry'].get('utilization_mean_pct', 0):.0f}% mean utilisation, "
+                               f"{f(r['telemetry'].get('power_mean_w'), '.0f')} W mean, "
+                               f"{f(r['telemetry'].get('energy_per_iteration_j'), '.1f')} J per iteration "
+                               f"({r['telemetry'].get('energy_source')})" if r["telemetry"]["available"]
+                               else r["telemetry"]["reason"]) + ".",
+              f"FLOPs: {r['flops_counted']}."]
+    return "\n".join(lines)

@@ -1,0 +1,32 @@
+"""`fastfree bench` end to end on the demo preset (tiny sizes, one repeat): every section reports."""
+
+from __future__ import annotations
+
+import json
+
+from fastfree.cli import main
+
+
+def test_bench_reports_reference_and_fast_side_by_side(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--preset", "demo", "--device", "cpu", "--repeats", "1", "--k", "1",
+                 "--teachers-per-iteration", "1", "--metatest-tasks", "2", "--pool-teachers", "2", "--pool-steps",
+                 "1", "--images-per-class", "20", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    names = [s["benchmark"] for s in r["summary"]]
+    assert names == ["FIVE epoch", "FREE iteration", "pool pretraining (per teacher-step)",
+                     "meta-test 1-shot (per task)", "meta-test 5-shot (per task)"]
+    for s in r["summary"]:
+        assert s["reference_s"] > 0 and s["fast_s"] > 0 and s["speedup"] == s["reference_s"] / s["fast_s"]
+    it = r["sections"]["iteration"]["times"]
+    for engine in ("reference", "fast"):
+        shares = it[engine]["phase_share"]
+        assert abs(sum(shares.values()) - 1) < 1e-9 and shares["five"] > 0
+    assert r["device_name"] and r["torch"] and "| FREE iteration |" in capsys.readouterr().out
+
+
+def test_bench_sections_can_be_chosen(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--device", "cpu", "--only", "pool", "--repeats", "1", "--pool-teachers", "2",
+                 "--pool-steps", "1", "--json", str(out)]) == 0
+    assert [s["benchmark"] for s in json.loads(out.read_text())["summary"]] == ["pool pretraining (per teacher-step)"]
