@@ -11,6 +11,7 @@ warm-up (compilation and CUDA-graph capture happen in the warm-up):
   fast_graphs       + the epoch captured in one CUDA graph (CUDA only)
   fast_compile_graphs
   fast_compile_graphs_nokernels   the same with the torch losses instead of the fused Triton kernels
+  fast_compile_graphs_channels_last   inductor forced to channels-last layouts (its heuristic otherwise)
   *_bf16            the same with bf16 autocast (--amp)
 
     python -m fastfree.profiling.bench_five --image-size 32 --variants reference fast --json out.json
@@ -38,6 +39,9 @@ FAST = {
     "fast_compile_graphs": {"compile": True, "cuda_graphs": True},
     # the fused Triton losses' effect on a whole epoch (issue 5): the same without them
     "fast_compile_graphs_nokernels": {"compile": True, "cuda_graphs": True, "kernels": False},
+    # inductor decides channels-last for convolution graphs by a heuristic (layout_optimization, on by
+    # default); this variant forces it, to measure whether channels-last helps here
+    "fast_compile_graphs_channels_last": {"compile": True, "cuda_graphs": True, "channels_last": True},
 }
 
 
@@ -45,7 +49,7 @@ def variants_for(device: torch.device) -> list[str]:
     names = ["reference", "fast"]
     if device.type == "cuda":
         names += ["fast_compile", "fast_graphs", "fast_compile_graphs", "fast_compile_graphs_nokernels",
-                  "reference_bf16", "fast_compile_graphs_bf16"]
+                  "reference_bf16", "fast_compile_graphs_bf16", "fast_compile_graphs_channels_last_bf16"]
     return names
 
 
@@ -81,8 +85,10 @@ def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: i
             theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
             id_tensor = torch.tensor(ids, device=device)
 
-            def call(five=five, theta=theta, lp=lp, id_tensor=id_tensor):
-                return five(theta, z, id_tensor, draws, lp, labels, True).loss.sum().item()
+            def call(five=five, theta=theta, lp=lp, id_tensor=id_tensor, cl=flags.get("channels_last", False)):
+                # compilation happens in the first (warm-up) call: the layout choice is made then
+                with torch._inductor.config.patch(force_layout_optimization=cl):
+                    return five(theta, z, id_tensor, draws, lp, labels, True).loss.sum().item()
         times[name] = median_time(call, repeats, device)
     ref = times.get("reference", {}).get("median_s")
     return {
