@@ -117,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "meta-val, meta-test of the selected and the last meta-learner. Writes a run "
                                    "directory with config, metrics, checkpoints, grids and a results table.")
     _common(t)
-    t.add_argument("--pool", metavar="DIR", help="teacher pool (default: pretrain one into RUN_DIR/pool)")
+    t.add_argument("--pool", metavar="DIR", action="append",
+                   help="teacher pool (default: pretrain one into RUN_DIR/pool); repeat it, one per --domain and "
+                        "in the same order, for a multi-domain run")
+    t.add_argument("--domain", metavar="SPEC", action="append",
+                   help="one domain of a multi-domain run (Table 3), repeated: SOURCE[:ROOT][,size=N][,seed=N]"
+                        "[,images=N][,norm=NAME], e.g. --domain builtin --domain cifar-fs:/data/cifar-fs; "
+                        "replaces the preset's domains")
     t.add_argument("--run-dir", metavar="DIR", help="run directory (default: runs/<preset>)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     t.add_argument("--iterations", type=_positive, help="outer iterations of Algorithm 3")

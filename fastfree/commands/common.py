@@ -14,7 +14,7 @@ import torch
 
 from fastfree import __version__
 from fastfree.config import Preset, get_preset
-from fastfree.data.sources import DataConfig, load_dataset
+from fastfree.data.sources import DEFAULT_IMAGE_SIZES, NAMED_FOLDERS, DataConfig, load_dataset
 from fastfree.data.split import FewShotDataset
 from fastfree.device import device_name, resolve_device
 
@@ -28,6 +28,8 @@ def data_config(args, preset: Preset) -> DataConfig:
         overrides["source"] = args.data
         if args.data != preset.data.source:
             overrides["root"] = None  # a preset's root belongs to its own source
+            if args.data in DEFAULT_IMAGE_SIZES:
+                overrides["image_size"] = DEFAULT_IMAGE_SIZES[args.data]
     if args.data_root is not None:
         overrides["root"] = str(args.data_root)
     if args.image_size is not None:
@@ -54,7 +56,7 @@ def progress_bar(**kwargs):
 
 def load_on_device(cfg: DataConfig, device: torch.device) -> tuple[FewShotDataset, float]:
     t0 = time.perf_counter()
-    if cfg.source == "folder":  # the only source slow enough to need a bar
+    if cfg.source in ("folder", *NAMED_FOLDERS):  # the only sources slow enough to need a bar
         with progress_bar(desc="decoding images", unit="img", leave=False) as bar:
             dataset = load_dataset(cfg, progress=bar.update, device=device)  # CUDA: DALI decodes there
     else:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
+from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
 from fastfree.errors import FastFreeError
 from fastfree.free.config import FreeConfig
 from fastfree.free.run import RunContext, final_results, results_markdown, train_free
@@ -59,7 +60,7 @@ def free_config(args, base: FreeConfig) -> FreeConfig:
 
 def _pool_for_run(args, preset, dataset, run_dir: Path, dtype, device):
     if args.pool:
-        return load_pool(args.pool)
+        return load_pool(args.pool[0])
     pool_dir = run_dir / "pool"
     if (pool_dir / "manifest.json").is_file():
         return load_pool(pool_dir)
@@ -74,12 +75,17 @@ def _pool_for_run(args, preset, dataset, run_dir: Path, dtype, device):
 
 def run(args) -> dict:
     preset, device, dtype = setup(args)
-    dcfg = data_config(args, preset)
+    domains = domain_configs(args, preset)
     cfg = free_config(args, preset.free)
     run_dir = Path(args.run_dir or f"runs/{preset.name}")
     options, engine_settings = engine_options(args, device)
-    resolved = {"preset": preset.name, "data": dcfg.__dict__, "free": cfg.to_dict(), "pool": args.pool,
-                "engine": engine_settings, "dtype": args.dtype}
+    if domains:
+        resolved = {"preset": preset.name, "domains": [c.__dict__ for c in domains], "free": cfg.to_dict(),
+                    "pool": args.pool, "engine": engine_settings, "dtype": args.dtype}
+    else:
+        dcfg = data_config(args, preset)
+        resolved = {"preset": preset.name, "data": dcfg.__dict__, "free": cfg.to_dict(),
+                    "pool": args.pool[0] if args.pool else None, "engine": engine_settings, "dtype": args.dtype}
     config_path = run_dir / "config.json"
     if args.resume and config_path.is_file():
         stored = json.loads(config_path.read_text())
@@ -87,25 +93,32 @@ def run(args) -> dict:
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
                                 f"started with ({config_path}); resume with the same flags")
     run_dir.mkdir(parents=True, exist_ok=True)
-    dataset, _ = load_on_device(dcfg, device)
-    pool = _pool_for_run(args, preset, dataset, run_dir, dtype, device)
-    if pool.dataset != dataset.name:
-        raise FastFreeError(f"the pool at {pool.path} was trained on {pool.dataset!r} but this run uses "
-                            f"{dataset.name!r}: pass a matching --data or --pool")
-    if len({r.num_classes for r in pool.records}) != 1:
-        raise FastFreeError("all teachers of the pool must solve tasks with the same number of classes")
+    if domains:
+        dataset = load_domains(domains, device)
+        pools = domain_pools(args, preset, dataset, run_dir, dtype)
+        teachers, teacher_classes = domain_teachers(pools, dataset, device, dtype)
+        ways = pools[0].records[0].num_classes
+    else:
+        dataset, _ = load_on_device(dcfg, device)
+        pool = _pool_for_run(args, preset, dataset, run_dir, dtype, device)
+        if pool.dataset != dataset.name:
+            raise FastFreeError(f"the pool at {pool.path} was trained on {pool.dataset!r} but this run uses "
+                                f"{dataset.name!r}: pass a matching --data or --pool")
+        if len({r.num_classes for r in pool.records}) != 1:
+            raise FastFreeError("all teachers of the pool must solve tasks with the same number of classes")
+        teachers = [m.to(dtype).requires_grad_(False) for m in pool.models(device)]
+        teacher_classes = [r.classes for r in pool.records]
+        ways = pool.records[0].num_classes
     if not args.resume or not config_path.is_file():
         write_json(config_path, resolved)
-    teachers = [m.to(dtype).requires_grad_(False) for m in pool.models(device)]
-    ways = pool.records[0].num_classes
     val_cfg = replace(preset.metatest, tasks=cfg.val_tasks, engine="auto")
     test_cfg = replace(preset.metatest, tasks=args.test_tasks or preset.metatest.tasks, ways=ways, engine="auto")
     engine = None
     if options is not None:
         from fastfree.engine.trainer import FastEngine
 
-        engine = FastEngine(teachers, options, device)
-    ctx = RunContext(run_dir, cfg, dataset, teachers, [r.classes for r in pool.records], replace(val_cfg, ways=ways),
+        engine = FastEngine(teachers, options, device)  # a multi-domain pool: groups by (architecture, domain size)
+    ctx = RunContext(run_dir, cfg, dataset, teachers, teacher_classes, replace(val_cfg, ways=ways),
                      device, engine, dtype)
     t0 = time.perf_counter()
     with progress_bar(total=cfg.iterations, desc="FREE", unit="it") as bar:

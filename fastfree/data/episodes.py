@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fastfree.data.split import ImageSplit, Normalization
 from fastfree.errors import FastFreeError
@@ -51,8 +52,24 @@ class EpisodeBatch:
                                                      self.query_labels, self.classes)))
 
 
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Float images [..., 3, H, W] -> [..., 3, size, size]: bilinear, no antialiasing (F.interpolate's
+    default, as the teachers of a multi-domain run see generated images). Normalising commutes with
+    it (a per-channel affine map; bilinear weights sum to 1), so the order of the two does not matter."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    lead = images.shape[:-3]
+    out = F.interpolate(images.reshape(-1, *images.shape[-3:]), size=(size, size), mode="bilinear",
+                        align_corners=False, antialias=False)
+    return out.reshape(*lead, *out.shape[-3:])
+
+
 class EpisodeSampler:
-    def __init__(self, split: ImageSplit, normalization: Normalization, spec: EpisodeSpec, seed: int = 0):
+    """Tasks of one split. ``image_size``: resize every image to it (a multi-domain run's meta-learner
+    size); None keeps the split's own size."""
+
+    def __init__(self, split: ImageSplit, normalization: Normalization, spec: EpisodeSpec, seed: int = 0,
+                 image_size: int | None = None):
         index = split.class_index()
         if len(index) < spec.ways:
             raise FastFreeError(
@@ -70,6 +87,7 @@ class EpisodeSampler:
         self.normalization = normalization
         self.spec = spec
         self.seed = seed
+        self.image_size = image_size
         self._classes = np.array(sorted(index), dtype=np.int64)
         self._index_cpu = {c: idx.cpu().numpy() for c, idx in index.items()}
 
@@ -94,10 +112,14 @@ class EpisodeSampler:
         q_idx = torch.as_tensor(np.stack([p[2] for p in parts]), device=device)
         n = len(parts)
         local = torch.arange(spec.ways, device=device)
+        support = self.normalization(self.split.images[s_idx], dtype)
+        query = self.normalization(self.split.images[q_idx], dtype)
+        if self.image_size is not None:
+            support, query = resize(support, self.image_size), resize(query, self.image_size)
         return EpisodeBatch(
-            support=self.normalization(self.split.images[s_idx], dtype),
+            support=support,
             support_labels=local.repeat_interleave(spec.shots).expand(n, -1).contiguous(),
-            query=self.normalization(self.split.images[q_idx], dtype),
+            query=query,
             query_labels=local.repeat_interleave(spec.queries).expand(n, -1).contiguous(),
             classes=classes,
         )

@@ -1,4 +1,9 @@
-"""Pick and load a data set from a typed config: built-in, CIFAR-FS pickles or image folders."""
+"""Pick and load a data set from a typed config: built-in, CIFAR-FS pickles or image folders.
+
+``mini-imagenet`` and ``cub`` are the image-folder layout under fixed names (so a pool trained on
+one records which, and a multi-domain run can tell them apart), with ImageNet's mean/std and
+84 px by default, as the authors train on them.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,13 @@ from fastfree.data.folder_layout import DECODERS
 from fastfree.data.split import CIFAR100_NORM, IMAGENET_NORM, FewShotDataset
 from fastfree.errors import FastFreeError
 
-SOURCES = ("builtin", "cifar-fs", "folder")
+SOURCES = ("builtin", "cifar-fs", "folder", "mini-imagenet", "cub")
+NAMED_FOLDERS = ("mini-imagenet", "cub")  # the image-folder layout under a fixed data set name
 NORMALIZATIONS = {"cifar100": CIFAR100_NORM, "imagenet": IMAGENET_NORM}
 CIFAR_FS_ENV = "FASTFREE_CIFAR_FS"
+ROOT_ENVS = {"cifar-fs": CIFAR_FS_ENV, "mini-imagenet": "FASTFREE_MINI_IMAGENET", "cub": "FASTFREE_CUB"}
+# the image size a source is used at unless told otherwise (the authors': 32 px CIFAR-FS, 84 px mini / CUB)
+DEFAULT_IMAGE_SIZES = {"mini-imagenet": 84, "cub": 84}
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,19 @@ class DataConfig:
         if self.image_size < 16:
             raise FastFreeError(f"image_size must be at least 16, got {self.image_size}")
 
+        if self.source in NAMED_FOLDERS and self.normalization != "imagenet":
+            raise FastFreeError(f"{self.source} is normalised with ImageNet's mean/std (the authors'); "
+                                f"use --data folder to choose another normalisation")
+
     def resolved_root(self) -> Path:
-        root = self.root or (os.environ.get(CIFAR_FS_ENV) if self.source == "cifar-fs" else None)
+        env = ROOT_ENVS.get(self.source)
+        root = self.root or (os.environ.get(env) if env else None)
         if not root:
             what = "the folder holding CIFAR_FS_{train,val,test}.pickle" if self.source == "cifar-fs" \
                 else "the folder holding images/ and the split CSVs"
-            hint = f" (or set {CIFAR_FS_ENV})" if self.source == "cifar-fs" else ""
-            raise FastFreeError(f"--data {self.source} needs --data-root PATH: {what}{hint}")
+            hint = f" (or set {env})" if env else ""
+            raise FastFreeError(f"--data {self.source} needs --data-root PATH (in a multi-domain run: --domain "
+                                f"{self.source}:PATH): {what}{hint}")
         return Path(root)
 
 
@@ -68,5 +83,6 @@ def load_dataset(cfg: DataConfig, progress=None, device: torch.device | str | No
     if device is not None and torch.device(device).type == "cuda":
         index = torch.device(device).index
         dali_device = index if index is not None else torch.cuda.current_device()
-    return load_image_folder(cfg.resolved_root(), cfg.image_size, NORMALIZATIONS[cfg.normalization],
+    name = cfg.source if cfg.source in NAMED_FOLDERS else None  # "folder": the folder's own name
+    return load_image_folder(cfg.resolved_root(), cfg.image_size, NORMALIZATIONS[cfg.normalization], name=name,
                              progress=progress, decoder=cfg.decoder, dali_device=dali_device)

@@ -2,7 +2,7 @@
 
 vmap maps one function over stacked tensors, so it needs teachers of one architecture. A
 multi-architecture pool (the paper's Table 4) is therefore split into groups by architecture
-signature; global teacher id i lives at `where[i] = (group, index in the group's stack)`.
+signature (and a multi-domain pool by domain image size as well: each group then resizes once); global teacher id i lives at `where[i] = (group, index in the group's stack)`.
 An iteration's sampled ids split into one `GroupPart` per group present (the ids' positions
 in the sampled order and their indices in the group), each part runs vmapped on its group,
 and `merge` puts the parts' outputs back in the sampled order, so the memory bank, BELL and
@@ -36,9 +36,12 @@ class GroupPart:
 
 
 def signature(model: nn.Module) -> tuple:
-    """What decides whether two teachers stack: class, and every tensor's name, shape and dtype."""
+    """What decides whether two teachers stack: class, every tensor's name, shape and dtype, and what
+    a wrapper decides outside its tensors (a multi-domain TeacherAdapter's resize: fastfree.free.domains),
+    so teachers are grouped by (architecture, domain size)."""
     return (type(model).__qualname__,
-            tuple((k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items()))
+            tuple((k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items()),
+            getattr(model, "signature_extra", ()))
 
 
 def whole(parts: list[GroupPart]) -> bool:

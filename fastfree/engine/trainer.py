@@ -10,6 +10,9 @@ draws are made for all b sampled teachers in the sampled order, as above, and th
 to each group's vmapped FIVE; tasks, eta and losses come back in the sampled order and the
 meta-gradient is the reference's mean over all b teachers. BELL's teacher forward and the
 alignment diagnostic are per group likewise; BELL's steps and replay do not see teachers.
+A multi-domain pool (Table 3) needs nothing more: its teachers of other domains arrive wrapped in
+fastfree.free.domains.TeacherAdapter (resize + renormalisation, traced and folded with the model),
+and the groups split by (architecture, domain image size); tested equal to the reference in float64.
 """
 
 from __future__ import annotations

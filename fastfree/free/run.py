@@ -22,12 +22,14 @@ from typing import Callable
 import torch
 from torch import nn
 
+from fastfree.data.domains import MultiDomainData
 from fastfree.data.split import FewShotDataset
 from fastfree.errors import FastFreeError
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask
 from fastfree.free.trainer import FreeState, free_iteration, init_state
 from fastfree.metatest.initializations import Initialization
+from fastfree.metatest.domains import run_metatest_domains
 from fastfree.metatest.protocol import MetaTestConfig, ShotResult, run_metatest
 
 CHECKPOINT = "checkpoint.pt"
@@ -69,7 +71,7 @@ def save_grid(tasks: list[RecoveredTask], path: Path, per_class: int = 4) -> Non
 class RunContext:
     run_dir: Path
     cfg: FreeConfig
-    dataset: FewShotDataset
+    dataset: FewShotDataset | MultiDomainData  # several domains: fastfree.data.domains
     teachers: list[nn.Module]
     teacher_classes: list[tuple[int, ...]]
     val_config: MetaTestConfig
@@ -94,6 +96,20 @@ def _truncate_metrics(path: Path, completed: int) -> None:
 
 def _val_score(results: list[ShotResult]) -> float:
     return sum(r.mean for r in results) / len(results)
+
+
+def evaluate(ctx: RunContext, init: Initialization, split: str, config: MetaTestConfig
+             ) -> tuple[list[ShotResult], dict[str, list[ShotResult]] | None]:
+    """Meta-test on one split: (results, None) for one data set; for several domains the results over
+    all tasks (spread evenly over the domains) and each domain's."""
+    if isinstance(ctx.dataset, MultiDomainData):
+        out = run_metatest_domains(init, ctx.dataset, split, config)
+        return out.overall, out.per_domain
+    return run_metatest(init, ctx.dataset.split(split), ctx.dataset.normalization, config), None
+
+
+def _shot_table(results: list[ShotResult]) -> dict:
+    return {str(r.shots): {"mean": r.mean, "ci95": r.ci95, "tasks": r.tasks} for r in results}
 
 
 def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] | None = None,
@@ -121,10 +137,12 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
         if it % cfg.grid_every == 0 or it == cfg.iterations:
             save_grid(tasks, run_dir / "grids" / f"iter_{it:05d}.png")
         if it > cfg.warmup and (it % cfg.eval_every == 0 or it == cfg.iterations):
-            results = run_metatest(learner_init(state.learner), ctx.dataset.val, ctx.dataset.normalization,
-                                   ctx.val_config)
-            score = _val_score(results)
+            results, per_domain = evaluate(ctx, learner_init(state.learner), "val", ctx.val_config)
+            score = _val_score(results)  # model selection: over all domains' tasks together
             metrics["val"] = {str(r.shots): [r.mean, r.ci95] for r in results}
+            if per_domain is not None:
+                metrics["val_domains"] = {d: {str(r.shots): [r.mean, r.ci95] for r in rs}
+                                          for d, rs in per_domain.items()}
             if score > state.best["val"]:
                 state.best = {"iteration": it, "val": score}
                 atomic_torch_save({"iteration": it, "learner": state.learner.state_dict(), "val": score},
@@ -150,8 +168,10 @@ def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig
         inits = {f"FREE (selected on meta-val, iteration {best['iteration']})": learner_init(selected), **inits}
     inits["Random"] = random_init_fn()
     for name, init in inits.items():
-        results = run_metatest(init, ctx.dataset.test, ctx.dataset.normalization, test_config)
-        entries[name] = {str(r.shots): {"mean": r.mean, "ci95": r.ci95, "tasks": r.tasks} for r in results}
+        results, per_domain = evaluate(ctx, init, "test", test_config)
+        entries[name] = _shot_table(results)
+        if per_domain is not None:
+            entries[name]["domains"] = {d: _shot_table(rs) for d, rs in per_domain.items()}
     return {
         "results": entries,
         "data_recovery_gpu_hours": state.recovery_seconds / 3600.0,
@@ -167,6 +187,15 @@ def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], wa
     for name, res in summary["results"].items():
         cells = [f"{res[str(s)]['mean']:.2f} +- {res[str(s)]['ci95']:.2f}" for s in shots]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    domains = [d for res in summary["results"].values() for d in res.get("domains", {})]
+    if domains:  # a multi-domain run: each domain's tasks on their own (the rows above: all tasks)
+        lines += ["", "Per domain (each row's tasks are that domain's share of the meta-test tasks):", "",
+                  "| method | domain | " + " | ".join(f"{ways}-way {s}-shot" for s in shots) + " |",
+                  "|---|---|" + "---|" * len(shots)]
+        for name, res in summary["results"].items():
+            for d, per in res["domains"].items():
+                cells = [f"{per[str(s)]['mean']:.2f} +- {per[str(s)]['ci95']:.2f}" for s in shots]
+                lines.append(f"| {name} | {d} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Data recovery (FIVE, synchronised, after {summary['warmup']} warm-up iterations): "

@@ -71,10 +71,12 @@ def run_metatest(
     config: MetaTestConfig,
     dtype: torch.dtype = torch.float32,
     progress=None,
+    image_size: int | None = None,
 ) -> list[ShotResult]:
     """Evaluate one initialisation on `config.tasks` tasks per shot count.
 
-    `progress(n)` is called with the number of tasks finished in each chunk.
+    `progress(n)` is called with the number of tasks finished in each chunk. `image_size`: resize
+    the split's images to it (a multi-domain run's meta-learner size; None: the split's own).
     """
     head = [p for n, p in init.template.named_parameters()][-1]
     if head.shape[0] != config.ways:
@@ -88,7 +90,8 @@ def run_metatest(
     adapt = adapted_query_logits_batched if engine == "batched" else adapted_query_logits_reference
     results = []
     for shots in config.shots:
-        sampler = EpisodeSampler(split, normalization, EpisodeSpec(config.ways, shots, config.queries), config.seed)
+        sampler = EpisodeSampler(split, normalization, EpisodeSpec(config.ways, shots, config.queries), config.seed,
+                                 image_size)
         accs = []
         for start in range(0, config.tasks, config.chunk):
             tasks = range(start, min(start + config.chunk, config.tasks))

@@ -1,0 +1,101 @@
+"""`fastfree train` with several domains (Table 3): their data configs, data, pools and teachers.
+
+Pools pair with domains by position (the i-th --pool is the i-th domain's); a domain without a
+pool gets one pretrained into RUN_DIR/pool-<i>-<domain> with the preset's pretraining config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastfree.commands.common import load_on_device
+from fastfree.config import Preset
+from fastfree.data.domain_spec import parse_domain
+from fastfree.data.domains import MultiDomainData, combine_domains
+from fastfree.data.sources import DataConfig
+from fastfree.data.split import FewShotDataset
+from fastfree.errors import FastFreeError
+from fastfree.free.domains import adapt_teacher
+from fastfree.pool.pretrain import pretrain_pool
+from fastfree.pool.store import Pool, load_pool, records_from_training, save_pool
+from fastfree.pool.teachers import sample_teacher_specs
+
+
+def domain_configs(args, preset: Preset) -> list[DataConfig]:
+    """The run's domains ([] for a single-domain run): --domain specs, else the preset's."""
+    specs = args.domain or []
+    configs = [parse_domain(s, preset.domains) for s in specs] if specs else list(preset.domains)
+    if len(configs) < 2:
+        if len(args.pool or []) > 1:
+            raise FastFreeError(f"{len(args.pool)} --pool given for one data set: a multi-domain run needs one "
+                                "--domain per pool (e.g. --domain builtin --domain cifar-fs:DIR)")
+        return []
+    for flag, value in (("--data", args.data), ("--data-root", args.data_root), ("--image-size", args.image_size),
+                        ("--normalization", args.normalization)):
+        if value is not None:
+            raise FastFreeError(f"{flag} sets one data set, but this run has {len(configs)} domains: put it in each "
+                                "--domain SOURCE[:ROOT][,size=N][,norm=NAME] instead")
+    common = {"images_per_class": args.images_per_class, "decoder": args.decoder}
+    return [replace(c, **{k: v for k, v in common.items() if v is not None}) for c in configs]
+
+
+def load_domains(configs: list[DataConfig], device: torch.device) -> MultiDomainData:
+    return combine_domains([load_on_device(c, device)[0] for c in configs])
+
+
+def _check_fits(pool: Pool, dataset: FewShotDataset, label: str) -> None:
+    if pool.dataset != dataset.name:
+        raise FastFreeError(f"the pool at {pool.path} was trained on {pool.dataset!r} but domain {label} is "
+                            f"{dataset.name!r}: give the pools in the order of the --domain flags")
+    sizes = {r.image_size for r in pool.records}
+    if sizes != {dataset.image_size}:
+        raise FastFreeError(f"the pool at {pool.path} holds teachers of {sorted(sizes)} px but domain {label}'s "
+                            f"images are {dataset.image_size} px: set the domain's size=... to the pool's")
+    if pool.normalization != dataset.normalization:
+        raise FastFreeError(f"the pool at {pool.path} was trained with another normalisation than domain {label}'s "
+                            "data: use the data config (source, seed, size) the pool was trained with")
+
+
+def domain_pools(args, preset: Preset, data: MultiDomainData, run_dir: Path, dtype: torch.dtype) -> list[Pool]:
+    given = args.pool or []
+    if given and len(given) != len(data.domains):
+        raise FastFreeError(f"{len(given)} --pool for {len(data.domains)} domains: give one pool per --domain, in "
+                            "the same order, or none (each domain's pool is then pretrained into the run directory)")
+    pools = []
+    for i, (label, dataset) in enumerate(zip(data.labels, data.domains)):
+        if given:
+            pool = load_pool(given[i])
+        else:
+            pool_dir = run_dir / f"pool-{i}-{label}"
+            if not (pool_dir / "manifest.json").is_file():
+                cfg = preset.pretrain
+                specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed + i, cfg.archs)
+                print(f"domain {label}: pretraining {cfg.teachers} teachers into {pool_dir}")
+                trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, "auto", dtype)
+                save_pool(pool_dir, records_from_training(trained, cfg, dataset.image_size),
+                          [t.state_dict for t in trained], dataset.name, dataset.normalization, cfg.to_dict())
+            pool = load_pool(pool_dir)
+        _check_fits(pool, dataset, label)
+        pools.append(pool)
+    ways = {label: sorted({r.num_classes for r in p.records}) for label, p in zip(data.labels, pools)}
+    if len({w for ws in ways.values() for w in ws}) != 1:
+        raise FastFreeError(f"the domains' teachers solve tasks with different numbers of classes ({ways}); FREE "
+                            "recovers N-way tasks for one N: pretrain every pool with the same --ways")
+    return pools
+
+
+def domain_teachers(pools: list[Pool], data: MultiDomainData, device: torch.device, dtype: torch.dtype
+                    ) -> tuple[list[nn.Module], list[tuple[int, ...]]]:
+    """All pools' teachers in the learner's input space, and their classes shifted into one id space."""
+    teachers, classes = [], []
+    for pool, offset in zip(pools, data.offsets):
+        for record, model in zip(pool.records, pool.models(device)):
+            model = model.to(dtype).requires_grad_(False)
+            teachers.append(adapt_teacher(model, record.image_size, pool.normalization, data.image_size,
+                                          data.normalization).eval())
+            classes.append(tuple(c + offset for c in record.classes))
+    return teachers, classes

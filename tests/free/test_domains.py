@@ -1,0 +1,97 @@
+"""Multi-domain runs (Table 3): teachers of two image sizes and normalisations in one FREE run."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastfree.data.domains import combine_domains
+from fastfree.data.split import CIFAR100_NORM, IMAGENET_NORM, FewShotDataset
+from fastfree.engine.options import EngineOptions
+from fastfree.engine.trainer import FastEngine
+from fastfree.errors import FastFreeError
+from fastfree.free.domains import TeacherAdapter, adapt_teacher
+from fastfree.free.run import RunContext, final_results, results_markdown, train_free
+from fastfree.metatest.initializations import random_init
+from fastfree.metatest.protocol import MetaTestConfig
+from fastfree.models import Conv4
+from tests.conftest import make_split
+from tests.engine.test_bell import assert_same_learner
+from tests.free.test_run import CFG, _params
+
+
+@pytest.fixture
+def small_dataset() -> FewShotDataset:
+    """A second domain: 16 px, ImageNet's normalisation, its own class ids 0..15."""
+    return FewShotDataset("small", make_split("small/train", range(0, 6), 8, 16, 4),
+                          make_split("small/val", range(6, 11), 8, 16, 5),
+                          make_split("small/test", range(11, 16), 8, 16, 6), IMAGENET_NORM)
+
+
+def test_combine_domains_picks_size_normalisation_and_offsets(tiny_dataset, small_dataset):
+    data = combine_domains([small_dataset, tiny_dataset])
+    assert data.image_size == 32 and data.normalization == CIFAR100_NORM  # the first domain at the largest size
+    assert data.offsets == (0, 16) and data.labels == ("small", "tiny")
+    assert combine_domains([tiny_dataset, tiny_dataset]).labels == ("tiny-1", "tiny-2")
+    with pytest.raises(FastFreeError, match="at least 2 domains"):
+        combine_domains([tiny_dataset])
+
+
+def test_adapter_is_resize_then_the_teachers_own_normalisation():
+    torch.manual_seed(0)
+    model = Conv4(5, 4, 16).double().eval()
+    adapter = TeacherAdapter(model, 16, IMAGENET_NORM, 32, CIFAR100_NORM)
+    unit = torch.rand(6, 3, 32, 32, dtype=torch.float64)  # generator output in [0, 1]
+    direct = model(IMAGENET_NORM.unit(F.interpolate(unit, size=(16, 16), mode="bilinear", align_corners=False)))
+    torch.testing.assert_close(adapter(CIFAR100_NORM.unit(unit)), direct, rtol=1e-12, atol=1e-12)
+    same = Conv4(5, 4, 32).eval()
+    assert adapt_teacher(same, 32, CIFAR100_NORM, 32, CIFAR100_NORM) is same  # one domain: nothing wrapped
+
+
+def _ctx(run_dir, data, dtype=torch.float32, engine_options=None):
+    """Two teachers per domain: Conv4 at 32 px (the learner's domain) and at 16 px (resized, renormalised)."""
+    torch.manual_seed(0)
+    native = [Conv4(5, 4, 32).eval() for _ in range(2)]
+    other = [Conv4(5, 4, 16).eval() for _ in range(2)]
+    teachers = [adapt_teacher(m.to(dtype).requires_grad_(False), size, norm, data.image_size, data.normalization)
+                for m, size, norm in [(m, 32, CIFAR100_NORM) for m in native] + [(m, 16, IMAGENET_NORM) for m in other]]
+    off = data.offsets[1]
+    classes = [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9), (off, off + 1, off + 2, off + 3, off + 4), (off + 1, off + 3, off + 5,
+                                                                                            off, off + 2)]
+    engine = None if engine_options is None else FastEngine(teachers, engine_options, torch.device("cpu"))
+    val = MetaTestConfig(tasks=4, shots=(1,), queries=2, steps=1, engine="reference")
+    return RunContext(run_dir, CFG, data, teachers, classes, val, torch.device("cpu"), engine, dtype)
+
+
+def test_two_domain_run_trains_checkpoints_and_resumes(tiny_dataset, small_dataset, tmp_path):
+    data = combine_domains([tiny_dataset, small_dataset])
+    straight = train_free(_ctx(tmp_path / "a", data), resume=False)
+    train_free(_ctx(tmp_path / "b", data), resume=False, stop_after=3)
+    resumed = train_free(_ctx(tmp_path / "b", data), resume=True)
+    a, b = _params(straight), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    classes = set(straight.bank.classes())
+    assert classes & set(range(10)) or classes & set(range(24, 30))
+    assert classes <= set(range(10)) | set(range(24, 30))  # each domain's classes, shifted apart
+    test = MetaTestConfig(tasks=4, shots=(1, 5), queries=2, steps=1, engine="reference")
+    ctx = _ctx(tmp_path / "a", data)
+    summary = final_results(ctx, straight, test, lambda: random_init(lambda: Conv4(5, 4, 32), 0))
+    for res in summary["results"].values():
+        assert res["1"]["tasks"] == 4 and set(res["domains"]) == {"tiny", "small"}
+        assert all(per["5"]["tasks"] == 2 for per in res["domains"].values())
+    assert "| Random | small |" in results_markdown(summary, "cpu", (1, 5), 5)
+
+
+@pytest.mark.parametrize("vectorize", [False, True], ids=["loop", "vmap"])
+def test_fast_engine_equals_the_reference_on_two_domains(tiny_dataset, small_dataset, tmp_path, vectorize):
+    """Teachers grouped by (architecture, domain size), each group resizing and renormalising alike."""
+    data = combine_domains([tiny_dataset, small_dataset])
+    ref = train_free(_ctx(tmp_path / "ref", data, torch.float64), resume=False)
+    ctx = _ctx(tmp_path / "fast", data, torch.float64, EngineOptions(vectorize=vectorize))
+    assert len(ctx.engine.groups.groups) == 2
+    fast = train_free(ctx, resume=False)
+    for n, p in ref.generator.named_parameters():
+        torch.testing.assert_close(dict(fast.generator.named_parameters())[n], p, rtol=1e-9, atol=1e-12, msg=n)
+    assert_same_learner(fast.learner, ref.learner, image_size=32)
+    assert fast.bank.classes() == ref.bank.classes()
