@@ -46,15 +46,16 @@ FAST = {
 
 
 def variants_for(device: torch.device) -> list[str]:
-    names = ["reference", "fast"]
-    if device.type == "cuda":
-        names += ["fast_compile", "fast_graphs", "fast_compile_graphs", "fast_compile_graphs_nokernels",
-                  "reference_bf16", "fast_compile_graphs_bf16", "fast_compile_graphs_channels_last_bf16"]
-    return names
+    """Most telling first: a run cut short by its time limit keeps those (results are saved per variant)."""
+    if device.type != "cuda":
+        return ["reference", "fast"]
+    return ["reference", "fast_compile_graphs", "fast_compile_graphs_bf16", "reference_bf16", "fast", "fast_graphs",
+            "fast_compile", "fast_compile_graphs_nokernels", "fast_compile_graphs_channels_last_bf16"]
 
 
 def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: int, width: int, image_size: int,
-          repeats: int, device: torch.device) -> dict:
+          repeats: int, device: torch.device, on_variant=None) -> dict:
+    """Time each variant; `on_variant(partial_result)` after each one (the script saves it then)."""
     torch.manual_seed(0)
     gen = Generator(256, ngf, image_size).to(device)
     teachers = [Conv4(ways, width, image_size).to(device).eval().requires_grad_(False) for _ in range(b)]
@@ -90,6 +91,12 @@ def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: i
                 with torch._inductor.config.patch(force_layout_optimization=cl):
                     return five(theta, z, id_tensor, draws, lp, labels, True).loss.sum().item()
         times[name] = median_time(call, repeats, device)
+        if on_variant is not None:
+            on_variant(_result(times, b, k, ways, per_class, ngf, width, image_size, repeats, device))
+    return _result(times, b, k, ways, per_class, ngf, width, image_size, repeats, device)
+
+
+def _result(times, b, k, ways, per_class, ngf, width, image_size, repeats, device) -> dict:
     ref = times.get("reference", {}).get("median_s")
     return {
         "benchmark": "one FIVE epoch: b teachers x (k inner Adam steps + meta-gradient), seconds per epoch",
@@ -113,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     result = bench(args.variants or variants_for(device), args.b, args.k, args.ways, args.per_class, args.ngf,
-                   args.width, args.image_size, args.repeats, device)
+                   args.width, args.image_size, args.repeats, device, lambda r: write_json(args.json, r))
     for name, t in result["times"].items():
         ratio = result["speedup_over_reference"].get(name)
         print(f"{result['device_name']} {args.image_size}px {name:>26}: {1e3 * t['median_s']:8.1f} ms"

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     paper = ["--preset", "cifar-fs", "--data", "builtin", "--images-per-class", "100"]
     # most important first: the fast engine's FIVE epoch (issue 4's benchmark) at 32 px
     run("bench_five_32px", [py, "-m", "fastfree.profiling.bench_five", "--image-size", "32", "--repeats", "5",
-                            "--json", str(out / "bench_five_32px.json")], 200)
+                            "--json", str(out / "bench_five_32px.json")], 240)  # saved per variant: a timeout keeps them
     # the whole iteration, reference vs fast, with phase shares (what users wait for)
     run("bench_iteration", [*ff, "bench", *paper, "--only", "iteration", "--repeats", "3", "--compile",
                             "--json", str(out / "bench_iteration.json")], 200)
