@@ -123,7 +123,7 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     with progress_bar(total=cfg.iterations, desc="FREE", unit="it") as bar:
         def progress(m):
-            bar.update(1)
+            bar.update(m["iteration"] + 1 - bar.n)  # absolute: a resumed run starts where it stopped
             if "val" in m:
                 bar.write(f"iteration {m['iteration'] + 1}: meta-val " +
                           ", ".join(f"{s}-shot {v[0]:.2f}" for s, v in m["val"].items()))
