@@ -54,3 +54,11 @@ def test_multi_domain_errors_name_the_fix(pools, tmp_path, capsys):
     for extra, message in cases:
         assert main([*base, *extra]) == 2, message
         assert message in capsys.readouterr().err
+
+
+def test_one_data_set_commands_ask_which_domain_of_a_multi_domain_preset(capsys):
+    assert main(["eval", "--preset", "demo-multidomain", "--method", "random", "--tasks", "2", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "preset demo-multidomain has 2 domains (builtin, builtin)" in err and "--data builtin" in err
+    assert main(["eval", "--preset", "demo-multidomain", "--data", "builtin", "--method", "random", "--tasks", "2",
+                 "--steps", "1", "--images-per-class", "20", "--device", "cpu"]) == 0

@@ -17,11 +17,23 @@ from fastfree.config import Preset, get_preset
 from fastfree.data.sources import DEFAULT_IMAGE_SIZES, NAMED_FOLDERS, DataConfig, load_dataset
 from fastfree.data.split import FewShotDataset
 from fastfree.device import device_name, resolve_device
+from fastfree.errors import FastFreeError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def data_config(args, preset: Preset) -> DataConfig:
+    """The one data set of a command, from the preset and the flags.
+
+    A multi-domain preset names several data sets; a command that takes one (pretrain, eval,
+    profile run, bench) must be told which, rather than silently use the first."""
+    if preset.domains and args.data is None:
+        names = ", ".join(d.source for d in preset.domains)
+        command = getattr(args, "command", "this command")
+        raise FastFreeError(
+            f"preset {preset.name} has {len(preset.domains)} domains ({names}) but `fastfree {command}` takes one data "
+            f"set: pick one with --data SOURCE [--data-root DIR] (e.g. --data {preset.domains[0].source}), or run all "
+            f"domains with `fastfree train --preset {preset.name}`")
     cfg = preset.data
     overrides = {}
     if args.data is not None:
