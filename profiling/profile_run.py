@@ -162,6 +162,8 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
         "iteration": {"seconds_median": iteration_s, "flops": total_flops, **_rate(total_flops, iteration_s, peak)},
         "metatest": metatest, "extrapolation": extrapolation, "memory": memory,
         "telemetry": telemetry.summary(iterations), "trace": trace,
+        # why the replay meta-batch runs eagerly although CUDA graphs were asked for (None: it did not)
+        "replay_graph_fallback": getattr(getattr(engine, "meta_batch_fn", None), "fallback", None),
         "flops_counted": ("FlopCounterMode on one eager iteration: convolutions and matmuls forward and backward, "
                           "and the fused Triton losses by their registered formulas; element-wise work, "
                           "normalisation and optimiser updates are not counted"),

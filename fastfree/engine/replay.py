@@ -152,7 +152,9 @@ class GraphedMetaBatch:
     the replay configuration's fixed shapes; every later call copies the learner's current
     parameters and the new tasks into the graph's static inputs and replays it (one launch
     instead of hundreds; the notes' prototype: 112 ms -> 20.5 ms on an H200). The outputs are
-    cloned, because the next replay overwrites the graph's buffers.
+    cloned, because the next replay overwrites the graph's buffers. If the capture itself fails
+    (a RuntimeError from CUDA or torch while recording), it warns once and runs eagerly from
+    then on, with the same values; `fallback` holds the reason.
     """
 
     def __init__(self, warmup: int = 3):
@@ -162,6 +164,7 @@ class GraphedMetaBatch:
         self._template: nn.Module | None = None
         self._constants: tuple | None = None
         self._norm: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.fallback: str | None = None  # why capture failed, when it did (then every call runs eagerly)
 
     def _pure(self, params, support, support_labels, query, query_labels, mean, std):
         inner_steps, inner_lr, second_order = self._constants
@@ -189,6 +192,22 @@ class GraphedMetaBatch:
             self._norm[key] = tuple(torch.tensor(v, dtype=dtype, device=batch.support.device).view(1, 3, 1, 1)
                                     for v in (normalization.mean, normalization.std))
         mean, std = self._norm[key]
-        grads, loss, accuracy = self._graphed(params, batch.support.to(dtype), batch.support_labels,
-                                              batch.query.to(dtype), batch.query_labels, mean, std)
+        args = (params, batch.support.to(dtype), batch.support_labels, batch.query.to(dtype), batch.query_labels,
+                mean, std)
+        if self.fallback is not None:
+            return self._pure(*args)
+        try:
+            grads, loss, accuracy = self._graphed(*args)
+        except RuntimeError as e:
+            if self._graphed.graph is not None:  # a replay failed: not a capture problem
+                raise
+            # Capture failed (an operation CUDA graphs cannot record): the run goes on eagerly, with
+            # the same values, and says so once; the reason is kept for the profiler's report.
+            import warnings
+
+            self.fallback = f"{type(e).__name__}: {e}"
+            warnings.warn(f"CUDA-graph capture of the replay meta-batch failed ({self.fallback}); replaying eagerly "
+                          "(same values, slower). --no-cuda-graphs skips the attempt", RuntimeWarning, stacklevel=2)
+            torch.cuda.synchronize()
+            return self._pure(*args)
         return {k: v.clone() for k, v in grads.items()}, loss.clone(), accuracy.clone()

@@ -200,3 +200,30 @@ def test_graphed_replay_equals_eager_replay_on_cuda(second_order):
     got = dict(graph_model.named_parameters())
     for n, p in eager.named_parameters():
         torch.testing.assert_close(got[n], p, rtol=1e-9, atol=1e-12, msg=n)
+
+
+def test_graphed_meta_batch_falls_back_to_eager_when_capture_fails(monkeypatch):
+    """A capture error (simulated: CPU tensors pass the device check, capture raises) warns once and gives
+    the eager values; a FastFreeError (bad input) is not swallowed (the test above)."""
+    from fastfree.engine.replay import GraphedMetaBatch
+
+    cfg = ReplayConfig(meta_batch=2, ways=3, shots=1, queries=2, inner_steps=1)
+    batch = filled_bank().sample_tasks(2, 3, 1, 2, torch.Generator().manual_seed(0))
+    graphed = GraphedMetaBatch()
+
+    def capture_fails(flat, spec):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphed._graphed, "_capture", capture_fails)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    model = learner()
+    with pytest.warns(RuntimeWarning, match="capture of the replay meta-batch failed"):
+        got = graphed(model, batch, CIFAR100_NORM, cfg)
+    assert "stream is capturing" in graphed.fallback
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # eager from now on, no second warning
+        again = graphed(model, batch, CIFAR100_NORM, cfg)
+    assert_same(got, maml_meta_batch_fast(model, batch, CIFAR100_NORM, cfg))
+    assert_same(again, got)

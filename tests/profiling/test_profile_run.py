@@ -39,7 +39,7 @@ def test_replay_flops_scale_with_the_meta_batches_run(profile):
 
 def test_cpu_run_records_device_precision_memory_and_no_telemetry(profile):
     assert profile["device"] == "cpu" and profile["precision"] == "fp32" and profile["peak_tflops"] == 2.0
-    assert profile["peak_source"] == "--peak-tflops"
+    assert profile["peak_source"] == "--peak-tflops" and profile["replay_graph_fallback"] is None
     assert profile["telemetry"] == {"available": False, "reason": "no NVML telemetry on a cpu device"}
     assert profile["memory"]["host_peak_rss_mib"] > 0
     e = profile["extrapolation"]
