@@ -18,9 +18,9 @@ interpreter would measure Python).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from fastfree.commands.common import run_metadata, write_json
+from fastfree.engine.five import eq1_rows
 from fastfree.free.losses import kl_per_sample
 from fastfree.profiling.timing import median_time, parser, resolve_device
 
@@ -28,11 +28,9 @@ SHAPES = {"engine": (4, 100, 5), "large": (1, 65536, 100)}
 
 
 def eq1_torch(teacher: torch.Tensor, student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 1 per row in plain torch (the engine's --no-kernels path, fastfree.engine.five.eq1_rows)."""
-    t, s = teacher.float(), student.float().detach()
-    ce = F.cross_entropy(t.flatten(0, -2), labels.flatten(), reduction="none").view(labels.shape)
-    eta = (t.argmax(-1) == s.argmax(-1)).to(ce.dtype)
-    return ce - eta * kl_per_sample(t, s)
+    """Eq. 1 per row in plain torch: the engine's --no-kernels path (eq1_rows) over rows of any batch shape."""
+    rows, _ = eq1_rows(teacher.flatten(0, -2), student.flatten(0, -2), labels.flatten(), True, kernels=False)
+    return rows.view(labels.shape)
 
 
 def kd_torch(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:

@@ -108,6 +108,6 @@ def run(args) -> dict:
     payload = {"command": "bench", "preset": preset.name, "repeats": args.repeats, "fast_options": options.__dict__,
                "summary": [{"benchmark": n, "reference_s": r, "fast_s": f, "fast_variant": v, "speedup": r / f}
                            for n, r, f, v in rows],
-               "sections": {k: v for k, v in results.items()}, **meta}
+               "sections": results, **meta}
     write_json(args.json, payload)
     return payload
