@@ -10,6 +10,7 @@ from fastfree.config import PRESETS
 from fastfree.data.sources import NORMALIZATIONS, SOURCES
 from fastfree.device import ENGINES
 from fastfree.errors import FastFreeError
+from fastfree.commands.run_learner import WHICH
 from fastfree.metatest.initializations import METHODS
 from fastfree.models import ARCHITECTURES
 
@@ -92,9 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Adapt each task's copy with SGD on the support set, predict the "
                                    "query set, report mean +- 1.96 std/sqrt(n) per shot count.")
     _common(e)
-    e.add_argument("--method", required=True, choices=METHODS,
+    e.add_argument("--method", required=True, choices=[*METHODS, "learner"],
                    help="random: a classifier from scratch per task; average: mean of the pool's "
-                        "weights, fine-tuned; best-model: the pool's best held-out teacher, fine-tuned")
+                        "weights, fine-tuned; best-model: the pool's best held-out teacher, fine-tuned; "
+                        "learner: the meta-learner of a `fastfree train` run (--run)")
+    e.add_argument("--run", metavar="RUN_DIR",
+                   help="a `fastfree train` run directory: test its meta-learner (--method learner) or a Random "
+                        "learner of its shape (--method random) on the run's data (all its domains; --data: one data "
+                        "set) in the input space it was trained in, with the run's preset's protocol")
+    e.add_argument("--learner", choices=list(WHICH),
+                   help="with --run: the learner selected on meta-val (default) or the last one")
     e.add_argument("--pool", metavar="DIR", help="pool directory for average/best-model (default: pools/<preset>)")
     e.add_argument("--split", default="test", choices=["test", "val"], help="meta-test or meta-val classes")
     e.add_argument("--tasks", type=_positive)

@@ -37,6 +37,13 @@ def test_two_domain_run_trains_checkpoints_and_reports_per_domain(pools, tmp_pat
     assert set(metrics[-1]["val_domains"]) == {"builtin-1", "builtin-2"}
     assert "| Random | builtin-2 |" in (run_dir / "results.md").read_text()
     assert (run_dir / "checkpoint.pt").is_file()  # resume itself: tests/free/test_domains.py (train_free)
+    # `eval --run` re-creates the run's two domains and input space: the same numbers per domain
+    again = tmp_path / "e.json"
+    assert main(["eval", "--run", str(run_dir), "--method", "learner", "--learner", "last", "--tasks", "4",
+                 "--device", "cpu", "--json", str(again)]) == 0
+    e = json.loads(again.read_text())
+    assert {d: {str(x["shots"]): pytest.approx(x["mean"]) for x in rs} for d, rs in e["domains"].items()} == \
+        {d: {s: v["mean"] for s, v in t.items()} for d, t in r["results"]["FREE (last)"]["domains"].items()}
 
 
 def test_multi_domain_errors_name_the_fix(pools, tmp_path, capsys):

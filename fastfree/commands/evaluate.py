@@ -1,4 +1,6 @@
-"""`fastfree eval`: meta-test an initialisation (Table 2's data-free baselines)."""
+"""`fastfree eval`: meta-test an initialisation: Table 2's data-free baselines (random, average,
+best-model) or, with --run, a `fastfree train` run's meta-learner (or a Random learner of its
+shape) in the input space the run trained it in."""
 
 from __future__ import annotations
 
@@ -8,10 +10,15 @@ from functools import partial
 
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
+from fastfree.commands.run_learner import RunLearner, load_run_learner
+from fastfree.config import get_preset
+from fastfree.data.domains import MultiDomainData
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
+from fastfree.free.run import learner_init
+from fastfree.metatest.domains import run_metatest_domains
 from fastfree.metatest.initializations import average_init, best_model_init, random_init
-from fastfree.metatest.protocol import MetaTestConfig, run_metatest
+from fastfree.metatest.protocol import MetaTestConfig, ShotResult, run_metatest
 from fastfree.models import build_model
 from fastfree.pool.store import load_pool
 
@@ -25,8 +32,84 @@ def metatest_config(args, base: MetaTestConfig) -> MetaTestConfig:
     return replace(base, **{k: v for k, v in fields.items() if v is not None})
 
 
+def _check_method(args) -> None:
+    if args.method == "learner" and not args.run:
+        raise FastFreeError("--method learner meta-tests a trained meta-learner: name its run with --run RUN_DIR "
+                            "(the --run-dir of `fastfree train`, by default runs/<preset>)")
+    if args.run and args.method not in ("learner", "random"):
+        raise FastFreeError(f"--run goes with --method learner (the run's meta-learner) or random (a fresh learner of "
+                            f"its shape); {args.method} starts from a pool: drop --run and pass --pool")
+    if args.learner is not None and args.method != "learner":
+        raise FastFreeError("--learner picks which of a run's meta-learners to test: it needs --method learner")
+
+
+def _print_results(title: str, results: list[ShotResult], ways: int, per_domain=None) -> None:
+    print(title)
+    for r in results:
+        print(f"  {ways}-way {r.shots}-shot: {r.mean:.2f} +- {r.ci95:.2f} %")
+    for label, rs in (per_domain or {}).items():
+        print(f"  {label}: " + ", ".join(f"{r.shots}-shot {r.mean:.2f} +- {r.ci95:.2f} %" for r in rs))
+
+
+def run_of_training(args, preset, device, dtype) -> dict:
+    """`eval --run RUN_DIR`: the run's data (every domain) unless --data names one data set, seen in the
+    learner's input space (its size and normalisation); the run's preset gives the protocol."""
+    target: RunLearner = load_run_learner(args.run, (args.learner or "selected") if args.method == "learner" else None,
+                                          device, dtype)
+    run_preset = get_preset(target.preset)
+    cfg = metatest_config(args, run_preset.metatest)
+    if target.learner is not None:
+        init, name = learner_init(target.learner), target.label
+    else:
+        builder = partial(build_model, "conv4", cfg.ways, target.width, target.image_size)
+        init, name = random_init(builder, seed=cfg.seed), "Random"
+    per_domain = None
+    t0 = time.perf_counter()
+    with progress_bar(total=cfg.tasks * len(cfg.shots), desc=f"meta-test {name}", unit="task") as bar:
+        if args.data is not None:
+            dataset, _ = load_on_device(data_config(args, run_preset), device)
+            data_name = dataset.name
+            results = run_metatest(init, dataset.split(args.split), target.normalization, cfg, dtype,
+                                   progress=bar.update, image_size=target.image_size)
+        elif isinstance(target.data, MultiDomainData):
+            data_name = target.data.name
+            out = run_metatest_domains(init, target.data, args.split, cfg, dtype, progress=bar.update)
+            results, per_domain = out.overall, out.per_domain
+        else:
+            data_name = target.data.name
+            results = run_metatest(init, target.data.split(args.split), target.normalization, cfg, dtype,
+                                   progress=bar.update)
+    seconds = time.perf_counter() - t0
+    payload = {
+        "command": "eval",
+        "method": args.method,
+        "run": str(args.run),
+        "learner": name,
+        "iteration": target.iteration,
+        "preset": target.preset,
+        "dataset": data_name,
+        "split": args.split,
+        "config": cfg.__dict__,
+        "engine": resolve_engine(cfg.engine, device),
+        "dtype": args.dtype,
+        "results": [r.summary() for r in results],
+        "domains": {d: [r.summary() for r in rs] for d, rs in per_domain.items()} if per_domain else None,
+        "per_task_accuracy": {str(r.shots): r.accuracies for r in results} if args.per_task else None,
+        "seconds": seconds,
+        **run_metadata(device),
+    }
+    _print_results(f"{name} of {args.run} on {data_name} meta-{args.split} ({cfg.tasks} tasks, {cfg.ways}-way, "
+                   f"{cfg.queries} queries, {seconds:.1f} s on {payload['device_name']}):", results, cfg.ways,
+                   per_domain)
+    write_json(args.json, payload)
+    return payload
+
+
 def run(args) -> dict:
+    _check_method(args)
     preset, device, dtype = setup(args)
+    if args.run:
+        return run_of_training(args, preset, device, dtype)
     dcfg = data_config(args, preset)
     cfg = metatest_config(args, preset.metatest)
     pool_info = None
@@ -71,9 +154,7 @@ def run(args) -> dict:
         "seconds": seconds,
         **run_metadata(device),
     }
-    print(f"{args.method} on {dataset.name} meta-{args.split} ({cfg.tasks} tasks, {cfg.ways}-way, "
-          f"{cfg.queries} queries, {seconds:.1f} s on {payload['device_name']}):")
-    for r in results:
-        print(f"  {cfg.ways}-way {r.shots}-shot: {r.mean:.2f} +- {r.ci95:.2f} %")
+    _print_results(f"{args.method} on {dataset.name} meta-{args.split} ({cfg.tasks} tasks, {cfg.ways}-way, "
+                   f"{cfg.queries} queries, {seconds:.1f} s on {payload['device_name']}):", results, cfg.ways)
     write_json(args.json, payload)
     return payload

@@ -38,12 +38,13 @@ def pooled(shots: int, parts: list[ShotResult]) -> ShotResult:
 
 
 def run_metatest_domains(init: Initialization, data: MultiDomainData, split: str, config: MetaTestConfig,
-                         dtype: torch.dtype = torch.float32) -> DomainResults:
-    """config.tasks tasks per shot count, spread over the domains; the same seed gives the same tasks."""
+                         dtype: torch.dtype = torch.float32, progress=None) -> DomainResults:
+    """config.tasks tasks per shot count, spread over the domains; the same seed gives the same tasks.
+    `progress(n)`: as in run_metatest."""
     counts = tasks_per_domain(config.tasks, len(data.domains))
     per_domain = {
         label: run_metatest(init, dataset.split(split), data.normalization, replace(config, tasks=n), dtype,
-                            image_size=data.image_size)
+                            progress=progress, image_size=data.image_size)
         for label, dataset, n in zip(data.labels, data.domains, counts)
     }
     overall = [pooled(s, [r[i] for r in per_domain.values()]) for i, s in enumerate(config.shots)]
