@@ -10,12 +10,11 @@ from functools import partial
 
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
-from fastfree.commands.run_learner import RunLearner, load_run_learner
+from fastfree.commands.run_learner import RunLearner, load_run_learner, run_learner_init
 from fastfree.config import get_preset
 from fastfree.data.domains import MultiDomainData
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
-from fastfree.free.run import learner_init
 from fastfree.metatest.domains import run_metatest_domains
 from fastfree.metatest.initializations import average_init, best_model_init, random_init
 from fastfree.metatest.protocol import MetaTestConfig, ShotResult, run_metatest
@@ -59,7 +58,7 @@ def run_of_training(args, preset, device, dtype) -> dict:
     run_preset = get_preset(target.preset)
     cfg = metatest_config(args, run_preset.metatest)
     if target.learner is not None:
-        init, name = learner_init(target.learner), target.label
+        init, name = run_learner_init(target, cfg.shots), target.label
     else:
         builder = partial(build_model, "conv4", cfg.ways, target.width, target.image_size)
         init, name = random_init(builder, seed=cfg.seed), "Random"

@@ -2,8 +2,8 @@
 
 config.json records the data the run learned from, which fixes the learner's input space (its
 image size and normalisation: the data set's, or for several domains the largest size and the
-normalisation of the first domain at it, as in training); best_learner.pt holds the learner
-selected on meta-val, checkpoint.pt the last one. So a run can be meta-tested again later on
+normalisation of the first domain at it, as in training); best_learner.pt holds the learners
+selected on meta-val (one per shot count), checkpoint.pt the last one. So a run can be meta-tested again later on
 more tasks, on meta-val, or on another data set, in the input space it was trained in.
 """
 
@@ -22,7 +22,9 @@ from fastfree.data.domains import MultiDomainData
 from fastfree.data.sources import DataConfig
 from fastfree.data.split import FewShotDataset, Normalization
 from fastfree.errors import FastFreeError
-from fastfree.free.run import BEST, CHECKPOINT
+from fastfree.free.run import BEST, CHECKPOINT, learner_init, selected_inits
+from fastfree.free.selection import read_selected, selected_label
+from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.adapt import functional_template
 from fastfree.models.conv4 import Conv4
 
@@ -36,8 +38,9 @@ class RunLearner:
     ways: int
     width: int
     learner: nn.Module | None  # None when only the run's shape is needed (a Random baseline)
+    selected: dict  # per shot count, the learners selected on meta-val ({}: the last learner)
     label: str  # e.g. "FREE (selected on meta-val, iteration 50)"
-    iteration: int | None
+    iteration: int | None  # of the last learner
 
     @property
     def image_size(self) -> int:
@@ -63,39 +66,46 @@ def run_data(config: dict, device: torch.device) -> FewShotDataset | MultiDomain
     return load_on_device(DataConfig(**config["data"]), device)[0]
 
 
-def _learner_state(run_dir: Path, which: str, device: torch.device) -> tuple[dict, int, str]:
-    if which not in WHICH:
-        raise FastFreeError(f"unknown learner {which!r}: use one of {', '.join(WHICH)}")
-    if which == "selected":
-        path = run_dir / BEST
-        if not path.is_file():
-            raise FastFreeError(f"{run_dir} has no {BEST} yet (it is written at the first meta-val evaluation after "
-                                "warm-up): evaluate the last learner with --learner last, or train further")
-        saved = torch.load(path, map_location=device, weights_only=True)
-        it = int(saved["iteration"])
-        return saved["learner"], it, f"FREE (selected on meta-val, iteration {it})"
+def _last_learner(run_dir: Path, device: torch.device) -> tuple[dict, int]:
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise FastFreeError(f"{run_dir} has no {CHECKPOINT}: the run has not completed a checkpointed iteration")
     saved = torch.load(path, map_location=device, weights_only=True)
-    it = int(saved["iteration"])
-    return saved["learner"], it, f"FREE (last, iteration {it})"
+    return saved["learner"], int(saved["iteration"])
 
 
 def load_run_learner(run_dir: str | Path, which: str | None, device: torch.device,
                      dtype: torch.dtype = torch.float32) -> RunLearner:
-    """The run's data and, unless `which` is None, its selected or last meta-learner."""
+    """The run's data and, unless `which` is None, its selected (per shot count) or last meta-learner."""
+    if which not in (None, *WHICH):
+        raise FastFreeError(f"unknown learner {which!r}: use one of {', '.join(WHICH)}")
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     width = int(config["free"]["learner_width"])
+    selected: dict = {}
+    if which == "selected":
+        selected = read_selected(run_dir / BEST, device)
+        if not selected:
+            raise FastFreeError(f"{run_dir} has no {BEST} yet (it is written at the first meta-val evaluation after "
+                                "warm-up): evaluate the last learner with --learner last, or train further")
+        state, label, it = next(iter(selected.values())).learner, selected_label(selected), None
+    elif which == "last":
+        state, it = _last_learner(run_dir, device)
+        label = f"FREE (last, iteration {it})"
     data = run_data(config, device)
-    learner, label, it, ways = None, "", None, None
-    if which is not None:
-        state, it, label = _learner_state(run_dir, which, device)
-        ways = int(state["classifier.weight"].shape[0])
-        learner = functional_template(Conv4(ways, width, data.image_size)).to(device=device, dtype=dtype)
-        learner.load_state_dict(state)
-    return RunLearner(data, config["preset"], ways or 0, width, learner, label, it)
+    if which is None:
+        return RunLearner(data, config["preset"], 0, width, None, {}, "Random", None)
+    ways = int(state["classifier.weight"].shape[0])
+    learner = functional_template(Conv4(ways, width, data.image_size)).to(device=device, dtype=dtype)
+    learner.load_state_dict(state)
+    return RunLearner(data, config["preset"], ways, width, learner, selected, label, it)
 
 
-__all__ = ["WHICH", "RunLearner", "load_run_learner", "read_run_config", "run_data"]
+def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initialization | dict[int, Initialization]:
+    """The meta-test start: the last learner, or per shot count the one selected for it."""
+    if target.selected:
+        return selected_inits(target.learner, target.selected, shots)
+    return learner_init(target.learner)
+
+
+__all__ = ["WHICH", "RunLearner", "load_run_learner", "read_run_config", "run_data", "run_learner_init"]

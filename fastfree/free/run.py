@@ -5,7 +5,7 @@ meta-val model selection, grids of recovered tasks and the final results table.
       config.json          everything needed to re-create the run
       metrics.jsonl        one line per iteration (+ "eval" lines for meta-val)
       checkpoint.pt        the whole state after the last checkpointed iteration (atomic)
-      best_learner.pt      the meta-learner selected on meta-val
+      best_learner.pt      the meta-learners selected on meta-val, per shot count (free/selection.py)
       grids/iter_XXXXX.png recovered tasks (one row per teacher)
       results.md / .json   meta-test of the selected and the last meta-learner, and Random
 """
@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,22 +24,19 @@ from torch import nn
 from fastfree.data.domains import MultiDomainData
 from fastfree.data.split import FewShotDataset
 from fastfree.errors import FastFreeError
+from fastfree.free.atomic import atomic_torch_save
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask
+from fastfree.free.selection import SELECTED, for_shots, improved_shots, is_legacy, read_selected, selected_label, \
+    write_selected
 from fastfree.free.trainer import FreeState, free_iteration, init_state
 from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.domains import run_metatest_domains
 from fastfree.metatest.protocol import MetaTestConfig, ShotResult, run_metatest
 
 CHECKPOINT = "checkpoint.pt"
-BEST = "best_learner.pt"
+BEST = SELECTED
 METRICS = "metrics.jsonl"
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def learner_init(learner: nn.Module) -> Initialization:
@@ -94,10 +90,6 @@ def _truncate_metrics(path: Path, completed: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def _val_score(results: list[ShotResult]) -> float:
-    return sum(r.mean for r in results) / len(results)
-
-
 def evaluate(ctx: RunContext, init: Initialization, split: str, config: MetaTestConfig
              ) -> tuple[list[ShotResult], dict[str, list[ShotResult]] | None]:
     """Meta-test on one split: (results, None) for one data set; for several domains the results over
@@ -126,6 +118,8 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
         if not ckpt.is_file():
             raise FastFreeError(f"--resume: no {CHECKPOINT} in {run_dir}; start the run without --resume")
         state.load_state_dict(torch.load(ckpt, map_location=ctx.device, weights_only=True))
+        if is_legacy(state.best):
+            _upgrade_selection(ctx, state)
     elif ckpt.exists():
         raise FastFreeError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
     _truncate_metrics(run_dir / METRICS, state.iteration)
@@ -138,15 +132,15 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
             save_grid(tasks, run_dir / "grids" / f"iter_{it:05d}.png")
         if it > cfg.warmup and (it % cfg.eval_every == 0 or it == cfg.iterations):
             results, per_domain = evaluate(ctx, learner_init(state.learner), "val", ctx.val_config)
-            score = _val_score(results)  # model selection: over all domains' tasks together
             metrics["val"] = {str(r.shots): [r.mean, r.ci95] for r in results}
             if per_domain is not None:
                 metrics["val_domains"] = {d: {str(r.shots): [r.mean, r.ci95] for r in rs}
                                           for d, rs in per_domain.items()}
-            if score > state.best["val"]:
-                state.best = {"iteration": it, "val": score}
-                atomic_torch_save({"iteration": it, "learner": state.learner.state_dict(), "val": score},
-                                  run_dir / BEST)
+            # model selection per shot count, over all domains' tasks together
+            improved = improved_shots(state.best, {r.shots: r.mean for r in results}, it)
+            if improved:
+                write_selected(run_dir / BEST, state.learner.state_dict(), improved)
+                state.best = {**state.best, **improved}
         _append_metrics(run_dir / METRICS, metrics)
         if it % cfg.checkpoint_every == 0 or it == end:
             atomic_torch_save(state.state_dict(), ckpt)
@@ -155,20 +149,47 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
     return state
 
 
+def _upgrade_selection(ctx: RunContext, state: FreeState) -> None:
+    """A checkpoint from before per-shot selection kept one learner, picked on the mean over shot
+    counts: measure that learner per shot count on meta-val, so later iterations compete with it
+    fairly and nothing it was chosen for is lost."""
+    old = read_selected(ctx.run_dir / BEST, ctx.device)
+    state.best = {}
+    if None not in old:
+        return
+    learner = copy.deepcopy(state.learner)
+    learner.load_state_dict(old[None].learner)
+    results, _ = evaluate(ctx, learner_init(learner), "val", ctx.val_config)
+    improved = improved_shots({}, {r.shots: r.mean for r in results}, old[None].iteration)
+    (ctx.run_dir / BEST).unlink()
+    write_selected(ctx.run_dir / BEST, learner.state_dict(), improved)
+    state.best = improved
+
+
+def selected_inits(template: nn.Module, selected: dict, shots: tuple[int, ...]) -> dict:
+    """{shots: the meta-test start of the learner selected for that shot count}."""
+    out = {}
+    for s in shots:
+        learner = copy.deepcopy(template)
+        learner.load_state_dict(for_shots(selected, s).learner)
+        out[s] = learner_init(learner)
+    return out
+
+
 def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig, random_init_fn) -> dict:
-    """Meta-test the selected (best on meta-val) and the last meta-learner, and Random, on the
-    same meta-test tasks."""
+    """Meta-test the selected (best on meta-val, per shot count) and the last meta-learner, and
+    Random, on the same meta-test tasks."""
     entries = {}
-    inits = {"FREE (last)": learner_init(state.learner)}
-    best_path = ctx.run_dir / BEST
-    if best_path.is_file():
-        best = torch.load(best_path, map_location=ctx.device, weights_only=True)
-        selected = copy.deepcopy(state.learner)
-        selected.load_state_dict(best["learner"])
-        inits = {f"FREE (selected on meta-val, iteration {best['iteration']})": learner_init(selected), **inits}
-    inits["Random"] = random_init_fn()
-    for name, init in inits.items():
-        results, per_domain = evaluate(ctx, init, "test", test_config)
+    inits = {"FREE (last)": (learner_init(state.learner), test_config)}
+    selected = read_selected(ctx.run_dir / BEST, ctx.device)
+    # a shot count that meta-val did not measure has no selected learner: that cell stays empty
+    shots = tuple(s for s in test_config.shots if s in selected or None in selected)
+    if shots:
+        inits = {selected_label(selected): (selected_inits(state.learner, selected, shots),
+                                            replace(test_config, shots=shots)), **inits}
+    inits["Random"] = (random_init_fn(), test_config)
+    for name, (init, config) in inits.items():
+        results, per_domain = evaluate(ctx, init, "test", config)
         entries[name] = _shot_table(results)
         if per_domain is not None:
             entries[name]["domains"] = {d: _shot_table(rs) for d, rs in per_domain.items()}
@@ -181,12 +202,15 @@ def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig
     }
 
 
+def _cells(table: dict, shots: tuple[int, ...]) -> list[str]:
+    return [f"{table[str(s)]['mean']:.2f} +- {table[str(s)]['ci95']:.2f}" if str(s) in table else "-" for s in shots]
+
+
 def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], ways: int) -> str:
     head = "| method | " + " | ".join(f"{ways}-way {s}-shot" for s in shots) + " |"
     lines = [head, "|---|" + "---|" * len(shots)]
     for name, res in summary["results"].items():
-        cells = [f"{res[str(s)]['mean']:.2f} +- {res[str(s)]['ci95']:.2f}" for s in shots]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cells(res, shots)) + " |")
     domains = [d for res in summary["results"].values() for d in res.get("domains", {})]
     if domains:  # a multi-domain run: each domain's tasks on their own (the rows above: all tasks)
         lines += ["", "Per domain (each row's tasks are that domain's share of the meta-test tasks):", "",
@@ -194,8 +218,7 @@ def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], wa
                   "|---|---|" + "---|" * len(shots)]
         for name, res in summary["results"].items():
             for d, per in res["domains"].items():
-                cells = [f"{per[str(s)]['mean']:.2f} +- {per[str(s)]['ci95']:.2f}" for s in shots]
-                lines.append(f"| {name} | {d} | " + " | ".join(cells) + " |")
+                lines.append(f"| {name} | {d} | " + " | ".join(_cells(per, shots)) + " |")
     lines += [
         "",
         f"Data recovery (FIVE, synchronised, after {summary['warmup']} warm-up iterations): "

@@ -47,7 +47,7 @@ class FreeState:
     bank: MemoryBank
     rngs: dict[str, torch.Generator]
     recovery_seconds: float = 0.0  # FIVE time after warm-up, synchronised
-    best: dict = field(default_factory=lambda: {"iteration": -1, "val": -1.0})
+    best: dict = field(default_factory=dict)  # per shot count: {"1": {"iteration", "val"}} (free/selection.py)
 
     def state_dict(self) -> dict:
         return {

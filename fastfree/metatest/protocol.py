@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -65,7 +66,7 @@ def confidence_interval(acc: np.ndarray) -> tuple[float, float]:
 
 
 def run_metatest(
-    init: Initialization,
+    init: Initialization | Mapping[int, Initialization],
     split: ImageSplit,
     normalization: Normalization,
     config: MetaTestConfig,
@@ -75,28 +76,31 @@ def run_metatest(
 ) -> list[ShotResult]:
     """Evaluate one initialisation on `config.tasks` tasks per shot count.
 
-    `progress(n)` is called with the number of tasks finished in each chunk. `image_size`: resize
-    the split's images to it (a multi-domain run's meta-learner size; None: the split's own).
+    `init` may differ per shot count ({shots: init}: a run's learners selected per shot count on
+    meta-val). `progress(n)` is called with the number of tasks finished in each chunk.
+    `image_size`: resize the split's images to it (a multi-domain run's meta-learner size; None:
+    the split's own).
     """
-    head = [p for n, p in init.template.named_parameters()][-1]
-    if head.shape[0] != config.ways:
-        raise FastFreeError(
-            f"the model has {head.shape[0]} outputs but the meta-test is {config.ways}-way: "
-            f"use --ways {head.shape[0]} or a model with {config.ways} outputs"
-        )
     device = split.device
-    template = init.template.to(device=device, dtype=dtype)
     engine = resolve_engine(config.engine, device)
     adapt = adapted_query_logits_batched if engine == "batched" else adapted_query_logits_reference
     results = []
     for shots in config.shots:
+        start_from = init[shots] if isinstance(init, Mapping) else init
+        head = [p for n, p in start_from.template.named_parameters()][-1]
+        if head.shape[0] != config.ways:
+            raise FastFreeError(
+                f"the model has {head.shape[0]} outputs but the meta-test is {config.ways}-way: "
+                f"use --ways {head.shape[0]} or a model with {config.ways} outputs"
+            )
+        template = start_from.template.to(device=device, dtype=dtype)
         sampler = EpisodeSampler(split, normalization, EpisodeSpec(config.ways, shots, config.queries), config.seed,
                                  image_size)
         accs = []
         for start in range(0, config.tasks, config.chunk):
             tasks = range(start, min(start + config.chunk, config.tasks))
             batch = sampler.batch(tasks, dtype)
-            params = init.for_tasks(tasks, device, dtype)
+            params = start_from.for_tasks(tasks, device, dtype)
             logits = adapt(template, params, batch, config.steps, config.lr)
             accs.append(query_accuracy(logits, batch.query_labels))
             if progress is not None:
