@@ -50,7 +50,7 @@ def _print_results(title: str, results: list[ShotResult], ways: int, per_domain=
         print(f"  {label}: " + ", ".join(f"{r.shots}-shot {r.mean:.2f} +- {r.ci95:.2f} %" for r in rs))
 
 
-def run_of_training(args, preset, device, dtype) -> dict:
+def run_of_training(args, device, dtype) -> dict:
     """`eval --run RUN_DIR`: the run's data (every domain) unless --data names one data set, seen in the
     learner's input space (its size and normalisation); the run's preset gives the protocol."""
     target: RunLearner = load_run_learner(args.run, (args.learner or "selected") if args.method == "learner" else None,
@@ -108,7 +108,7 @@ def run(args) -> dict:
     _check_method(args)
     preset, device, dtype = setup(args)
     if args.run:
-        return run_of_training(args, preset, device, dtype)
+        return run_of_training(args, device, dtype)
     dcfg = data_config(args, preset)
     cfg = metatest_config(args, preset.metatest)
     pool_info = None
