@@ -14,6 +14,7 @@ from fastfree.free.memory import MemoryBank
 from fastfree.free.replay import ReplayConfig, maml_meta_batch_reference, replay
 from fastfree.metatest.adapt import functional_template
 from fastfree.models import Conv4
+from tests.free.helpers import filled_bank
 
 SIZE = 16
 
@@ -21,14 +22,6 @@ SIZE = 16
 def learner(seed=0, dtype=torch.float64, ways=3):
     torch.manual_seed(seed)
     return functional_template(Conv4(num_classes=ways, width=4, image_size=SIZE)).to(dtype)
-
-
-def filled_bank(classes=6, per_class=6, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    bank = MemoryBank(capacity_per_class=8, image_shape=(3, SIZE, SIZE), dtype=dtype)
-    labels = torch.arange(classes).repeat(per_class)
-    bank.add(torch.rand(len(labels), 3, SIZE, SIZE, generator=g, dtype=dtype), labels)
-    return bank
 
 
 def assert_same(fast, ref):

@@ -13,6 +13,7 @@ from fastfree.errors import FastFreeError
 from fastfree.free.memory import MemoryBank
 from fastfree.free.replay import ReplayConfig, maml_meta_batch_reference, replay
 from fastfree.models import Conv4
+from tests.free.helpers import filled_bank
 
 SIZE = 16
 
@@ -20,14 +21,6 @@ SIZE = 16
 def learner(seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
     return Conv4(num_classes=3, width=4, image_size=SIZE).to(dtype)
-
-
-def filled_bank(classes=6, per_class=5, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    bank = MemoryBank(capacity_per_class=8, image_shape=(3, SIZE, SIZE), dtype=dtype)
-    labels = torch.arange(classes).repeat(per_class)
-    bank.add(torch.rand(len(labels), 3, SIZE, SIZE, generator=g, dtype=dtype), labels)
-    return bank
 
 
 def conv4_forward(p, x):
