@@ -11,15 +11,14 @@ from pathlib import Path
 import torch
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
+from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
 from fastfree.errors import FastFreeError
 from fastfree.free.config import FreeConfig
 from fastfree.free.run import RunContext, final_results, results_markdown, train_free
 from fastfree.metatest.initializations import random_init
 from fastfree.models import build_model
-from fastfree.pool.pretrain import pretrain_pool
-from fastfree.pool.store import load_pool, records_from_training, save_pool
-from fastfree.pool.teachers import sample_teacher_specs
+from fastfree.pool.store import load_pool
 
 
 
@@ -58,21 +57,6 @@ def free_config(args, base: FreeConfig) -> FreeConfig:
     return replace(cfg, bell=replace(cfg.bell, **{k: v for k, v in bell.items() if v is not None}))
 
 
-def _pool_for_run(args, preset, dataset, run_dir: Path, dtype, device):
-    if args.pool:
-        return load_pool(args.pool[0])
-    pool_dir = run_dir / "pool"
-    if (pool_dir / "manifest.json").is_file():
-        return load_pool(pool_dir)
-    cfg = preset.pretrain
-    specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed, cfg.archs)
-    print(f"no --pool given: pretraining {cfg.teachers} teachers into {pool_dir}")
-    trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, "auto", dtype)
-    save_pool(pool_dir, records_from_training(trained, cfg, dataset.image_size), [t.state_dict for t in trained],
-              dataset.name, dataset.normalization, cfg.to_dict())
-    return load_pool(pool_dir)
-
-
 def run(args) -> dict:
     preset, device, dtype = setup(args)
     domains = domain_configs(args, preset)
@@ -100,7 +84,8 @@ def run(args) -> dict:
         ways = pools[0].records[0].num_classes
     else:
         dataset, _ = load_on_device(dcfg, device)
-        pool = _pool_for_run(args, preset, dataset, run_dir, dtype, device)
+        pool = load_pool(args.pool[0]) if args.pool else \
+            pool_in_run_dir(run_dir / "pool", dataset, preset.pretrain, dtype, "no --pool given")
         if pool.dataset != dataset.name:
             raise FastFreeError(f"the pool at {pool.path} was trained on {pool.dataset!r} but this run uses "
                                 f"{dataset.name!r}: pass a matching --data or --pool")

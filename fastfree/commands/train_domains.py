@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fastfree.commands.common import load_on_device
+from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.config import Preset
 from fastfree.data.domain_spec import parse_domain
 from fastfree.data.domains import MultiDomainData, combine_domains
@@ -20,9 +21,7 @@ from fastfree.data.sources import DataConfig
 from fastfree.data.split import FewShotDataset
 from fastfree.errors import FastFreeError
 from fastfree.free.domains import adapt_teacher
-from fastfree.pool.pretrain import pretrain_pool
-from fastfree.pool.store import Pool, load_pool, records_from_training, save_pool
-from fastfree.pool.teachers import sample_teacher_specs
+from fastfree.pool.store import Pool, load_pool
 
 
 def domain_configs(args, preset: Preset) -> list[DataConfig]:
@@ -69,16 +68,9 @@ def domain_pools(args, preset: Preset, data: MultiDomainData, run_dir: Path, dty
     for i, (label, dataset) in enumerate(zip(data.labels, data.domains)):
         if given:
             pool = load_pool(given[i])
-        else:
-            pool_dir = run_dir / f"pool-{i}-{label}"
-            if not (pool_dir / "manifest.json").is_file():
-                cfg = preset.pretrain
-                specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed + i, cfg.archs)
-                print(f"domain {label}: pretraining {cfg.teachers} teachers into {pool_dir}")
-                trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, "auto", dtype)
-                save_pool(pool_dir, records_from_training(trained, cfg, dataset.image_size),
-                          [t.state_dict for t in trained], dataset.name, dataset.normalization, cfg.to_dict())
-            pool = load_pool(pool_dir)
+        else:  # domain i's teachers drawn from the preset's seed + i
+            cfg = replace(preset.pretrain, seed=preset.pretrain.seed + i)
+            pool = pool_in_run_dir(run_dir / f"pool-{i}-{label}", dataset, cfg, dtype, f"domain {label}")
         _check_fits(pool, dataset, label)
         pools.append(pool)
     ways = {label: sorted({r.num_classes for r in p.records}) for label, p in zip(data.labels, pools)}

@@ -1,0 +1,28 @@
+"""A run's own teacher pool: the one in its directory, pretrained there first when absent
+(`fastfree train` without --pool, for one data set or for each domain)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fastfree.data.split import FewShotDataset
+from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
+from fastfree.pool.store import Pool, load_pool, records_from_training, save_pool
+from fastfree.pool.teachers import sample_teacher_specs
+
+
+def pool_in_run_dir(pool_dir: Path, dataset: FewShotDataset, cfg: PretrainConfig, dtype: torch.dtype,
+                    what: str) -> Pool:
+    """Load the pool at `pool_dir`, pretraining it with `cfg` (its seed draws the teachers) if absent."""
+    if not (pool_dir / "manifest.json").is_file():
+        specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed, cfg.archs)
+        print(f"{what}: pretraining {cfg.teachers} teachers into {pool_dir}")
+        trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, "auto", dtype)
+        save_pool(pool_dir, records_from_training(trained, cfg, dataset.image_size), [t.state_dict for t in trained],
+                  dataset.name, dataset.normalization, cfg.to_dict())
+    return load_pool(pool_dir)
+
+
+__all__ = ["pool_in_run_dir"]

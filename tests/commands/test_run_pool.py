@@ -1,0 +1,42 @@
+"""A run's own pool: pretrained into the run directory once, loaded from there after; each domain
+of a multi-domain run draws its teachers from the preset's seed + its index."""
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import torch
+
+import fastfree.commands.run_pool as run_pool
+from fastfree.commands.run_pool import pool_in_run_dir
+from fastfree.commands.train_domains import domain_pools
+from fastfree.config import get_preset
+from fastfree.data.domains import combine_domains
+from fastfree.pool.pretrain import PretrainConfig
+from fastfree.pool.teachers import sample_teacher_specs
+from tests.free.test_domains import small_dataset  # noqa: F401  (a fixture: the second domain)
+
+CFG = PretrainConfig(teachers=2, ways=3, epochs=1, batch_size=16, width=4, seed=5)
+
+
+def test_pretrained_once_then_loaded(tiny_dataset, tmp_path, monkeypatch, capsys):
+    pool = pool_in_run_dir(tmp_path / "pool", tiny_dataset, CFG, torch.float32, "no --pool given")
+    assert "no --pool given: pretraining 2 teachers" in capsys.readouterr().out
+    specs = sample_teacher_specs(tiny_dataset.train.classes, 2, 3, 5, CFG.archs)
+    assert [r.classes for r in pool.records] == [s.classes for s in specs] and pool.dataset == "tiny"
+
+    def refuse(*a, **k):
+        raise AssertionError("an existing pool must not be trained again")
+
+    monkeypatch.setattr(run_pool, "pretrain_pool", refuse)
+    again = pool_in_run_dir(tmp_path / "pool", tiny_dataset, CFG, torch.float32, "no --pool given")
+    assert [r.classes for r in again.records] == [r.classes for r in pool.records]
+
+
+def test_each_domain_draws_from_the_seed_plus_its_index(tiny_dataset, small_dataset, tmp_path):
+    preset = replace(get_preset("demo-multidomain"), pretrain=CFG)
+    data = combine_domains([tiny_dataset, small_dataset])
+    pools = domain_pools(SimpleNamespace(pool=None), preset, data, tmp_path, torch.float32)
+    for i, (pool, dataset) in enumerate(zip(pools, data.domains)):
+        specs = sample_teacher_specs(dataset.train.classes, 2, 3, CFG.seed + i, CFG.archs)
+        assert [r.classes for r in pool.records] == [s.classes for s in specs], i
+        assert (tmp_path / f"pool-{i}-{data.labels[i]}" / "manifest.json").is_file()
