@@ -12,10 +12,9 @@ from functools import partial
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
 from fastfree.commands.run_learner import RunLearner, load_run_learner, run_learner_init
 from fastfree.config import get_preset
-from fastfree.data.domains import MultiDomainData
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
-from fastfree.metatest.domains import run_metatest_domains
+from fastfree.metatest.domains import metatest_data
 from fastfree.metatest.initializations import average_init, best_model_init, random_init
 from fastfree.metatest.protocol import MetaTestConfig, ShotResult, run_metatest
 from fastfree.models import build_model
@@ -70,14 +69,9 @@ def run_of_training(args, device, dtype) -> dict:
             data_name = dataset.name
             results = run_metatest(init, dataset.split(args.split), target.normalization, cfg, dtype,
                                    progress=bar.update, image_size=target.image_size)
-        elif isinstance(target.data, MultiDomainData):
-            data_name = target.data.name
-            out = run_metatest_domains(init, target.data, args.split, cfg, dtype, progress=bar.update)
-            results, per_domain = out.overall, out.per_domain
         else:
             data_name = target.data.name
-            results = run_metatest(init, target.data.split(args.split), target.normalization, cfg, dtype,
-                                   progress=bar.update)
+            results, per_domain = metatest_data(init, target.data, args.split, cfg, dtype, bar.update)
     seconds = time.perf_counter() - t0
     payload = {
         "command": "eval",

@@ -22,8 +22,8 @@ from fastfree.data.domains import MultiDomainData
 from fastfree.data.sources import DataConfig
 from fastfree.data.split import FewShotDataset, Normalization
 from fastfree.errors import FastFreeError
-from fastfree.free.run import BEST, CHECKPOINT, learner_init, selected_inits
-from fastfree.free.selection import read_selected, selected_label
+from fastfree.free.run import CHECKPOINT, learner_init, selected_inits
+from fastfree.free.selection import BEST, read_selected, selected_label
 from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.adapt import functional_template
 from fastfree.models.conv4 import Conv4
@@ -35,7 +35,6 @@ WHICH = ("selected", "last")
 class RunLearner:
     data: FewShotDataset | MultiDomainData  # the run's data (its splits, the learner's input space)
     preset: str
-    ways: int
     width: int
     learner: nn.Module | None  # None when only the run's shape is needed (a Random baseline)
     selected: dict  # per shot count, the learners selected on meta-val ({}: the last learner)
@@ -94,11 +93,11 @@ def load_run_learner(run_dir: str | Path, which: str | None, device: torch.devic
         label = f"FREE (last, iteration {it})"
     data = run_data(config, device)
     if which is None:
-        return RunLearner(data, config["preset"], 0, width, None, {}, "Random", None)
+        return RunLearner(data, config["preset"], width, None, {}, "Random", None)
     ways = int(state["classifier.weight"].shape[0])
     learner = functional_template(Conv4(ways, width, data.image_size)).to(device=device, dtype=dtype)
     learner.load_state_dict(state)
-    return RunLearner(data, config["preset"], ways, width, learner, selected, label, it)
+    return RunLearner(data, config["preset"], width, learner, selected, label, it)
 
 
 def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initialization | dict[int, Initialization]:

@@ -2,7 +2,8 @@
 
 vmap maps one function over stacked tensors, so it needs teachers of one architecture. A
 multi-architecture pool (the paper's Table 4) is therefore split into groups by architecture
-signature (and a multi-domain pool by domain image size as well: each group then resizes once); global teacher id i lives at `where[i] = (group, index in the group's stack)`.
+signature (and a multi-domain pool by domain image size as well: each group then resizes
+once); global teacher id i lives at `where[i] = (group, index in the group's stack)`.
 An iteration's sampled ids split into one `GroupPart` per group present (the ids' positions
 in the sampled order and their indices in the group), each part runs vmapped on its group,
 and `merge` puts the parts' outputs back in the sampled order, so the memory bank, BELL and

@@ -27,15 +27,14 @@ from fastfree.errors import FastFreeError
 from fastfree.free.atomic import atomic_torch_save
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask
-from fastfree.free.selection import SELECTED, for_shots, improved_shots, is_legacy, read_selected, selected_label, \
+from fastfree.free.selection import BEST, for_shots, improved_shots, is_legacy, read_selected, selected_label, \
     write_selected
 from fastfree.free.trainer import FreeState, free_iteration, init_state
 from fastfree.metatest.initializations import Initialization
-from fastfree.metatest.domains import run_metatest_domains
-from fastfree.metatest.protocol import MetaTestConfig, ShotResult, run_metatest
+from fastfree.metatest.domains import metatest_data
+from fastfree.metatest.protocol import MetaTestConfig, ShotResult
 
 CHECKPOINT = "checkpoint.pt"
-BEST = SELECTED
 METRICS = "metrics.jsonl"
 
 
@@ -90,16 +89,6 @@ def _truncate_metrics(path: Path, completed: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def evaluate(ctx: RunContext, init: Initialization, split: str, config: MetaTestConfig
-             ) -> tuple[list[ShotResult], dict[str, list[ShotResult]] | None]:
-    """Meta-test on one split: (results, None) for one data set; for several domains the results over
-    all tasks (spread evenly over the domains) and each domain's."""
-    if isinstance(ctx.dataset, MultiDomainData):
-        out = run_metatest_domains(init, ctx.dataset, split, config)
-        return out.overall, out.per_domain
-    return run_metatest(init, ctx.dataset.split(split), ctx.dataset.normalization, config), None
-
-
 def _shot_table(results: list[ShotResult]) -> dict:
     return {str(r.shots): {"mean": r.mean, "ci95": r.ci95, "tasks": r.tasks} for r in results}
 
@@ -131,7 +120,7 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
         if it % cfg.grid_every == 0 or it == cfg.iterations:
             save_grid(tasks, run_dir / "grids" / f"iter_{it:05d}.png")
         if it > cfg.warmup and (it % cfg.eval_every == 0 or it == cfg.iterations):
-            results, per_domain = evaluate(ctx, learner_init(state.learner), "val", ctx.val_config)
+            results, per_domain = metatest_data(learner_init(state.learner), ctx.dataset, "val", ctx.val_config)
             metrics["val"] = {str(r.shots): [r.mean, r.ci95] for r in results}
             if per_domain is not None:
                 metrics["val_domains"] = {d: {str(r.shots): [r.mean, r.ci95] for r in rs}
@@ -159,9 +148,8 @@ def _upgrade_selection(ctx: RunContext, state: FreeState) -> None:
         return
     learner = copy.deepcopy(state.learner)
     learner.load_state_dict(old[None].learner)
-    results, _ = evaluate(ctx, learner_init(learner), "val", ctx.val_config)
+    results, _ = metatest_data(learner_init(learner), ctx.dataset, "val", ctx.val_config)
     improved = improved_shots({}, {r.shots: r.mean for r in results}, old[None].iteration)
-    (ctx.run_dir / BEST).unlink()
     write_selected(ctx.run_dir / BEST, learner.state_dict(), improved)
     state.best = improved
 
@@ -189,7 +177,7 @@ def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig
                                             replace(test_config, shots=shots)), **inits}
     inits["Random"] = (random_init_fn(), test_config)
     for name, (init, config) in inits.items():
-        results, per_domain = evaluate(ctx, init, "test", config)
+        results, per_domain = metatest_data(init, ctx.dataset, "test", config)
         entries[name] = _shot_table(results)
         if per_domain is not None:
             entries[name]["domains"] = {d: _shot_table(rs) for d, rs in per_domain.items()}

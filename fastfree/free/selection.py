@@ -3,9 +3,9 @@
 The paper reports each shot setting as an experiment of its own (the authors' code replays tasks
 with that setting's shot count and keeps the best of its evaluations), so the learner reported
 for K shots is the one with the best K-shot meta-val accuracy. One run serves both settings, and
-1- and 5-shot may come from different iterations: measured on the demo runs' meta-val, 1-shot
-accuracy peaks earlier than 5-shot, so one pick on the mean of the two gives up 1-shot accuracy
-for 5-shot.
+1- and 5-shot may peak at different iterations (measured: the two-domain run's 1-shot meta-val
+accuracy peaked at iteration 50 and 5-shot at 110; the demo's at 60 and 50), so one pick on
+the mean of the two gives up one setting's accuracy for the other's.
 
 best_learner.pt holds {"shots": {"1": {"iteration", "val", "learner"}, "5": {...}}}. A file from
 before per-shot selection ({"iteration", "val", "learner"}: one pick on the mean over shot
@@ -22,7 +22,7 @@ import torch
 from fastfree.errors import FastFreeError
 from fastfree.free.atomic import atomic_torch_save
 
-SELECTED = "best_learner.pt"
+BEST = "best_learner.pt"
 
 
 @dataclass(frozen=True)
@@ -84,5 +84,5 @@ def for_shots(selected: dict, shots: int):
                         "last learner (--learner last)")
 
 
-__all__ = ["SELECTED", "Selected", "for_shots", "improved_shots", "is_legacy", "read_selected", "selected_label",
+__all__ = ["BEST", "Selected", "for_shots", "improved_shots", "is_legacy", "read_selected", "selected_label",
            "write_selected"]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fastfree.data.domains import MultiDomainData
+from fastfree.data.split import FewShotDataset
 from fastfree.errors import FastFreeError
 from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.protocol import MetaTestConfig, ShotResult, confidence_interval, run_metatest
@@ -49,3 +50,14 @@ def run_metatest_domains(init: Initialization, data: MultiDomainData, split: str
     }
     overall = [pooled(s, [r[i] for r in per_domain.values()]) for i, s in enumerate(config.shots)]
     return DomainResults(overall, per_domain)
+
+
+def metatest_data(init: Initialization, data: FewShotDataset | MultiDomainData, split: str, config: MetaTestConfig,
+                  dtype: torch.dtype = torch.float32, progress=None
+                  ) -> tuple[list[ShotResult], dict[str, list[ShotResult]] | None]:
+    """Meta-test on one split of a run's data: (results, None) for one data set; for several domains
+    the results over all tasks (spread evenly over the domains) and each domain's."""
+    if isinstance(data, MultiDomainData):
+        out = run_metatest_domains(init, data, split, config, dtype, progress)
+        return out.overall, out.per_domain
+    return run_metatest(init, data.split(split), data.normalization, config, dtype, progress=progress), None
