@@ -19,6 +19,8 @@ warm-up (compilation and CUDA-graph capture happen in the warm-up):
 
 from __future__ import annotations
 
+import traceback
+
 import torch
 
 from fastfree.commands.common import run_metadata, write_json
@@ -66,7 +68,7 @@ def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: i
     z = torch.randn(b, ways * per_class, 256, device=device)
     draws = draw_table(b, k + 1, cfg.pad, torch.Generator().manual_seed(0)).to(device)
     stack = StackedTeachers(teachers)
-    times = {}
+    times, errors = {}, {}
     for name in variants:
         amp = name.endswith("_bf16")
         base = name.removesuffix("_bf16")
@@ -90,19 +92,24 @@ def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: i
                 # compilation happens in the first (warm-up) call: the layout choice is made then
                 with torch._inductor.config.patch(force_layout_optimization=cl):
                     return five(theta, z, id_tensor, draws, lp, labels, True).loss.sum().item()
-        times[name] = median_time(call, repeats, device)
+        try:
+            times[name] = median_time(call, repeats, device)
+        except Exception as e:  # one variant failing (e.g. a first run on a new GPU) must not lose the others
+            traceback.print_exc()
+            errors[name] = f"{type(e).__name__}: {e}"[:2000]
         if on_variant is not None:
-            on_variant(_result(times, b, k, ways, per_class, ngf, width, image_size, repeats, device))
-    return _result(times, b, k, ways, per_class, ngf, width, image_size, repeats, device)
+            on_variant(_result(times, errors, b, k, ways, per_class, ngf, width, image_size, repeats, device))
+    return _result(times, errors, b, k, ways, per_class, ngf, width, image_size, repeats, device)
 
 
-def _result(times, b, k, ways, per_class, ngf, width, image_size, repeats, device) -> dict:
+def _result(times, errors, b, k, ways, per_class, ngf, width, image_size, repeats, device) -> dict:
     ref = times.get("reference", {}).get("median_s")
     return {
         "benchmark": "one FIVE epoch: b teachers x (k inner Adam steps + meta-gradient), seconds per epoch",
         "b": b, "k": k, "images": ways * per_class, "ngf": ngf, "teacher": f"conv4-{width}", "image_size": image_size,
         "repeats": repeats, "times": times,
         "speedup_over_reference": {n: ref / t["median_s"] for n, t in times.items()} if ref else {},
+        "errors": errors,
         **run_metadata(device),
     }
 
@@ -125,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         ratio = result["speedup_over_reference"].get(name)
         print(f"{result['device_name']} {args.image_size}px {name:>26}: {1e3 * t['median_s']:8.1f} ms"
               + (f"  ({ratio:.2f}x the reference)" if ratio else ""), flush=True)
+    for name, error in result["errors"].items():
+        print(f"{result['device_name']} {args.image_size}px {name:>26}: FAILED {error.splitlines()[0]}", flush=True)
     write_json(args.json, result)
-    return 0
+    return 1 if result["errors"] else 0
 
 
 if __name__ == "__main__":

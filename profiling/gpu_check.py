@@ -1,119 +1,201 @@
-"""One call on a lent GPU: the GPU-only tests plus the benchmarks, JSON into one folder.
+"""One call on a lent GPU: the GPU-only tests plus the benchmarks, bundled into one folder.
 
     PYTHONPATH=. python profiling/gpu_check.py --out $OUT          (or python -m fastfree.profiling.gpu_check)
 
-Runs, most important first, each bounded and the whole within --budget (540 s) so the call stays
-inside the device's 10-minute limit (steps past the budget are recorded as skipped):
-1. one FIVE epoch, reference vs fast (eager, compiled, CUDA graph, without kernels, bf16), 32 px
-   -> bench_five_32px.json
-2. one whole FREE iteration, reference vs fast (compiled), phase shares -> bench_iteration.json
-3. `fastfree profile run` of the paper's configuration, bf16 + compile: time, FLOPs and MFU per
-   phase, GPU-hours, memory, NVML telemetry -> profile_run_bf16.json
-4. one replay meta-batch (10 second-order MAML tasks), vmapped vs per-task -> bench_replay.json
-5. `pytest -m gpu` (graph replay == eager over 3 epochs, Triton bf16/fp16/graph, CUDA
-   equivalence, DALI's GPU decoder; they skip on a CPU) -> gpu_tests.txt
-6. the fused losses vs torch vs torch.compile -> bench_kernels.json
-7. the FIVE epoch at 84 px -> bench_five_84px.json; 8. profile run in fp32 (tf32 convolutions)
-9. pool pretraining, batched vs one-by-one (100 teachers, 5 steps) -> bench_pool.json
-10. meta-test adaptation, vmapped vs sequential (200 tasks, 1 and 5 shots) -> bench_metatest_{1,5}shot.json
-11. optionally the real CIFAR-FS random baseline, when --cifar-fs points at the pickles.
-A summary with the device, versions and date goes to gpu_check.json.
+Each step runs in its own process with its own time limit; the whole stays within --budget
+(seconds) so the device call ends inside its limit (steps past the budget are recorded as
+skipped, and `--steps` reruns a chosen few). Most important first:
+
+  gpu_tests          `pytest -m gpu`: CUDA-graph replay == eager over 3 epochs (eager and compiled),
+                     the graphed vmapped epoch == the reference in float64, bf16 vs fp32 on CUDA,
+                     the Triton losses in bf16/fp16/inside a graph, graphed replay, pool, meta-test
+  bench_five_32px    one FIVE epoch, reference vs fast (eager, graphed, compiled+graphed, without the
+                     Triton losses, bf16), 32 px (issue 4's 20x target)
+  bench_replay       one replay meta-batch (10 second-order MAML tasks), vmapped vs per task (25x)
+  bench_iteration    one whole FREE iteration, reference vs fast (compiled), each phase's share
+  bench_kernels      the fused losses vs torch vs torch.compile (issue 5)
+  bench_five_84px    the FIVE epoch at 84 px (8x)
+  profile_run_bf16   `fastfree profile run`, bf16 + compile: FLOPs, MFU, GPU-hours, memory, NVML
+  bench_five_32px_more  the remaining FIVE variants (compiled without graphs, channels-last)
+  profile_run_fp32, bench_pool, bench_metatest_1shot, bench_metatest_5shot, cifar_fs_random (--cifar-fs)
+
+The device returns at most 8 files, so everything is bundled, and rewritten after every step
+(a call cut off at its limit still brings back what was done): `gpu_check.json` (device,
+versions, date, each step's command, exit status, time and output tail, and every result JSON)
+and `gpu_check_logs.tar.gz` (the full logs and JSONs).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
-
-def _run(cmd: list[str], log: Path, timeout: int) -> dict:
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        log.write_text(p.stdout + "\n" + p.stderr)
-        rc = p.returncode
-    except subprocess.TimeoutExpired as e:
-        log.write_text(f"timed out after {timeout} s\n{e.stdout or ''}\n{e.stderr or ''}")
-        rc = 124
-    tail = log.read_text().strip().splitlines()[-3:]
-    print(f"[{rc}] {' '.join(cmd[2:5])} ... {time.perf_counter() - t0:.0f} s | {' / '.join(tail)}", flush=True)
-    return {"cmd": cmd, "rc": rc, "seconds": time.perf_counter() - t0, "tail": tail}
+REPO = Path(__file__).resolve().parents[1]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--cifar-fs", help="folder with the CIFAR-FS pickles (optional)")
-    p.add_argument("--budget", type=int, default=540, help="seconds; later steps are skipped past it")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    py = sys.executable
-    deadline = time.perf_counter() + args.budget  # the device call's limit is 600 s: stop starting steps in time
-
-    def run(name: str, cmd: list[str], timeout: int) -> None:
-        left = int(deadline - time.perf_counter())
-        if left < 20:
-            steps[name] = {"cmd": cmd, "rc": None, "skipped": "out of time budget"}
-            return
-        steps[name] = _run(cmd, out / f"{name}.txt", min(timeout, left))
-
-    steps: dict[str, dict] = {}
+def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str], int, str | None]]:
+    """(name, command, time limit in seconds, the step whose failure it needs or None), most important first."""
     ff = [py, "-m", "fastfree"]
     # the paper's configuration (cifar-fs preset: b=4, k=5, ngf 64, 20 images/class, replay 10 tasks) on
     # the built-in data (same shapes; ../shared does not travel), freshly initialised teachers
     paper = ["--preset", "cifar-fs", "--data", "builtin", "--images-per-class", "100"]
-    # most important first: the fast engine's FIVE epoch (issue 4's benchmark) at 32 px
-    run("bench_five_32px", [py, "-m", "fastfree.profiling.bench_five", "--image-size", "32", "--repeats", "5",
-                            "--json", str(out / "bench_five_32px.json")], 240)  # saved per variant: a timeout keeps them
-    # the whole iteration, reference vs fast, with phase shares (what users wait for)
-    run("bench_iteration", [*ff, "bench", *paper, "--only", "iteration", "--repeats", "3", "--compile",
-                            "--json", str(out / "bench_iteration.json")], 200)
-    # where the fast iteration's time and FLOPs go: MFU, GPU-hours, memory, NVML
-    run("profile_run_bf16", [*ff, "profile", "run", *paper, "--amp", "--compile", "--iterations", "3",
-                             "--json", str(out / "profile_run_bf16.json")], 150)
-    run("bench_replay", [py, "-m", "fastfree.profiling.bench_replay", "--repeats", "5",
-                         "--json", str(out / "bench_replay.json")], 90)
-    run("gpu_tests", [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"], 180)
-    run("bench_kernels", [py, "-m", "fastfree.profiling.bench_kernels", "--repeats", "5",
-                          "--json", str(out / "bench_kernels.json")], 90)
-    run("bench_five_84px", [py, "-m", "fastfree.profiling.bench_five", "--image-size", "84", "--repeats", "5",
-                            "--json", str(out / "bench_five_84px.json")], 200)
-    run("profile_run_fp32", [*ff, "profile", "run", *paper, "--iterations", "3",
-                             "--json", str(out / "profile_run_fp32.json")], 120)
-    run("bench_pool", [py, "-m", "fastfree.profiling.bench_pool", "--teachers", "100", "--steps", "5",
-                       "--repeats", "3", "--json", str(out / "bench_pool.json")], 120)
-    for shots in (1, 5):
-        run(f"bench_metatest_{shots}shot",
-            [py, "-m", "fastfree.profiling.bench_metatest", "--tasks", "200", "--chunk", "100", "--shots", str(shots),
-             "--json", str(out / f"bench_metatest_{shots}shot.json")], 60)
-    if args.cifar_fs:
-        run("cifar_fs_random", [py, "-m", "fastfree", "eval", "--preset", "cifar-fs", "--data-root", args.cifar_fs,
-                                "--method", "random", "--json", str(out / "cifar_fs_random.json")], 180)
-    import torch
 
-    summary = {
-        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device",
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "steps": steps,
-    }
-    (out / "gpu_check.json").write_text(json.dumps(summary, indent=2))
-    return 0 if all(s["rc"] in (0, None) for s in steps.values()) else 1
+    def js(name: str) -> list[str]:
+        return ["--json", str(work / f"{name}.json")]
+
+    def five(px: int, variants: list[str], limit: int, name: str) -> tuple[str, list[str], int, None]:
+        return (name, [py, "-m", "fastfree.profiling.bench_five", "--image-size", str(px), "--repeats", "5",
+                       "--variants", *variants, *js(name)], limit, None)  # saved per variant: a time-out keeps them
+
+    pytest = [py, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider"]
+    if importlib.util.find_spec("xdist"):  # correctness only, no timing: compile-heavy tests in parallel
+        pytest += ["-n", "4"]
+    if importlib.util.find_spec("pytest_timeout"):  # a hung test is named, and the others still run
+        pytest += ["--timeout", "100"]
+    iteration = [*ff, "bench", *paper, "--only", "iteration", "--repeats", "3"]
+    out = [
+        ("gpu_tests", [*pytest, "tests"], 150, None),
+        five(32, ["reference", "fast_compile_graphs", "fast_compile_graphs_bf16", "reference_bf16", "fast",
+                  "fast_graphs", "fast_compile_graphs_nokernels"], 130, "bench_five_32px"),
+        ("bench_replay", [py, "-m", "fastfree.profiling.bench_replay", "--repeats", "5", *js("bench_replay")], 60,
+         None),
+        ("bench_iteration", [*iteration, "--compile", *js("bench_iteration")], 120, None),
+        # only if the compiled iteration failed: the eager fast engine's, so that the phase shares exist
+        ("bench_iteration_eager", [*iteration, *js("bench_iteration_eager")], 80, "bench_iteration"),
+        ("bench_kernels", [py, "-m", "fastfree.profiling.bench_kernels", "--repeats", "5", *js("bench_kernels")], 60,
+         None),
+        five(84, ["reference", "fast_compile_graphs", "fast_compile_graphs_bf16", "reference_bf16"], 100,
+             "bench_five_84px"),
+        ("profile_run_bf16", [*ff, "profile", "run", *paper, "--amp", "--compile", "--iterations", "3",
+                              *js("profile_run_bf16")], 120, None),
+        five(32, ["reference", "fast_compile", "fast_compile_graphs_channels_last_bf16"], 90, "bench_five_32px_more"),
+        ("profile_run_fp32", [*ff, "profile", "run", *paper, "--iterations", "3", *js("profile_run_fp32")], 90, None),
+        ("bench_pool", [py, "-m", "fastfree.profiling.bench_pool", "--teachers", "100", "--steps", "5",
+                        "--repeats", "3", *js("bench_pool")], 90, None),
+    ]
+    out += [(f"bench_metatest_{s}shot", [py, "-m", "fastfree.profiling.bench_metatest", "--tasks", "200", "--chunk",
+                                         "100", "--shots", str(s), *js(f"bench_metatest_{s}shot")], 60, None)
+            for s in (1, 5)]
+    if cifar_fs:
+        out.append(("cifar_fs_random", [*ff, "eval", "--preset", "cifar-fs", "--data-root", cifar_fs, "--method",
+                                        "random", *js("cifar_fs_random")], 180, None))
+    return out
 
 
-def _version(name: str) -> str | None:
+def run_step(cmd: list[str], log: Path, timeout: int, env: dict) -> dict:
+    """Run in a new process group, killed whole at the limit (pytest-xdist's workers too)."""
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            f.write(f"\n[gpu_check] killed at its limit of {timeout} s\n")
+            rc = 124
+    tail = log.read_text(errors="replace").strip().splitlines()[-25:]
+    return {"cmd": cmd, "rc": rc, "seconds": round(time.perf_counter() - t0, 1), "tail": tail}
+
+
+def environment() -> dict:
+    """Device, versions and date, read in a child (this process stays free of torch and CUDA)."""
+    code = ("import json, torch, triton; p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None; "
+            "print(json.dumps({'device_name': p.name if p else 'no CUDA device', "
+            "'multiprocessors': p.multi_processor_count if p else None, "
+            "'memory_gib': round(p.total_memory / 2**30, 1) if p else None, 'torch': torch.__version__, "
+            "'cuda': torch.version.cuda, 'triton': triton.__version__}))")
     try:
-        from importlib.metadata import version
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+        info = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {"error": p.stderr[-2000:]}
+    except Exception as e:  # recorded, not fatal: the steps say more
+        info = {"error": repr(e)}
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,power.limit",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        info["nvidia_smi"] = smi.stdout.strip()
+    except Exception:  # no nvidia-smi (a CPU machine)
+        pass
+    return info
 
-        return version(name)
-    except Exception:  # not installed
-        return None
+
+def importable_env() -> dict:
+    """The environment for the steps: the repo on PYTHONPATH, and `fastfree.kernels` /
+    `fastfree.profiling` importable even without `pip install -e .` (which maps the top-level
+    kernels/ and profiling/ into the package): then links inside fastfree/ stand in for it."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    probe = [sys.executable, "-c", "import fastfree.kernels, fastfree.profiling"]
+    if subprocess.run(probe, env=env, cwd=REPO, capture_output=True).returncode != 0:
+        for name in ("kernels", "profiling"):
+            link = REPO / "fastfree" / name
+            if not link.exists():
+                link.symlink_to(Path("..") / name)
+    return env
+
+
+def bundle(out: Path, work: Path, summary: dict) -> None:
+    """Rewrite the two files that come back: the summary with every result JSON, and the logs."""
+    results = {}
+    for f in sorted(work.glob("*.json")):
+        try:
+            results[f.stem] = json.loads(f.read_text())
+        except ValueError:  # a JSON half-written when its step was killed
+            results[f.stem] = {"unreadable": f.name}
+    tmp = out / "gpu_check.json.tmp"
+    tmp.write_text(json.dumps({**summary, "results": results}, indent=2, default=str))
+    os.replace(tmp, out / "gpu_check.json")
+    with tarfile.open(out / "gpu_check_logs.tar.gz.tmp", "w:gz") as tar:
+        for f in sorted(work.iterdir()):
+            tar.add(f, arcname=f.name)
+    os.replace(out / "gpu_check_logs.tar.gz.tmp", out / "gpu_check_logs.tar.gz")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check_logs.tar.gz")
+    p.add_argument("--cifar-fs", help="folder with the CIFAR-FS pickles (optional)")
+    p.add_argument("--budget", type=int, default=540, help="seconds; steps that would start past it are skipped")
+    p.add_argument("--steps", nargs="+", help="run only these steps (default: all, in order)")
+    args = p.parse_args(argv)
+    deadline = time.perf_counter() + args.budget
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    plan = steps(sys.executable, work, args.cifar_fs)
+    names = [step[0] for step in plan]
+    unknown = set(args.steps or []) - set(names)
+    if unknown:
+        p.error(f"unknown steps {sorted(unknown)}; choose from {names}")
+    env = importable_env()
+    summary = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "budget_s": args.budget,
+               **environment(), "steps": {}}
+    print(json.dumps({k: v for k, v in summary.items() if k != "steps"}), flush=True)
+    for name, cmd, limit, needs_failed in plan:
+        if args.steps and name not in args.steps:
+            continue
+        if needs_failed and summary["steps"].get(needs_failed, {}).get("rc") in (0, None):
+            continue  # a fallback: its step ran fine (or did not run)
+        left = int(deadline - time.perf_counter())
+        if left < 20:
+            summary["steps"][name] = {"cmd": cmd, "rc": None, "skipped": "out of time budget"}
+            print(f"[skipped] {name}: out of time budget", flush=True)
+            continue
+        r = run_step(cmd, work / f"{name}.txt", min(limit, left), env)
+        summary["steps"][name] = r
+        print(f"[{r['rc']}] {name} {r['seconds']:.0f} s\n    " + "\n    ".join(r["tail"][-8:]), flush=True)
+        bundle(out, work, summary)
+    bundle(out, work, summary)
+    return 0 if all(s["rc"] in (0, None) for s in summary["steps"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from fastfree.errors import FastFreeError
 from fastfree.free.augment import crop_flip, draw_crop_flip
 from fastfree.free.five import FiveConfig, five_reference, task_labels
 from fastfree.models import Conv4
+from tests.conftest import DEVICES
 from tests.free.helpers import tiny_models
 
 CPU = torch.device("cpu")
@@ -34,14 +35,14 @@ def _setup(teachers=3, seed=0, batch_statistics=False):
     return gen, ts, learner
 
 
-def _fast(gen, ts, learner, cfg, ids, adversarial, options, seed_aug=1, seed_z=2):
+def _fast(gen, ts, learner, cfg, ids, adversarial, options, seed_aug=1, seed_z=2, device=CPU):
     latent = torch.Generator().manual_seed(seed_z)
     z = torch.stack([torch.randn(cfg.images_per_class * 5, gen.latent_dim, generator=latent, dtype=torch.float64)
                      for _ in ids])
     draws = draw_table(len(ids), cfg.k + 1, cfg.pad, torch.Generator().manual_seed(seed_aug))
-    five = FastFive(gen, StackedTeachers(ts), learner, NORM, cfg, options, CPU)
-    return five(dict(gen.named_parameters()), z, torch.tensor(ids), draws, dict(learner.named_parameters()),
-                task_labels(5, cfg.images_per_class), adversarial)
+    five = FastFive(gen, StackedTeachers(ts), learner, NORM, cfg, options, device)
+    return five(dict(gen.named_parameters()), z.to(device), torch.tensor(ids, device=device), draws.to(device),
+                dict(learner.named_parameters()), task_labels(5, cfg.images_per_class, device), adversarial)
 
 
 @pytest.mark.parametrize("vectorize", [False, True], ids=["loop", "vmap"])
@@ -56,13 +57,26 @@ def test_fast_five_equals_the_reference_with_the_batch_statistics_learner(vector
     _check_against_reference(vectorize, 3, 2, True, batch_statistics=True)
 
 
-def _check_against_reference(vectorize, b, k, adversarial, batch_statistics):
+@pytest.mark.gpu
+@pytest.mark.parametrize("adversarial", [True, False], ids=["eq1", "warmup"])
+def test_the_graphed_vmapped_epoch_equals_the_reference_on_cuda_in_float64(adversarial):
+    """The CUDA defaults (vmap over teachers, the epoch captured in a CUDA graph) in float64, where
+    the comparison is exact; the Triton losses are fp32 (their own GPU tests), so the torch ones here."""
+    options = EngineOptions.for_device(torch.device("cuda"), kernels=False)
+    assert options.vectorize and options.cuda_graphs
+    _check_against_reference(options, 3, 3, adversarial, batch_statistics=False, device=torch.device("cuda"))
+
+
+def _check_against_reference(vectorize, b, k, adversarial, batch_statistics, device=CPU):
+    """`vectorize`: a bool for EngineOptions(vectorize=...), or the EngineOptions themselves."""
     gen, ts, learner = _setup(batch_statistics=batch_statistics)
+    gen, learner, ts = gen.to(device), learner.to(device), [t.to(device) for t in ts]
     cfg = FiveConfig(k=k, lr=0.01, images_per_class=4)
     ids = [2, 0, 2][:b]  # with a repeated teacher, as uniform sampling with replacement does
     tasks, meta_grad = five_reference(gen, [ts[i] for i in ids], ids, learner, NORM, cfg, adversarial,
                                       torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
-    out = _fast(gen, ts, learner, cfg, ids, adversarial, EngineOptions(vectorize=vectorize))
+    options = vectorize if isinstance(vectorize, EngineOptions) else EngineOptions(vectorize=vectorize)
+    out = _fast(gen, ts, learner, cfg, ids, adversarial, options, device=device)
     for name, g in meta_grad.items():
         torch.testing.assert_close(out.meta_grad[name], g, rtol=1e-10, atol=1e-13, msg=name)
     for i, task in enumerate(tasks):
@@ -142,18 +156,22 @@ def test_compiled_epoch_has_no_graph_break_no_recompile_and_equals_eager(vectori
     assert counters["stats"]["unique_graphs"] == 2  # the inner step (reused k times) and the meta-gradient
 
 
-def test_bf16_autocast_keeps_the_meta_gradient_direction():
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_keeps_the_meta_gradient_direction(device):
+    """On CUDA with the device's defaults (vmap, CUDA graph, Triton losses): bf16 against fp32 there."""
+    device = torch.device(device)
     gen, ts, learner = _setup()
-    gen, learner = gen.float(), learner.float()
-    ts = [t.float() for t in ts]
+    gen, learner = gen.float().to(device), learner.float().to(device)
+    ts = [t.float().to(device) for t in ts]
     cfg = FiveConfig(k=0, lr=0.01, images_per_class=4)
     outs = []
     for amp in (False, True):
-        z = torch.randn(2, 20, 8, generator=torch.Generator().manual_seed(0))
-        draws = draw_table(2, 1, 4, torch.Generator().manual_seed(0))
-        five = FastFive(gen, StackedTeachers(ts), learner, NORM, cfg, EngineOptions(amp=amp), CPU)
-        outs.append(five(dict(gen.named_parameters()), z, torch.tensor([0, 1]), draws,
-                         dict(learner.named_parameters()), task_labels(5, 4), True))
+        z = torch.randn(2, 20, 8, generator=torch.Generator().manual_seed(0)).to(device)
+        draws = draw_table(2, 1, 4, torch.Generator().manual_seed(0)).to(device)
+        options = EngineOptions.for_device(device, amp=amp)
+        five = FastFive(gen, StackedTeachers(ts), learner, NORM, cfg, options, device)
+        outs.append(five(dict(gen.named_parameters()), z, torch.tensor([0, 1], device=device), draws,
+                         dict(learner.named_parameters()), task_labels(5, 4, device), True))
     fp32, bf16 = outs
     assert bf16.images.dtype == torch.float32 and bf16.loss.dtype == torch.float32
     flat = [torch.cat([o.meta_grad[n].flatten() for n in sorted(o.meta_grad)]) for o in outs]
