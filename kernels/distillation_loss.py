@@ -11,6 +11,7 @@ from torch.library import register_autograd, register_vmap, triton_op, wrap_trit
 from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
+from ._attach import with_gradient
 from ._dispatch import INTERPRET, accumulation_dtype, blocks, launchable, num_rows
 from ._rows import load_rows, softmax_rows
 
@@ -94,26 +95,6 @@ def _vmap(info, in_dims, teacher, student, compute_grad):
 register_vmap("fastfree::kl_rows", _vmap)
 
 
-class _KLRows(torch.autograd.Function):
-    """The op's autograd formula as an autograd.Function that composes with torch.func (see
-    `inversion_loss._InversionLoss`)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(teacher, student, compute_grad):
-        return kl_rows_op(teacher, student, compute_grad)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _setup_context(ctx, inputs, output)
-        ctx.mark_non_differentiable(output[1])
-
-    @staticmethod
-    def backward(ctx, grad_kl, grad_unit):
-        return _backward(ctx, grad_kl, grad_unit)
-
-
 @register_flop_formula(torch.ops.fastfree.kl_rows)
 def _flops(teacher_shape, student_shape, compute_grad, *args, out_shape=None, **kwargs):
     elements = 1
@@ -125,7 +106,8 @@ def _flops(teacher_shape, student_shape, compute_grad, *args, out_shape=None, **
 def kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """KL(softmax(M) || softmax(F)) per row [...]; gradient only w.r.t. the student."""
     compute_grad = torch.is_grad_enabled() and student_logits.requires_grad
-    return _KLRows.apply(teacher_logits.detach(), student_logits, compute_grad)[0]
+    kl, unit = kl_rows_op(teacher_logits.detach(), student_logits.detach(), compute_grad)
+    return with_gradient(kl, student_logits, unit) if compute_grad else kl
 
 
 def distillation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from torch.library import register_autograd, register_vmap, triton_op, wrap_trit
 from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
+from ._attach import with_gradient
 from ._dispatch import INTERPRET, accumulation_dtype, blocks, launchable, num_rows
 from ._rows import load_rows, softmax_rows
 
@@ -132,30 +133,6 @@ def _vmap(info, in_dims, teacher, student, labels, adversarial, compute_grad):
 register_vmap("fastfree::inversion_loss_rows", _vmap)
 
 
-class _InversionLoss(torch.autograd.Function):
-    """The op's autograd formula as an autograd.Function, for the public functions.
-
-    Custom ops' `register_autograd` does not compose with torch.func transforms (grad/vjp
-    under vmap raise "must override the setup_context staticmethod"); this Function does, and
-    its vmap rule is generated from the op's (batch dims folded into rows).
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(teacher, student, labels, adversarial, compute_grad):
-        return inversion_loss_rows_op(teacher, student, labels, adversarial, compute_grad)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _setup_context(ctx, inputs, output)
-        ctx.mark_non_differentiable(output[1], output[2])
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_eta, grad_unit):
-        return _backward(ctx, grad_loss, grad_eta, grad_unit)
-
-
 @register_flop_formula(torch.ops.fastfree.inversion_loss_rows)
 def _flops(teacher_shape, student_shape, labels_shape, adversarial, compute_grad, *args, out_shape=None, **kwargs):
     elements = 1
@@ -169,8 +146,9 @@ def inversion_loss_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row Eq. 1 loss [...] (float32, float64 for float64 logits) and eta [...] (no gradient)."""
     compute_grad = torch.is_grad_enabled() and teacher_logits.requires_grad
-    loss, eta, _ = _InversionLoss.apply(teacher_logits, student_logits.detach(), labels, adversarial, compute_grad)
-    return loss, eta
+    loss, eta, unit = inversion_loss_rows_op(teacher_logits.detach(), student_logits.detach(), labels, adversarial,
+                                             compute_grad)
+    return (with_gradient(loss, teacher_logits, unit) if compute_grad else loss), eta
 
 
 def inversion_loss(

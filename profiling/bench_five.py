@@ -12,6 +12,7 @@ warm-up (compilation and CUDA-graph capture happen in the warm-up):
   fast_compile_graphs
   fast_compile_graphs_nokernels   the same with the torch losses instead of the fused Triton kernels
   fast_compile_graphs_channels_last   inductor forced to channels-last layouts (its heuristic otherwise)
+  fast_cudnn_benchmark, fast_compile_graphs_cudnn_benchmark   with cuDNN's algorithm search (CUDA only)
   *_bf16            the same with bf16 autocast (--amp)
 
     python -m fastfree.profiling.bench_five --image-size 32 --variants reference fast --json out.json
@@ -20,6 +21,7 @@ warm-up (compilation and CUDA-graph capture happen in the warm-up):
 from __future__ import annotations
 
 import traceback
+from typing import Callable
 
 import torch
 
@@ -44,6 +46,9 @@ FAST = {
     # inductor decides channels-last for convolution graphs by a heuristic (layout_optimization, on by
     # default); this variant forces it, to measure whether channels-last helps here
     "fast_compile_graphs_channels_last": {"compile": True, "cuda_graphs": True, "channels_last": True},
+    # cuDNN's algorithm search for the fixed shapes (torch.backends.cudnn.benchmark), CUDA only
+    "fast_cudnn_benchmark": {"cudnn_benchmark": True},
+    "fast_compile_graphs_cudnn_benchmark": {"compile": True, "cuda_graphs": True, "cudnn_benchmark": True},
 }
 
 
@@ -55,9 +60,10 @@ def variants_for(device: torch.device) -> list[str]:
             "fast_compile", "fast_compile_graphs_nokernels", "fast_compile_graphs_channels_last_bf16"]
 
 
-def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: int, width: int, image_size: int,
-          repeats: int, device: torch.device, on_variant=None) -> dict:
-    """Time each variant; `on_variant(partial_result)` after each one (the script saves it then)."""
+def make_calls(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: int, width: int,
+               image_size: int, device: torch.device) -> dict[str, Callable[[], float]]:
+    """One callable per variant the device supports, each running one FIVE epoch on the same inputs
+    and reading its loss back (so a call is synchronised). Nothing runs (or compiles) until called."""
     torch.manual_seed(0)
     gen = Generator(256, ngf, image_size).to(device)
     teachers = [Conv4(ways, width, image_size).to(device).eval().requires_grad_(False) for _ in range(b)]
@@ -68,7 +74,7 @@ def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: i
     z = torch.randn(b, ways * per_class, 256, device=device)
     draws = draw_table(b, k + 1, cfg.pad, torch.Generator().manual_seed(0)).to(device)
     stack = StackedTeachers(teachers)
-    times, errors = {}, {}
+    calls = {}
     for name in variants:
         amp = name.endswith("_bf16")
         base = name.removesuffix("_bf16")
@@ -80,7 +86,7 @@ def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: i
                 return tasks[-1].final_loss  # a host read: synchronised
         else:
             flags = dict(FAST[base])
-            if flags.get("cuda_graphs") and device.type != "cuda":
+            if (flags.get("cuda_graphs") or flags.get("cudnn_benchmark")) and device.type != "cuda":
                 continue
             options = EngineOptions.for_device(device, amp=amp, cuda_graphs=flags.get("cuda_graphs", False),
                                                compile=flags.get("compile", False), kernels=flags.get("kernels"))
@@ -88,10 +94,22 @@ def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: i
             theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
             id_tensor = torch.tensor(ids, device=device)
 
-            def call(five=five, theta=theta, lp=lp, id_tensor=id_tensor, cl=flags.get("channels_last", False)):
-                # compilation happens in the first (warm-up) call: the layout choice is made then
-                with torch._inductor.config.patch(force_layout_optimization=cl):
+            def call(five=five, theta=theta, lp=lp, id_tensor=id_tensor, cl=flags.get("channels_last", False),
+                     cudnn_benchmark=flags.get("cudnn_benchmark", False)):
+                # compilation, cuDNN's algorithm search and graph capture happen in the first (warm-up) call
+                with torch._inductor.config.patch(force_layout_optimization=cl), \
+                        torch.backends.cudnn.flags(enabled=True, benchmark=cudnn_benchmark):
                     return five(theta, z, id_tensor, draws, lp, labels, True).loss.sum().item()
+        calls[name] = call
+    return calls
+
+
+def bench(variants: list[str], b: int, k: int, ways: int, per_class: int, ngf: int, width: int, image_size: int,
+          repeats: int, device: torch.device, on_variant=None) -> dict:
+    """Time each variant; `on_variant(partial_result)` after each one (the script saves it then)."""
+    calls = make_calls(variants, b, k, ways, per_class, ngf, width, image_size, device)
+    times, errors = {}, {}
+    for name, call in calls.items():
         try:
             times[name] = median_time(call, repeats, device)
         except Exception as e:  # one variant failing (e.g. a first run on a new GPU) must not lose the others

@@ -10,14 +10,15 @@ skipped, and `--steps` reruns a chosen few). Most important first:
                      the graphed vmapped epoch == the reference in float64, bf16 vs fp32 on CUDA,
                      the Triton losses in bf16/fp16/inside a graph, graphed replay, pool, meta-test
   bench_five_32px    one FIVE epoch, reference vs fast (eager, graphed, compiled+graphed, without the
-                     Triton losses, bf16), 32 px (issue 4's 20x target)
-  bench_replay       one replay meta-batch (10 second-order MAML tasks), vmapped vs per task (25x)
+                     Triton losses, with cuDNN's algorithm search, bf16), 32 px (issue 4's 20x target)
+  five_kernels       the top CUDA kernels of the eager epochs (where the GPU time goes)
   bench_iteration    one whole FREE iteration, reference vs fast (compiled), each phase's share
-  bench_kernels      the fused losses vs torch vs torch.compile (issue 5)
   bench_five_84px    the FIVE epoch at 84 px (8x)
+  bench_kernels      the fused losses vs torch vs torch.compile (issue 5)
+  bench_replay       one replay meta-batch (10 second-order MAML tasks), vmapped vs per task (25x)
   profile_run_bf16   `fastfree profile run`, bf16 + compile: FLOPs, MFU, GPU-hours, memory, NVML
-  bench_five_32px_more  the remaining FIVE variants (compiled without graphs, channels-last)
-  profile_run_fp32, bench_pool, bench_metatest_1shot, bench_metatest_5shot, cifar_fs_random (--cifar-fs)
+  profile_run_fp32, bench_metatest_1shot, bench_metatest_5shot, bench_five_32px_more (compiled
+  without graphs, channels-last), bench_pool, cifar_fs_random (with --cifar-fs)
 
 The device returns at most 8 files, so everything is bundled, and rewritten after every step
 (a call cut off at its limit still brings back what was done): `gpu_check.json` (device,
@@ -64,27 +65,33 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
     iteration = [*ff, "bench", *paper, "--only", "iteration", "--repeats", "3"]
     out = [
         ("gpu_tests", [*pytest, "tests"], 150, None),
-        five(32, ["reference", "fast_compile_graphs", "fast_compile_graphs_bf16", "reference_bf16", "fast",
-                  "fast_graphs", "fast_compile_graphs_nokernels"], 130, "bench_five_32px"),
-        ("bench_replay", [py, "-m", "fastfree.profiling.bench_replay", "--repeats", "5", *js("bench_replay")], 60,
+        five(32, ["reference", "fast_compile_graphs", "fast_compile_graphs_bf16", "fast_compile_graphs_nokernels",
+                  "fast_compile_graphs_cudnn_benchmark", "fast_graphs", "fast", "reference_bf16"], 150,
+             "bench_five_32px"),
+        # where the epoch's GPU time goes (eager variants: a graph shows as one launch)
+        ("five_kernels", [py, "-m", "fastfree.profiling.five_kernels", "--image-size", "32", *js("five_kernels")], 60,
          None),
         ("bench_iteration", [*iteration, "--compile", *js("bench_iteration")], 120, None),
         # only if the compiled iteration failed: the eager fast engine's, so that the phase shares exist
         ("bench_iteration_eager", [*iteration, *js("bench_iteration_eager")], 80, "bench_iteration"),
-        ("bench_kernels", [py, "-m", "fastfree.profiling.bench_kernels", "--repeats", "5", *js("bench_kernels")], 60,
-         None),
         five(84, ["reference", "fast_compile_graphs", "fast_compile_graphs_bf16", "reference_bf16"], 100,
              "bench_five_84px"),
+        ("bench_kernels", [py, "-m", "fastfree.profiling.bench_kernels", "--repeats", "5", *js("bench_kernels")], 60,
+         None),
+        ("bench_replay", [py, "-m", "fastfree.profiling.bench_replay", "--repeats", "5", *js("bench_replay")], 60,
+         None),
         ("profile_run_bf16", [*ff, "profile", "run", *paper, "--amp", "--compile", "--iterations", "3",
                               *js("profile_run_bf16")], 120, None),
-        five(32, ["reference", "fast_compile", "fast_compile_graphs_channels_last_bf16"], 90, "bench_five_32px_more"),
         ("profile_run_fp32", [*ff, "profile", "run", *paper, "--iterations", "3", *js("profile_run_fp32")], 90, None),
-        ("bench_pool", [py, "-m", "fastfree.profiling.bench_pool", "--teachers", "100", "--steps", "5",
-                        "--repeats", "3", *js("bench_pool")], 90, None),
     ]
     out += [(f"bench_metatest_{s}shot", [py, "-m", "fastfree.profiling.bench_metatest", "--tasks", "200", "--chunk",
                                          "100", "--shots", str(s), *js(f"bench_metatest_{s}shot")], 60, None)
             for s in (1, 5)]
+    out += [
+        five(32, ["reference", "fast_compile", "fast_compile_graphs_channels_last_bf16"], 90, "bench_five_32px_more"),
+        ("bench_pool", [py, "-m", "fastfree.profiling.bench_pool", "--teachers", "100", "--steps", "5",
+                        "--repeats", "3", *js("bench_pool")], 90, None),
+    ]
     if cifar_fs:
         out.append(("cifar_fs_random", [*ff, "eval", "--preset", "cifar-fs", "--data-root", cifar_fs, "--method",
                                         "random", *js("cifar_fs_random")], 180, None))

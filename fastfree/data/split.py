@@ -32,9 +32,14 @@ class Normalization:
 
     def unit(self, images: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] (e.g. a generator's output) -> normalised, same dtype."""
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(3, 1, 1)
+        mean, std = self.tensors(images.device, images.dtype)
         return (images - mean) / std
+
+    def tensors(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) as [3, 1, 1] tensors. Code captured in a CUDA graph makes them once, before
+        the capture: creating them copies host to device, which a capture refuses."""
+        return (torch.tensor(self.mean, dtype=dtype, device=device).view(3, 1, 1),
+                torch.tensor(self.std, dtype=dtype, device=device).view(3, 1, 1))
 
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std)}

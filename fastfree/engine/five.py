@@ -20,6 +20,7 @@ the reference's (1/b) sum over all b teachers, and restores the sampled order.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -32,6 +33,7 @@ from torch.utils._pytree import tree_map
 
 from fastfree.data.split import Normalization
 from fastfree.engine.augment import crop_flip_indexed
+from fastfree.engine.batchnorm import affine_outside_batchnorm_
 from fastfree.engine.graphs import GraphedCallable
 from fastfree.engine.groups import GroupPart, merge, whole
 from fastfree.engine.options import EngineOptions
@@ -69,14 +71,20 @@ def eq1_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels:
 
 def make_objective(generator: nn.Module, teachers: StackedTeachers, learner: nn.Module, normalization: Normalization,
                    cfg: FiveConfig, adversarial: bool, options: EngineOptions, device: torch.device) -> Callable:
-    """L_G for one teacher: (theta, z, teacher tensors, draw, learner params, labels) -> (loss, (x, eta, loss))."""
+    """L_G for one teacher: (theta, z, teacher tensors, draw, learner params, labels) -> (loss, (x, eta, loss)).
+
+    `generator` is only a template for functional_call (its BatchNorm with the affine map outside
+    the native kernel: see fastfree.engine.batchnorm). The normalisation constants are made here,
+    once, not inside the function a CUDA graph captures.
+    """
+    mean, std = normalization.tensors(device, next(generator.parameters()).dtype)
 
     def objective(theta, z, teacher, draw, learner_params, labels):
         with options.autocast(device):
             x = functional_call(generator, theta, (z,))
         x = x.to(z.dtype)  # images (and the pixel gradients) stay in the parameters' precision
         view = crop_flip_indexed(x, draw, cfg.pad) if cfg.augment else x
-        view = normalization.unit(view)
+        view = (view - mean) / std  # normalization.unit with the constants made above
         with options.autocast(device):
             teacher_logits = teachers.forward(teacher, view)
             with torch.no_grad():
@@ -153,12 +161,14 @@ class FastFive:
     def __init__(self, generator: nn.Module, teachers: StackedTeachers, learner: nn.Module,
                  normalization: Normalization, cfg: FiveConfig, options: EngineOptions, device: torch.device):
         self.generator, self.teachers, self.learner = generator, teachers, learner
+        # the template functional_call runs (parameters come from theta): a copy, BatchNorm's affine outside
+        self.generator_template = affine_outside_batchnorm_(copy.deepcopy(generator))
         self.normalization, self.cfg, self.options, self.device = normalization, cfg, options, device
         self._epochs: dict[tuple[bool, int], Callable] = {}
 
     def _epoch(self, adversarial: bool, b: int) -> Callable:
         if (adversarial, b) not in self._epochs:
-            objective = make_objective(self.generator, self.teachers, self.learner, self.normalization, self.cfg,
+            objective = make_objective(self.generator_template, self.teachers, self.learner, self.normalization, self.cfg,
                                        adversarial, self.options, self.device)
             vectorize = self.options.vectorize
             step = partial(inner_step, objective=objective, lr=self.cfg.lr, betas=self.cfg.betas, vectorize=vectorize)

@@ -12,14 +12,10 @@ over a ``vmap`` over tasks of a pure inner loop (itself ``torch.func.grad`` step
 pure part, ``meta_batch_loss_and_grads``, is a function of (params dict, tensors) only: no
 host reads, no module state, so it can later be wrapped by torch.compile / CUDA graphs.
 
-BatchNorm under vmap, second order: in torch 2.13 (the version tested), the vmapped double
-backward of the native ``batch_norm`` with an affine weight (batched after the first inner
-step) is silently wrong: the outer gradient of every parameter upstream of a BatchNorm layer
-is off by O(1) (found against the reference; the same code without vmap, and first order,
-are right; the affine-free native normalisation is right under vmap). So the template
-used here (``replay_template``) runs each BatchNorm as the native normalisation *without*
-affine, followed by the affine map written out (``x_hat * weight + bias``): same parameters,
-same names, same values (to rounding), and a correct second-order gradient under vmap.
+BatchNorm under vmap, second order: the template (``replay_template``) runs each BatchNorm as the
+native normalisation without affine, then the affine map written out
+(``fastfree.engine.batchnorm``: the vmapped double backward of the native kernel with a batched
+affine weight is silently wrong).
 
 First order under torch.func: the inner gradient is taken at *detached* adapted
 parameters. Its value equals the inner gradient at the adapted parameters, and it carries no
@@ -36,34 +32,9 @@ from torch.func import functional_call, grad, vmap
 
 from fastfree.data.episodes import EpisodeBatch
 from fastfree.data.split import Normalization
+from fastfree.engine.batchnorm import affine_outside_batchnorm_
 from fastfree.free.replay import ReplayConfig, _trainable
 from fastfree.metatest.adapt import functional_template
-
-
-class _BatchNormThenAffine(nn.Module):
-    """A BatchNorm with batch statistics, its affine map applied outside the native kernel.
-
-    Holds the replaced layer's own ``weight``/``bias`` Parameters (so parameter names are
-    unchanged); no running statistics. See the module docstring for why.
-    """
-
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
-        super().__init__()
-        self.eps = bn.eps
-        self.weight = bn.weight
-        self.bias = bn.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
-        shape = (-1,) + (1,) * (x.dim() - 2)
-        if self.weight is not None:
-            y = y * self.weight.view(shape)
-        if self.bias is not None:
-            y = y + self.bias.view(shape)
-        return y
-
-    def extra_repr(self) -> str:
-        return f"eps={self.eps}, affine={self.weight is not None}"
 
 
 def replay_template(learner: nn.Module) -> nn.Module:
@@ -72,12 +43,7 @@ def replay_template(learner: nn.Module) -> nn.Module:
     Same parameter names and forward values as ``functional_template`` (BatchNorm with the
     batch's statistics, no running statistics), and safe under vmap of second-order grad.
     """
-    template = functional_template(learner)
-    for name, module in list(template.named_modules()):
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            parent, _, child = name.rpartition(".")
-            setattr(template.get_submodule(parent) if parent else template, child, _BatchNormThenAffine(module))
-    return template
+    return affine_outside_batchnorm_(functional_template(learner))
 
 
 def meta_batch_loss_and_grads(
