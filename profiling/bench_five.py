@@ -13,6 +13,7 @@ warm-up (compilation and CUDA-graph capture happen in the warm-up):
   fast_compile_graphs_nokernels   the same with the torch losses instead of the fused Triton kernels
   fast_compile_graphs_channels_last   inductor forced to channels-last layouts (its heuristic otherwise)
   fast_cudnn_benchmark, fast_compile_graphs_cudnn_benchmark   with cuDNN's algorithm search (CUDA only)
+  fast_graphs_notf32, fast_compile_graphs_notf32   fp32 convolutions without TF32 (CUDA only)
   *_bf16            the same with bf16 autocast (--amp)
 
     python -m fastfree.profiling.bench_five --image-size 32 --variants reference fast --json out.json
@@ -49,6 +50,10 @@ FAST = {
     # cuDNN's algorithm search for the fixed shapes (torch.backends.cudnn.benchmark), CUDA only
     "fast_cudnn_benchmark": {"cudnn_benchmark": True},
     "fast_compile_graphs_cudnn_benchmark": {"compile": True, "cuda_graphs": True, "cudnn_benchmark": True},
+    # fp32 convolutions without TF32 (cuDNN's default allows it): on an H100 a third of the fp32 epoch's
+    # GPU time was cuDNN transposing NCHW to the NHWC layout of its TF32 kernels (five_kernels)
+    "fast_graphs_notf32": {"cuda_graphs": True, "tf32": False},
+    "fast_compile_graphs_notf32": {"compile": True, "cuda_graphs": True, "tf32": False},
 }
 
 
@@ -86,7 +91,8 @@ def make_calls(variants: list[str], b: int, k: int, ways: int, per_class: int, n
                 return tasks[-1].final_loss  # a host read: synchronised
         else:
             flags = dict(FAST[base])
-            if (flags.get("cuda_graphs") or flags.get("cudnn_benchmark")) and device.type != "cuda":
+            cuda_only = flags.get("cuda_graphs") or flags.get("cudnn_benchmark") or "tf32" in flags
+            if cuda_only and device.type != "cuda":
                 continue
             options = EngineOptions.for_device(device, amp=amp, cuda_graphs=flags.get("cuda_graphs", False),
                                                compile=flags.get("compile", False), kernels=flags.get("kernels"))
@@ -95,10 +101,10 @@ def make_calls(variants: list[str], b: int, k: int, ways: int, per_class: int, n
             id_tensor = torch.tensor(ids, device=device)
 
             def call(five=five, theta=theta, lp=lp, id_tensor=id_tensor, cl=flags.get("channels_last", False),
-                     cudnn_benchmark=flags.get("cudnn_benchmark", False)):
+                     cudnn_benchmark=flags.get("cudnn_benchmark", False), tf32=flags.get("tf32", True)):
                 # compilation, cuDNN's algorithm search and graph capture happen in the first (warm-up) call
                 with torch._inductor.config.patch(force_layout_optimization=cl), \
-                        torch.backends.cudnn.flags(enabled=True, benchmark=cudnn_benchmark):
+                        torch.backends.cudnn.flags(enabled=True, benchmark=cudnn_benchmark, allow_tf32=tf32):
                     return five(theta, z, id_tensor, draws, lp, labels, True).loss.sum().item()
         calls[name] = call
     return calls

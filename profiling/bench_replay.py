@@ -4,8 +4,9 @@ Not a test: it reports. All variants compute the same meta-gradient on the same 
 (drawn once from a memory bank of random images; the authors' setting by default: 10 tasks,
 5-way 1-shot 15 queries, 5 inner SGD steps, second order, Conv4 at 32 px): the sequential
 reference (``maml_meta_batch_reference``), the fast engine's torch.func path
-(``maml_meta_batch_fast``, all tasks in one vmap) and the same with vmap's chunk_size=1
-(one task per vmap slice). Medians over repeats after a warm-up, in seconds per meta-batch.
+(``maml_meta_batch_fast``, all tasks in one vmap), the same with vmap's chunk_size=1
+(one task per vmap slice) and, on CUDA, the same captured in one CUDA graph
+(``GraphedMetaBatch``, what the engine runs there). Medians over repeats after a warm-up, in seconds per meta-batch.
 
     python -m fastfree.profiling.bench_replay --tasks 10 --width 32 --json out.json
 """
@@ -18,7 +19,7 @@ import torch
 
 from fastfree.commands.common import run_metadata
 from fastfree.data.split import CIFAR100_NORM
-from fastfree.engine.replay import maml_meta_batch_fast
+from fastfree.engine.replay import GraphedMetaBatch, maml_meta_batch_fast
 from fastfree.free.memory import MemoryBank
 from fastfree.free.replay import ReplayConfig, maml_meta_batch_reference
 from fastfree.metatest.adapt import functional_template
@@ -56,6 +57,8 @@ def bench(tasks: int, ways: int, shots: int, queries: int, inner_steps: int, fir
             "fast": timed(maml_meta_batch_fast),
             "fast_chunk1": timed(partial(maml_meta_batch_fast, chunk_size=1)),
             "reference": timed(maml_meta_batch_reference),
+            # the engine's replay on CUDA: the vmapped meta-batch captured in one CUDA graph
+            **({"fast_graphed": timed(GraphedMetaBatch())} if device.type == "cuda" else {}),
         },
         **run_metadata(device),
     }
@@ -79,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     result["speedup_fast_chunk1_over_reference"] = t["reference"]["median_s"] / t["fast_chunk1"]["median_s"]
     print(f"fast with chunk_size=1: {1e3 * t['fast_chunk1']['median_s']:.1f} ms per meta-batch "
           f"({result['speedup_fast_chunk1_over_reference']:.2f}x the reference)")
+    if "fast_graphed" in t:
+        result["speedup_fast_graphed_over_reference"] = t["reference"]["median_s"] / t["fast_graphed"]["median_s"]
+        print(f"fast, CUDA-graphed: {1e3 * t['fast_graphed']['median_s']:.1f} ms per meta-batch "
+              f"({result['speedup_fast_graphed_over_reference']:.2f}x the reference)")
     report(result, "fast", "reference", "meta-batch", args.json)
     return 0
 

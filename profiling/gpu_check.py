@@ -6,16 +6,17 @@ Each step runs in its own process with its own time limit; the whole stays withi
 (seconds) so the device call ends inside its limit (steps past the budget are recorded as
 skipped, and `--steps` reruns a chosen few). Most important first:
 
+  bench_five_32px    one FIVE epoch, reference vs fast (compiled + graphed in bf16 and fp32, graphed
+                     eager, fp32 without TF32), 32 px (issue 4's 20x target)
+  bench_replay       one replay meta-batch (10 second-order MAML tasks): per task vs vmapped vs
+                     vmapped in one CUDA graph (25x)
+  bench_iteration    one whole FREE iteration, reference vs fast (--amp --compile), each phase's share
   gpu_tests          `pytest -m gpu`: CUDA-graph replay == eager over 3 epochs (eager and compiled),
                      the graphed vmapped epoch == the reference in float64, bf16 vs fp32 on CUDA,
                      the Triton losses in bf16/fp16/inside a graph, graphed replay, pool, meta-test
-  bench_five_32px    one FIVE epoch, reference vs fast (eager, graphed, compiled+graphed, without the
-                     Triton losses, with cuDNN's algorithm search, bf16), 32 px (issue 4's 20x target)
   five_kernels       the top CUDA kernels of the eager epochs (where the GPU time goes)
-  bench_iteration    one whole FREE iteration, reference vs fast (compiled), each phase's share
   bench_five_84px    the FIVE epoch at 84 px (8x)
   bench_kernels      the fused losses vs torch vs torch.compile (issue 5)
-  bench_replay       one replay meta-batch (10 second-order MAML tasks), vmapped vs per task (25x)
   profile_run_bf16   `fastfree profile run`, bf16 + compile: FLOPs, MFU, GPU-hours, memory, NVML
   profile_run_fp32, bench_metatest_1shot, bench_metatest_5shot, bench_five_32px_more (compiled
   without graphs, channels-last), bench_pool, cifar_fs_random (with --cifar-fs)
@@ -63,22 +64,24 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
     if importlib.util.find_spec("pytest_timeout"):  # a hung test is named, and the others still run
         pytest += ["--timeout", "100"]
     iteration = [*ff, "bench", *paper, "--only", "iteration", "--repeats", "3"]
+    # Times seen on an H100 (2026-11-26): each compiled variant ~45 s of compilation, gpu_tests ~110 s
+    # (compiled tests included), an eager FIVE variant a few seconds.
     out = [
+        five(32, ["reference", "fast_compile_graphs_bf16", "fast_graphs_bf16", "fast_graphs", "fast_graphs_notf32",
+                  "fast_compile_graphs", "reference_bf16"], 170, "bench_five_32px"),
+        ("bench_replay", [py, "-m", "fastfree.profiling.bench_replay", "--repeats", "5", *js("bench_replay")], 60,
+         None),
+        # the whole iteration as users run it (fastfree train --amp --compile), each phase's share
+        ("bench_iteration", [*iteration, "--amp", "--compile", *js("bench_iteration")], 150, None),
+        # only if the compiled iteration failed: the eager fast engine's, so that the phase shares exist
+        ("bench_iteration_eager", [*iteration, "--amp", *js("bench_iteration_eager")], 80, "bench_iteration"),
         ("gpu_tests", [*pytest, "tests"], 150, None),
-        five(32, ["reference", "fast_compile_graphs", "fast_compile_graphs_bf16", "fast_compile_graphs_nokernels",
-                  "fast_compile_graphs_cudnn_benchmark", "fast_graphs", "fast", "reference_bf16"], 150,
-             "bench_five_32px"),
         # where the epoch's GPU time goes (eager variants: a graph shows as one launch)
         ("five_kernels", [py, "-m", "fastfree.profiling.five_kernels", "--image-size", "32", *js("five_kernels")], 60,
          None),
-        ("bench_iteration", [*iteration, "--compile", *js("bench_iteration")], 120, None),
-        # only if the compiled iteration failed: the eager fast engine's, so that the phase shares exist
-        ("bench_iteration_eager", [*iteration, *js("bench_iteration_eager")], 80, "bench_iteration"),
-        five(84, ["reference", "fast_compile_graphs", "fast_compile_graphs_bf16", "reference_bf16"], 100,
+        five(84, ["reference", "fast_compile_graphs_bf16", "fast_graphs_bf16", "reference_bf16"], 120,
              "bench_five_84px"),
         ("bench_kernels", [py, "-m", "fastfree.profiling.bench_kernels", "--repeats", "5", *js("bench_kernels")], 60,
-         None),
-        ("bench_replay", [py, "-m", "fastfree.profiling.bench_replay", "--repeats", "5", *js("bench_replay")], 60,
          None),
         ("profile_run_bf16", [*ff, "profile", "run", *paper, "--amp", "--compile", "--iterations", "3",
                               *js("profile_run_bf16")], 120, None),

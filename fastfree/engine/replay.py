@@ -155,8 +155,7 @@ class GraphedMetaBatch:
                                 "run with --no-cuda-graphs to change it within a run")
         key = (normalization.mean, normalization.std, dtype, batch.support.device)
         if key not in self._norm:  # made once: a host-to-device copy per call would synchronise
-            self._norm[key] = tuple(torch.tensor(v, dtype=dtype, device=batch.support.device).view(1, 3, 1, 1)
-                                    for v in (normalization.mean, normalization.std))
+            self._norm[key] = normalization.tensors(batch.support.device, dtype)
         mean, std = self._norm[key]
         args = (params, batch.support.to(dtype), batch.support_labels, batch.query.to(dtype), batch.query_labels,
                 mean, std)

@@ -232,7 +232,11 @@ def test_cuda_graph_replays_equal_eager_over_three_epochs(compile):
         ids = torch.tensor([seed % 3, (seed + 1) % 3], device=cuda)
         got = graphed(theta, z, ids, draws, lp, task_labels(5, 4, cuda), True)
         want = eager(theta, z, ids, draws, lp, task_labels(5, 4, cuda), True)
+        # fp32 on CUDA is not bitwise reproducible from run to run (upsample's backward and cuDNN's
+        # weight gradients accumulate with atomics; an H100 gave up to 2.3e-6 apart on near-zero
+        # entries), so each gradient is compared in norm; a stale or misfed graph buffer is O(1)
+        # off. The exact comparison is the float64 test above.
         for n in want.meta_grad:
-            torch.testing.assert_close(got.meta_grad[n], want.meta_grad[n], rtol=1e-4, atol=1e-6)
+            assert (got.meta_grad[n] - want.meta_grad[n]).norm() <= 1e-4 * want.meta_grad[n].norm(), n
         torch.testing.assert_close(got.images, want.images, rtol=1e-4, atol=1e-6)
     assert graphed._epochs[True, 2].replays == 3
