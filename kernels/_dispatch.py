@@ -38,12 +38,34 @@ def launchable(tensor: torch.Tensor) -> bool:
         return False
     if next_power_of_2(tensor.shape[-1]) > MAX_BLOCK_C:
         return False
-    if INTERPRET:
-        from torch._subclasses.fake_tensor import is_fake
+    return not (INTERPRET and traced(tensor))
 
-        if type(tensor) is not torch.Tensor or is_fake(tensor) or _get_current_dispatch_mode() is not None:
-            return False
-    return True
+
+def traced(tensor: torch.Tensor) -> bool:
+    """Whether this call is being traced (torch.compile, make_fx, a fake or proxy mode) rather than run."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return (torch.compiler.is_compiling() or type(tensor) is not torch.Tensor or is_fake(tensor)
+            or _get_current_dispatch_mode() is not None)
+
+
+def launcher(kernel, tensor: torch.Tensor):
+    """How to launch `kernel` on `tensor`: through `wrap_triton` when traced, so that torch.compile and
+    make_fx see the kernel; the plain Triton launch when run eagerly, because wrap_triton's eager
+    path adds host overhead to every launch (measured elsewhere at ~70 us per call:
+    Dao-AILab/flash-attention#2818), which at the engine's sizes is more than the kernel itself.
+    Under the interpreter, always the plain launch (wrap_triton rejects interpreted kernels on some
+    torch versions; traced calls take the torch path there, see `launchable`)."""
+    if INTERPRET or not traced(tensor):
+        return kernel
+    from torch.library import wrap_triton
+
+    return wrap_triton(kernel)
+
+
+def launch_options(num_warps: int) -> dict:
+    """Launch keyword arguments: num_warps on a GPU (the interpreter takes none)."""
+    return {} if INTERPRET else {"num_warps": num_warps}
 
 
 def blocks(rows: int, cols: int) -> tuple[int, int, int]:

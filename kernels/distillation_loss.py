@@ -7,12 +7,12 @@ broadcast multiply. The teacher M gets no gradient. float32 accumulation; inputs
 import torch
 import triton
 import triton.language as tl
-from torch.library import register_autograd, register_vmap, triton_op, wrap_triton
+from torch.library import register_autograd, register_vmap, triton_op
 from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
 from ._attach import with_gradient
-from ._dispatch import INTERPRET, accumulation_dtype, blocks, launchable, num_rows
+from ._dispatch import accumulation_dtype, blocks, launch_options, launchable, launcher, num_rows
 from ._rows import load_rows, softmax_rows
 
 # Per element (exp/log as 1): two log-softmaxes ~9, KL ~3; gradient q - p ~2 (q = exp/sum)
@@ -51,13 +51,10 @@ def kl_rows_op(teacher: torch.Tensor, student: torch.Tensor, compute_grad: bool)
     if rows > 0:
         block_r, block_c, num_warps = blocks(rows, classes)
         grid = (triton.cdiv(rows, block_r),)
-        if INTERPRET:
-            _kl_kernel[grid](m, f, kl, grad, rows, classes, COMPUTE_GRAD=compute_grad, BLOCK_R=block_r, BLOCK_C=block_c)
-        else:
-            wrap_triton(_kl_kernel)[grid](
-                m, f, kl, grad, rows, classes,
-                COMPUTE_GRAD=compute_grad, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,
-            )
+        launcher(_kl_kernel, student)[grid](
+            m, f, kl, grad, rows, classes,
+            COMPUTE_GRAD=compute_grad, BLOCK_R=block_r, BLOCK_C=block_c, **launch_options(num_warps),
+        )
     grad = grad.reshape(student.shape) if compute_grad else grad
     return kl.reshape(student.shape[:-1]), grad
 

@@ -14,12 +14,12 @@ synchronisation; the inputs are only read. The student F gets no gradient.
 import torch
 import triton
 import triton.language as tl
-from torch.library import register_autograd, register_vmap, triton_op, wrap_triton
+from torch.library import register_autograd, register_vmap, triton_op
 from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
 from ._attach import with_gradient
-from ._dispatch import INTERPRET, accumulation_dtype, blocks, launchable, num_rows
+from ._dispatch import accumulation_dtype, blocks, launch_options, launchable, launcher, num_rows
 from ._rows import load_rows, softmax_rows
 
 # Honest per-element FLOP counts (exp/log counted as 1): two log-softmaxes (max, sub, exp, sum,
@@ -78,17 +78,11 @@ def inversion_loss_rows_op(
     if rows > 0:
         block_r, block_c, num_warps = blocks(rows, classes)
         grid = (triton.cdiv(rows, block_r),)
-        if INTERPRET:  # wrap_triton rejects interpreted kernels on some torch versions; eager-only here
-            _inversion_kernel[grid](
-                m, f, y, loss, eta, grad, rows, classes,
-                ADVERSARIAL=adversarial, COMPUTE_GRAD=compute_grad, BLOCK_R=block_r, BLOCK_C=block_c,
-            )
-        else:
-            wrap_triton(_inversion_kernel)[grid](
-                m, f, y, loss, eta, grad, rows, classes,
-                ADVERSARIAL=adversarial, COMPUTE_GRAD=compute_grad, BLOCK_R=block_r, BLOCK_C=block_c,
-                num_warps=num_warps,
-            )
+        launcher(_inversion_kernel, teacher)[grid](
+            m, f, y, loss, eta, grad, rows, classes,
+            ADVERSARIAL=adversarial, COMPUTE_GRAD=compute_grad, BLOCK_R=block_r, BLOCK_C=block_c,
+            **launch_options(num_warps),
+        )
     lead = teacher.shape[:-1]
     grad = grad.reshape(teacher.shape) if compute_grad else grad
     return loss.reshape(lead), eta.reshape(lead), grad
