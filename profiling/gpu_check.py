@@ -60,7 +60,7 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
 
     pytest = [py, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider"]
     if importlib.util.find_spec("xdist"):  # correctness only, no timing: compile-heavy tests in parallel
-        pytest += ["-n", "4"]
+        pytest += ["-n", "6"]
     if importlib.util.find_spec("pytest_timeout"):  # a hung test is named, and the others still run
         pytest += ["--timeout", "100"]
     iteration = [*ff, "bench", *paper, "--only", "iteration", "--repeats", "3"]
