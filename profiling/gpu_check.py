@@ -119,7 +119,8 @@ def run_step(cmd: list[str], log: Path, timeout: int, env: dict) -> dict:
 
 def environment() -> dict:
     """Device, versions and date, read in a child (this process stays free of torch and CUDA)."""
-    code = ("import json, torch, triton; p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None; "
+    code = ("import json, torch, triton; "
+            "p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None; "
             "print(json.dumps({'device_name': p.name if p else 'no CUDA device', "
             "'multiprocessors': p.multi_processor_count if p else None, "
             "'memory_gib': round(p.total_memory / 2**30, 1) if p else None, 'torch': torch.__version__, "

@@ -35,10 +35,12 @@ class BatchNormThenAffine(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
         shape = (-1,) + (1,) * (x.dim() - 2)
+        # in the activations' dtype, as the native layer returns: under bf16 autocast a float32
+        # weight would promote every activation after a BatchNorm to float32 (more bytes, casts)
         if self.weight is not None:
-            y = y * self.weight.view(shape)
+            y = y * self.weight.view(shape).to(y.dtype)
         if self.bias is not None:
-            y = y + self.bias.view(shape)
+            y = y + self.bias.view(shape).to(y.dtype)
         return y
 
     def extra_repr(self) -> str:

@@ -168,8 +168,8 @@ class FastFive:
 
     def _epoch(self, adversarial: bool, b: int) -> Callable:
         if (adversarial, b) not in self._epochs:
-            objective = make_objective(self.generator_template, self.teachers, self.learner, self.normalization, self.cfg,
-                                       adversarial, self.options, self.device)
+            objective = make_objective(self.generator_template, self.teachers, self.learner, self.normalization,
+                                       self.cfg, adversarial, self.options, self.device)
             vectorize = self.options.vectorize
             step = partial(inner_step, objective=objective, lr=self.cfg.lr, betas=self.cfg.betas, vectorize=vectorize)
             final = partial(meta_gradient, objective=objective, vectorize=vectorize)
