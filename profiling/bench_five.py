@@ -11,6 +11,7 @@ warm-up (compilation and CUDA-graph capture happen in the warm-up):
   fast_graphs       + the epoch captured in one CUDA graph (CUDA only)
   fast_compile_graphs
   fast_compile_graphs_nokernels   the same with the torch losses instead of the fused Triton kernels
+  fast_graphs_nokernels           graphed, not compiled, with the torch losses
   fast_compile_graphs_channels_last   inductor forced to channels-last layouts (its heuristic otherwise)
   fast_cudnn_benchmark, fast_compile_graphs_cudnn_benchmark   with cuDNN's algorithm search (CUDA only)
   fast_graphs_notf32, fast_compile_graphs_notf32   fp32 convolutions without TF32 (CUDA only)
@@ -44,6 +45,7 @@ FAST = {
     "fast_compile_graphs": {"compile": True, "cuda_graphs": True},
     # the fused Triton losses' effect on a whole epoch (issue 5): the same without them
     "fast_compile_graphs_nokernels": {"compile": True, "cuda_graphs": True, "kernels": False},
+    "fast_graphs_nokernels": {"cuda_graphs": True, "kernels": False},  # the same without compiling (cheap)
     # inductor decides channels-last for convolution graphs by a heuristic (layout_optimization, on by
     # default); this variant forces it, to measure whether channels-last helps here
     "fast_compile_graphs_channels_last": {"compile": True, "cuda_graphs": True, "channels_last": True},

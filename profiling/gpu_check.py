@@ -67,8 +67,10 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
     # Times seen on an H100 (2026-11-26): each compiled variant ~45 s of compilation, gpu_tests ~110 s
     # (compiled tests included), an eager FIVE variant a few seconds.
     out = [
-        five(32, ["reference", "fast_compile_graphs_bf16", "fast_graphs_bf16", "fast_graphs", "fast_graphs_notf32",
-                  "fast_compile_graphs", "reference_bf16"], 170, "bench_five_32px"),
+        # the fused losses' effect on a whole epoch (issue 5): fast_graphs_bf16 vs fast_graphs_nokernels_bf16
+        five(32, ["reference", "fast_compile_graphs_bf16", "fast_graphs_bf16", "fast_graphs_nokernels_bf16",
+                  "fast_graphs", "fast_graphs_notf32", "fast_compile_graphs", "reference_bf16"], 170,
+             "bench_five_32px"),
         ("bench_replay", [py, "-m", "fastfree.profiling.bench_replay", "--repeats", "5", *js("bench_replay")], 60,
          None),
         # the whole iteration as users run it (fastfree train --amp --compile), each phase's share
