@@ -164,6 +164,7 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
         "telemetry": telemetry.summary(iterations), "trace": trace,
         # why the replay meta-batch runs eagerly although CUDA graphs were asked for (None: it did not)
         "replay_graph_fallback": getattr(getattr(engine, "meta_batch_fn", None), "fallback", None),
+        "five_graph_fallbacks": getattr(engine, "five_graph_fallbacks", []),  # likewise for FIVE's epochs
         "flops_counted": ("FlopCounterMode on one eager iteration: convolutions and matmuls forward and backward, "
                           "and the fused Triton losses by their registered formulas; element-wise work, "
                           "normalisation and optimiser updates are not counted"),

@@ -182,10 +182,15 @@ class FastFive:
                 step = torch.compile(step, fullgraph=True, dynamic=False, backend=backend)
                 final = torch.compile(final, fullgraph=True, dynamic=False, backend=backend)
             fn = partial(five_epoch, step=step, final=final, k=self.cfg.k)
-            if self.options.cuda_graphs:
-                fn = GraphedCallable(fn)
+            if self.options.cuda_graphs:  # a failed capture warns and runs this variant eagerly
+                fn = GraphedCallable(fn, name="FIVE's epoch")
             self._epochs[adversarial, b] = fn
         return self._epochs[adversarial, b]
+
+    @property
+    def graph_fallbacks(self) -> list[str]:
+        """Why the CUDA-graph capture of an epoch variant failed (it then runs eagerly), for each that did."""
+        return [f.fallback for f in self._epochs.values() if isinstance(f, GraphedCallable) and f.fallback]
 
     def __call__(self, theta: dict[str, torch.Tensor], z: torch.Tensor, teacher_ids: torch.Tensor, draws: torch.Tensor,
                  learner_params: dict[str, torch.Tensor], labels: torch.Tensor, adversarial: bool) -> FiveOutputs:

@@ -7,10 +7,17 @@ synchronisation) and replays the graph; the outputs are the graph's static buffe
 the next replay overwrites: callers clone what they keep. Shapes, dtypes and non-tensor
 arguments are fixed by the first call; a call that changes them is an error, not a silent
 recapture.
+
+If the capture itself fails (a RuntimeError from CUDA or torch while recording: an operation a
+graph cannot hold), it warns once and runs the function eagerly from then on, with the same
+values, slower; `fallback` keeps the reason for the profiler's report. Bad input (a
+FastFreeError: e.g. CPU tensors) is not swallowed. The first H100 run found such an operation
+in FIVE's epoch (a host-to-device copy, since removed): a run should slow down, not die.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -20,11 +27,13 @@ from fastfree.errors import FastFreeError
 
 
 class GraphedCallable:
-    def __init__(self, fn: Callable, warmup: int = 3):
+    def __init__(self, fn: Callable, warmup: int = 3, name: str = "the function"):
         self.fn = fn
         self.warmup = warmup
+        self.name = name  # for the fallback's warning
         self.graph: torch.cuda.CUDAGraph | None = None
         self.replays = 0
+        self.fallback: str | None = None  # why capture failed, when it did (then every call runs eagerly)
 
     def _signature(self, flat: list) -> list:
         return [(tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in flat]
@@ -47,9 +56,22 @@ class GraphedCallable:
         self.graph = graph
 
     def __call__(self, *args):
+        if self.fallback is not None:
+            return self.fn(*args)
         flat, spec = tree_flatten(args)
         if self.graph is None:
-            self._capture(flat, spec)
+            try:
+                self._capture(flat, spec)
+            except FastFreeError:
+                raise
+            except RuntimeError as e:
+                self.fallback = f"{type(e).__name__}: {e}"
+                warnings.warn(f"CUDA-graph capture of {self.name} failed ({self.fallback}); running it eagerly "
+                              "(same values, slower). --no-cuda-graphs skips the attempt", RuntimeWarning,
+                              stacklevel=2)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                return self.fn(*args)
         elif spec != self.spec or self._signature(flat) != self.signature:
             raise FastFreeError("a CUDA-graphed call changed its input shapes, dtypes or constants; the graph was "
                                 "captured for fixed ones (run with --no-cuda-graphs to allow that)")

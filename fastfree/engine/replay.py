@@ -120,17 +120,21 @@ class GraphedMetaBatch:
     instead of hundreds; the notes' prototype: 112 ms -> 20.5 ms on an H200). The outputs are
     cloned, because the next replay overwrites the graph's buffers. If the capture itself fails
     (a RuntimeError from CUDA or torch while recording), it warns once and runs eagerly from
-    then on, with the same values; `fallback` holds the reason.
+    then on, with the same values; `fallback` holds the reason (fastfree.engine.graphs).
     """
 
     def __init__(self, warmup: int = 3):
         from fastfree.engine.graphs import GraphedCallable
 
-        self._graphed = GraphedCallable(self._pure, warmup=warmup)
+        self._graphed = GraphedCallable(self._pure, warmup=warmup, name="the replay meta-batch")
         self._template: nn.Module | None = None
         self._constants: tuple | None = None
         self._norm: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.fallback: str | None = None  # why capture failed, when it did (then every call runs eagerly)
+
+    @property
+    def fallback(self) -> str | None:
+        """Why capture failed, when it did (then every call runs eagerly)."""
+        return self._graphed.fallback
 
     def _pure(self, params, support, support_labels, query, query_labels, mean, std):
         inner_steps, inner_lr, second_order = self._constants
@@ -159,20 +163,6 @@ class GraphedMetaBatch:
         mean, std = self._norm[key]
         args = (params, batch.support.to(dtype), batch.support_labels, batch.query.to(dtype), batch.query_labels,
                 mean, std)
-        if self.fallback is not None:
-            return self._pure(*args)
-        try:
-            grads, loss, accuracy = self._graphed(*args)
-        except RuntimeError as e:
-            if self._graphed.graph is not None:  # a replay failed: not a capture problem
-                raise
-            # Capture failed (an operation CUDA graphs cannot record): the run goes on eagerly, with
-            # the same values, and says so once; the reason is kept for the profiler's report.
-            import warnings
-
-            self.fallback = f"{type(e).__name__}: {e}"
-            warnings.warn(f"CUDA-graph capture of the replay meta-batch failed ({self.fallback}); replaying eagerly "
-                          "(same values, slower). --no-cuda-graphs skips the attempt", RuntimeWarning, stacklevel=2)
-            torch.cuda.synchronize()
-            return self._pure(*args)
+        # a failed capture warns once and runs eagerly from then on (GraphedCallable); clones either way
+        grads, loss, accuracy = self._graphed(*args)
         return {k: v.clone() for k, v in grads.items()}, loss.clone(), accuracy.clone()

@@ -52,6 +52,11 @@ class FastEngine:
         else:
             self.meta_batch_fn = maml_meta_batch_fast if options.vectorize else maml_meta_batch_reference
 
+    @property
+    def five_graph_fallbacks(self) -> list[str]:
+        """Why FIVE's CUDA-graph capture failed (those epochs run eagerly), for each variant where it did."""
+        return [reason for five in self._fives.values() for reason in five.graph_fallbacks]
+
     def recover(self, state: FreeState, ids: list[int], normalization: Normalization, cfg: FreeConfig,
                 adversarial: bool) -> tuple[list[RecoveredTask], dict[str, torch.Tensor]]:
         if cfg.generator == "sequential":  # each teacher starts from the previous one's generator

@@ -153,6 +153,38 @@ def test_cuda_graphs_are_refused_off_cuda():
     assert EngineOptions.for_device(CPU) == EngineOptions()
 
 
+def test_a_failed_graph_capture_warns_and_runs_the_epoch_eagerly(monkeypatch):
+    """A capture error (simulated: on a CPU, _capture raises as CUDA does while recording) warns once
+    and gives the eager epoch's values, then and on later calls; the reason is kept for the report."""
+    from fastfree.engine.graphs import GraphedCallable
+
+    def capture_fails(self, flat, spec):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(GraphedCallable, "_capture", capture_fails)
+    gen, ts, learner = _setup()
+    cfg = FiveConfig(k=2, lr=0.01, images_per_class=4)
+    with pytest.warns(RuntimeWarning, match="capture of FIVE's epoch failed"):
+        got = _fast(gen, ts, learner, cfg, [2, 0], True, EngineOptions(cuda_graphs=True))
+    want = _fast(gen, ts, learner, cfg, [2, 0], True, EngineOptions())
+    for n in want.meta_grad:
+        torch.testing.assert_close(got.meta_grad[n], want.meta_grad[n], rtol=0, atol=0)
+    five = FastFive(gen, StackedTeachers(ts), learner, NORM, cfg, EngineOptions(cuda_graphs=True), CPU)
+    with pytest.warns(RuntimeWarning):
+        five._epoch(True, 2)(dict(gen.named_parameters()), torch.zeros(2, 20, 8, dtype=torch.float64),
+                             five.teachers.gather(torch.tensor([0, 1])), draw_table(2, 3, 4, torch.Generator()),
+                             dict(learner.named_parameters()), task_labels(5, 4))
+    assert five.graph_fallbacks == ["RuntimeError: operation not permitted when stream is capturing"]
+
+
+def test_bad_input_to_a_graphed_epoch_is_not_swallowed():
+    """CPU tensors are the user's mistake (a FastFreeError naming the fix), not a capture failure."""
+    gen, ts, learner = _setup()
+    with pytest.raises(FastFreeError, match="--no-cuda-graphs"):
+        _fast(gen, ts, learner, FiveConfig(k=1, lr=0.01, images_per_class=4), [0], True,
+              EngineOptions(cuda_graphs=True))
+
+
 @pytest.mark.parametrize("vectorize,backend,kernels", [(False, "aot_eager", False), (True, "inductor", False),
                                                      (True, "aot_eager", True)], ids=["loop", "vmap", "vmap-kernels"])
 def test_compiled_epoch_has_no_graph_break_no_recompile_and_equals_eager(vectorize, backend, kernels):
