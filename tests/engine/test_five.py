@@ -58,6 +58,7 @@ def test_fast_five_equals_the_reference_with_the_batch_statistics_learner(vector
 
 
 @pytest.mark.gpu
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a capture that fell back to eager fails the test
 @pytest.mark.parametrize("adversarial", [True, False], ids=["eq1", "warmup"])
 def test_the_graphed_vmapped_epoch_equals_the_reference_on_cuda_in_float64(adversarial):
     """The CUDA defaults (vmap over teachers, the epoch captured in a CUDA graph) in float64, where
@@ -221,6 +222,7 @@ def test_compiled_epoch_has_no_graph_break_no_recompile_and_equals_eager(vectori
 @pytest.mark.parametrize("device,vectorize", [("cpu", False), ("cpu", True),
                                              pytest.param("cuda", None, marks=pytest.mark.gpu)],
                          ids=["cpu-loop", "cpu-vmap", "cuda"])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # on CUDA: a capture that fell back to eager fails
 def test_bf16_autocast_keeps_the_meta_gradient_direction(device, vectorize):
     """bf16 against fp32; on CUDA with the device's defaults (vmap, CUDA graph, Triton losses).
     Under vmap the generator's BatchNorm once failed in bf16 (see fastfree.engine.batchnorm)."""
