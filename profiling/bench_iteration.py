@@ -38,8 +38,18 @@ def time_engine(w: Workload, options, repeats: int) -> dict:
     }
 
 
-def bench(w: Workload, fast_options, repeats: int) -> dict:
-    times = {"reference": time_engine(w, None, repeats), "fast": time_engine(w, fast_options, repeats)}
+def bench(w: Workload, fast_options, repeats: int, on_engine=None) -> dict:
+    """Reference, then fast; `on_engine(partial_result)` after each (so a run cut off while the fast
+    engine compiles still keeps the reference's time)."""
+    times = {}
+    for name, options in (("reference", None), ("fast", fast_options)):
+        times[name] = time_engine(w, options, repeats)
+        if on_engine is not None:
+            on_engine(_result(w, fast_options, repeats, times))
+    return _result(w, fast_options, repeats, times)
+
+
+def _result(w: Workload, fast_options, repeats: int, times: dict) -> dict:
     return {
         "benchmark": "one whole FREE iteration (seconds), reference vs fast engine",
         "preset": w.preset.name, "b": w.cfg.teachers_per_iteration, "k": w.cfg.five.k,

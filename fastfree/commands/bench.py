@@ -35,7 +35,13 @@ def _iteration(args, preset, cfg, dataset, options, device, dtype) -> dict:
     from fastfree.profiling.workload import Workload, load_teachers
 
     teachers, classes, source = load_teachers(preset, dataset, None, device, dtype)
-    r = bench(Workload(preset, cfg, dataset, teachers, classes, source, device, dtype), options, args.repeats)
+
+    def save_partial(partial: dict) -> None:  # the final JSON replaces it
+        write_json(args.json, {"command": "bench", "partial": "the iteration's engines timed so far",
+                               "sections": {"iteration": partial}, **run_metadata(device)})
+
+    r = bench(Workload(preset, cfg, dataset, teachers, classes, source, device, dtype), options, args.repeats,
+              save_partial)
     t = r["times"]
     return {**r, "row": ("FREE iteration", t["reference"]["median_s"], t["fast"]["median_s"], "fast")}
 

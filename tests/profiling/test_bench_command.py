@@ -30,3 +30,20 @@ def test_bench_sections_can_be_chosen(tmp_path):
     assert main(["bench", "--device", "cpu", "--only", "pool", "--repeats", "1", "--pool-teachers", "2",
                  "--pool-steps", "1", "--json", str(out)]) == 0
     assert [s["benchmark"] for s in json.loads(out.read_text())["summary"]] == ["pool pretraining (per teacher-step)"]
+
+
+def test_the_iteration_bench_reports_each_engine_as_it_is_timed(monkeypatch):
+    """A run cut off while the fast engine compiles still has the reference's time on disk."""
+    from types import SimpleNamespace
+
+    from fastfree.profiling import bench_iteration
+
+    timed = {"reference": {"median_s": 2.0}, "fast": {"median_s": 1.0}}
+    monkeypatch.setattr(bench_iteration, "time_engine",
+                        lambda w, options, repeats: timed["reference" if options is None else "fast"])
+    w = SimpleNamespace(preset=SimpleNamespace(name="demo"), dataset=SimpleNamespace(image_size=32),
+                        cfg=SimpleNamespace(teachers_per_iteration=1, five=SimpleNamespace(k=1)),
+                        teachers_source="fresh")
+    seen = []
+    r = bench_iteration.bench(w, SimpleNamespace(), 1, lambda partial: seen.append(sorted(partial["times"])))
+    assert seen == [["reference"], ["fast", "reference"]] and r["times"] == timed
