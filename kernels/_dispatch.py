@@ -53,7 +53,8 @@ def launcher(kernel, tensor: torch.Tensor):
     """How to launch `kernel` on `tensor`: through `wrap_triton` when traced, so that torch.compile and
     make_fx see the kernel; the plain Triton launch when run eagerly, because wrap_triton's eager
     path adds host overhead to every launch (measured elsewhere at ~70 us per call:
-    Dao-AILab/flash-attention#2818), which at the engine's sizes is more than the kernel itself.
+    Dao-AILab/flash-attention#2818); on an H100 the kernels lost to torch when called eagerly
+    (bench_kernels, before this change; not yet re-measured with it).
     Under the interpreter, always the plain launch (wrap_triton rejects interpreted kernels on some
     torch versions; traced calls take the torch path there, see `launchable`)."""
     if INTERPRET or not traced(tensor):

@@ -17,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from fastfree.commands.common import run_metadata, write_json
-from fastfree.profiling.bench_five import make_calls
+from fastfree.profiling.bench_five import ISSUE4_EPOCH, make_calls
 from fastfree.profiling.timing import parser, resolve_device
 
 
@@ -36,12 +36,12 @@ def top_kernels(prof, top: int) -> tuple[float, list[dict]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
-    p.add_argument("--variants", nargs="+", default=["reference", "fast", "fast_cudnn_benchmark", "fast_bf16"])
+    p.add_argument("--variants", nargs="+", default=["reference", "fast", "fast_notf32", "fast_bf16"])
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args(argv)
     device = resolve_device(args.device)
-    calls = make_calls(args.variants, 4, 5, 5, 20, 64, 32, args.image_size, device)
+    calls = make_calls(args.variants, **ISSUE4_EPOCH, image_size=args.image_size, device=device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     result = {"benchmark": "one FIVE epoch (b=4, k=5, 100 images, ngf 64, Conv4-32), top kernels by device time",
               "image_size": args.image_size, "variants": {}, **run_metadata(device)}

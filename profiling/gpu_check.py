@@ -64,8 +64,8 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
     if importlib.util.find_spec("pytest_timeout"):  # a hung test is named, and the others still run
         pytest += ["--timeout", "100"]
     iteration = [*ff, "bench", *paper, "--only", "iteration", "--repeats", "3"]
-    # Times seen on an H100 (2026-11-26): each compiled variant ~45 s of compilation, gpu_tests ~110 s
-    # (compiled tests included), an eager FIVE variant a few seconds.
+    # Seen on an H100 (2026-11-26): compilation dominates. The 32 px step with the reference and two
+    # compiled variants took 150 s (cut off in a third), gpu_tests 114 s with its compiled tests.
     out = [
         # the fused losses' effect on a whole epoch (issue 5): fast_graphs_bf16 vs fast_graphs_nokernels_bf16
         five(32, ["reference", "fast_compile_graphs_bf16", "fast_graphs_bf16", "fast_graphs_nokernels_bf16",
