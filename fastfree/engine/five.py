@@ -160,7 +160,7 @@ class FastFive:
 
     def __init__(self, generator: nn.Module, teachers: StackedTeachers, learner: nn.Module,
                  normalization: Normalization, cfg: FiveConfig, options: EngineOptions, device: torch.device):
-        self.generator, self.teachers, self.learner = generator, teachers, learner
+        self.teachers, self.learner = teachers, learner
         # the module functional_call runs (parameters come from theta). Under vmap, a copy whose BatchNorm
         # applies its affine map outside the native kernel (fastfree.engine.batchnorm: the native one fails
         # there in bf16); a loop over teachers (the CPU path) keeps the native layers, which are faster there
