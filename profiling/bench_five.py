@@ -57,11 +57,28 @@ FAST = {
     "fast_notf32": {"tf32": False},
     "fast_graphs_notf32": {"cuda_graphs": True, "tf32": False},
     "fast_compile_graphs_notf32": {"compile": True, "cuda_graphs": True, "tf32": False},
+    # teachers mapped by a loop instead of vmap (the CPU's default, EngineOptions.vectorize): plain
+    # convolutions instead of vmap's grouped ones. Inductor keeps any graph with a grouped convolution
+    # in NCHW (its layout heuristic: channels-last "can dramatically hurt grouped conv perf"), and cuDNN
+    # then transposes around each grouped convolution (five_kernels on an H100); a loop's plain
+    # convolutions are eligible for channels-last. The price: a graph b times longer to compile.
+    "fast_loop": {"vectorize": False},
+    "fast_loop_graphs": {"cuda_graphs": True, "vectorize": False},
+    "fast_loop_compile_graphs": {"compile": True, "cuda_graphs": True, "vectorize": False},
+    "fast_vmap": {"vectorize": True},  # vmap where the device's default is the loop (a CPU)
+    "fast_vmap_compile": {"compile": True, "vectorize": True},
+    "fast_loop_compile": {"compile": True, "vectorize": False},
 }
 
 
 # Issue 4's epoch: b teachers, k inner steps, ways x per_class latent codes, generator ngf, Conv4-width
 ISSUE4_EPOCH = {"b": 4, "k": 5, "ways": 5, "per_class": 20, "ngf": 64, "width": 32}
+
+
+def is_variant(name: str) -> bool:
+    """Whether `name` is a variant make_calls knows ("reference" or a FAST key, maybe with "_bf16")."""
+    base = name.removesuffix("_bf16")
+    return base == "reference" or base in FAST
 
 
 def variants_for(device: torch.device) -> list[str]:
@@ -86,6 +103,9 @@ def make_calls(variants: list[str], b: int, k: int, ways: int, per_class: int, n
     z = torch.randn(b, ways * per_class, 256, device=device)
     draws = draw_table(b, k + 1, cfg.pad, torch.Generator().manual_seed(0)).to(device)
     stack = StackedTeachers(teachers)
+    unknown = [n for n in variants if not is_variant(n)]
+    if unknown:
+        raise ValueError(f"unknown FIVE variants {unknown}; known: reference, {', '.join(FAST)} (each also + _bf16)")
     calls = {}
     for name in variants:
         amp = name.endswith("_bf16")
@@ -102,7 +122,8 @@ def make_calls(variants: list[str], b: int, k: int, ways: int, per_class: int, n
             if cuda_only and device.type != "cuda":
                 continue
             options = EngineOptions.for_device(device, amp=amp, cuda_graphs=flags.get("cuda_graphs", False),
-                                               compile=flags.get("compile", False), kernels=flags.get("kernels"))
+                                               compile=flags.get("compile", False), kernels=flags.get("kernels"),
+                                               vectorize=flags.get("vectorize"))
             five = FastFive(gen, stack, learner, CIFAR100_NORM, cfg, options, device)
             theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
             id_tensor = torch.tensor(ids, device=device)

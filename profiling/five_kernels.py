@@ -3,8 +3,9 @@
 Not a test: it reports. The epoch and its variants are bench_five's (same inputs); each variant
 is warmed up (compilation, cuDNN's algorithm search), then one epoch is profiled. Per variant:
 the wall time of that epoch, the sum of its kernels' device time, and the top kernels by
-device time (name, calls, total microseconds). A graphed variant shows one graph launch, not its
-kernels, so the eager variants are the telling ones.
+device time (name, calls, total microseconds). The default variants are ungraphed: eager and
+compiled (the kernels a CUDA graph of it would replay), teachers vmapped (grouped convolutions)
+and looped (plain ones).
 
     python -m fastfree.profiling.five_kernels --image-size 32 --variants reference fast --json out.json
 """
@@ -19,6 +20,10 @@ from torch.profiler import ProfilerActivity, profile
 from fastfree.commands.common import run_metadata, write_json
 from fastfree.profiling.bench_five import ISSUE4_EPOCH, make_calls
 from fastfree.profiling.timing import parser, resolve_device
+
+
+DEFAULT_VARIANTS = ["reference", "fast_bf16", "fast_loop_bf16", "fast_compile_bf16", "fast_loop_compile_bf16", "fast",
+                    "fast_loop", "fast_notf32"]
 
 
 def top_kernels(prof, top: int) -> tuple[float, list[dict]]:
@@ -36,7 +41,7 @@ def top_kernels(prof, top: int) -> tuple[float, list[dict]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
-    p.add_argument("--variants", nargs="+", default=["reference", "fast", "fast_notf32", "fast_bf16"])
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args(argv)

@@ -7,14 +7,15 @@ Each step runs in its own process with its own time limit; the whole stays withi
 skipped, and `--steps` reruns a chosen few). Most important first:
 
   bench_five_32px    one FIVE epoch, reference vs fast (compiled + graphed in bf16 and fp32, graphed
-                     eager, fp32 without TF32), 32 px (issue 4's 20x target)
+                     eager, fp32 without TF32; teachers vmapped and looped), 32 px (issue 4's 20x target)
   bench_replay       one replay meta-batch (10 second-order MAML tasks): per task vs vmapped vs
                      vmapped in one CUDA graph (25x)
   bench_iteration    one whole FREE iteration, reference vs fast (--amp --compile), each phase's share
   gpu_tests          `pytest -m gpu`: CUDA-graph replay == eager over 3 epochs (eager and compiled),
                      the graphed vmapped epoch == the reference in float64, bf16 vs fp32 on CUDA,
                      the Triton losses in bf16/fp16/inside a graph, graphed replay, pool, meta-test
-  five_kernels       the top CUDA kernels of the eager epochs (where the GPU time goes)
+  five_kernels       the top CUDA kernels of eager and compiled epochs, vmapped and looped (where the
+                     GPU time goes)
   bench_five_84px    the FIVE epoch at 84 px (8x)
   bench_kernels      the fused losses vs torch vs torch.compile (issue 5)
   profile_run_bf16   `fastfree profile run`, bf16 + compile: FLOPs, MFU, GPU-hours, memory, NVML
@@ -68,8 +69,11 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
     # compiled variants took 150 s (cut off in a third), gpu_tests 114 s with its compiled tests.
     out = [
         # the fused losses' effect on a whole epoch (issue 5): fast_graphs_bf16 vs fast_graphs_nokernels_bf16
-        five(32, ["reference", "fast_compile_graphs_bf16", "fast_graphs_bf16", "fast_graphs_nokernels_bf16",
-                  "fast_graphs", "fast_graphs_notf32", "fast_compile_graphs", "reference_bf16"], 170,
+        # vmap's grouped convolutions vs a loop's plain ones (fast_loop_*: channels-last allowed, no cuDNN
+        # transposes around grouped convolutions)
+        five(32, ["reference", "fast_compile_graphs_bf16", "fast_loop_compile_graphs_bf16", "fast_graphs_bf16",
+                  "fast_loop_graphs_bf16", "fast_graphs_nokernels_bf16", "fast_graphs", "fast_loop_graphs",
+                  "fast_compile_graphs", "fast_loop_compile_graphs", "fast_graphs_notf32", "reference_bf16"], 240,
              "bench_five_32px"),
         ("bench_replay", [py, "-m", "fastfree.profiling.bench_replay", "--repeats", "5", *js("bench_replay")], 60,
          None),
@@ -79,7 +83,7 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
         ("bench_iteration_eager", [*iteration, "--amp", *js("bench_iteration_eager")], 80, "bench_iteration"),
         ("gpu_tests", [*pytest, "tests"], 150, None),
         # where the epoch's GPU time goes (eager variants: a graph shows as one launch)
-        ("five_kernels", [py, "-m", "fastfree.profiling.five_kernels", "--image-size", "32", *js("five_kernels")], 60,
+        ("five_kernels", [py, "-m", "fastfree.profiling.five_kernels", "--image-size", "32", *js("five_kernels")], 120,
          None),
         five(84, ["reference", "fast_compile_graphs_bf16", "fast_graphs_bf16", "reference_bf16"], 120,
              "bench_five_84px"),

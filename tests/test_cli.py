@@ -103,6 +103,8 @@ def test_train_refuses_contradictory_engine_flags(pool_dir, tmp_path, capsys):
     run = ["train", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "x"), *TINY_FREE, *SMALL]
     assert main([*run, "--engine", "reference", "--amp"]) == 2
     assert "--amp belongs to the fast engine" in capsys.readouterr().err
+    assert main([*run, "--engine", "reference", "--no-vmap"]) == 2
+    assert "--no-vmap belongs to the fast engine" in capsys.readouterr().err
     assert main([*run, "--cuda-graphs"]) == 2
     assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
     assert main([*run, "--amp", "--dtype", "float64"]) == 2
@@ -112,13 +114,13 @@ def test_train_refuses_contradictory_engine_flags(pool_dir, tmp_path, capsys):
 
 
 def test_train_amp_runs_and_records_the_engine(pool_dir, tmp_path):
-    """`fastfree train --amp` on a CPU: bf16 autocast. (--compile is tested on FIVE itself in
+    """`fastfree train --amp --vmap` on a CPU: bf16 autocast, teachers vmapped. (--compile is tested on FIVE itself in
     tests/engine: inductor on a CPU compiles for minutes, too long for a CLI smoke test.)"""
     out = tmp_path / "c.json"
-    assert main(["train", "--amp", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "c"),
+    assert main(["train", "--amp", "--vmap", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "c"),
                  "--json", str(out), *TINY_FREE, *SMALL]) == 0
     r = json.loads(out.read_text())
-    assert r["config"]["engine"] == {"engine": "fast", "vectorize": False, "compile": False, "cuda_graphs": False,
+    assert r["config"]["engine"] == {"engine": "fast", "vectorize": True, "compile": False, "cuda_graphs": False,
                                      "amp": True, "kernels": False, "compile_backend": "inductor"}
     lines = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert all(m["five_loss"] == m["five_loss"] for m in lines)  # finite, not NaN

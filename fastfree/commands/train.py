@@ -25,9 +25,12 @@ from fastfree.pool.store import load_pool
 def engine_options(args, device):
     """The fast engine's options (None for --engine reference) and the settings recorded in config.json."""
     if args.engine == "reference":
-        for flag, on in (("--amp", args.amp), ("--compile", args.compile), ("--cuda-graphs", args.cuda_graphs),
-                         ("--kernels", args.kernels)):
-            if on:
+        # set = not the parser's default (False for --amp/--compile, None for the --x/--no-x switches)
+        for flag, value, default in (("--amp", args.amp, False), ("--compile", args.compile, False),
+                                     ("--cuda-graphs", args.cuda_graphs, None), ("--kernels", args.kernels, None),
+                                     ("--vmap", args.vmap, None)):
+            if value is not default:
+                flag = flag if value is not False else "--no-" + flag[2:]
                 raise FastFreeError(f"{flag} belongs to the fast engine; drop it or drop --engine reference")
         return None, {"engine": "reference"}
     if args.amp and args.dtype == "float64":
@@ -36,7 +39,7 @@ def engine_options(args, device):
     from fastfree.engine.options import EngineOptions
 
     options = EngineOptions.for_device(device, compile=args.compile, amp=args.amp, cuda_graphs=args.cuda_graphs,
-                                       kernels=args.kernels)
+                                       kernels=args.kernels, vectorize=args.vmap)
     return options, {"engine": "fast", **options.__dict__}
 
 

@@ -16,8 +16,11 @@ class EngineOptions:
     vectorize: vmap over teachers / tasks (one grouped kernel per layer). On a GPU this saves
         launches; on a CPU oneDNN runs grouped convolutions 2-3x slower than a loop of plain
         ones (measured, README), so there the engine loops over teachers with the same pure
-        functions instead.
-    compile: torch.compile the inner-loop functions (boundary outside vmap/grad).
+        functions instead. Whether the loop also wins on a GPU is unmeasured: vmap's grouped
+        convolutions keep inductor off channels-last and cost cuDNN transposes there
+        (profiling/bench_five.py's fast_loop_* variants measure it; `--no-vmap` selects it).
+    compile: torch.compile the inner-loop functions (boundary outside vmap/grad); with the
+        loop, one teacher's gradient and the Adam step, not the loop itself.
     cuda_graphs: capture FIVE's fixed k-step loop of all b teachers in one CUDA graph.
     amp: bf16 autocast for convolutions and matmuls; losses and optimiser state in fp32.
     kernels: the fused Triton losses (fastfree.kernels) instead of the torch ones.

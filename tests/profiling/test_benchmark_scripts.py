@@ -40,6 +40,22 @@ def test_gpu_check_skips_steps_past_its_budget(tmp_path):
     assert all(s.get("skipped") for s in r["steps"].values()) and "bench_five_32px" in r["steps"]
 
 
+def test_every_five_variant_the_gpu_check_asks_for_exists(tmp_path):
+    """A misspelt variant would cost a lent GPU's minutes: the names are checked here, on the CPU."""
+    import sys
+
+    from fastfree.profiling import bench_five, five_kernels, gpu_check
+
+    asked = []
+    for _, cmd, _, _ in gpu_check.steps(sys.executable, tmp_path, None):
+        if "fastfree.profiling.bench_five" in cmd:
+            asked += cmd[cmd.index("--variants") + 1:cmd.index("--json")]
+    asked += five_kernels.DEFAULT_VARIANTS + bench_five.variants_for(bench_five.torch.device("cuda"))
+    assert len(asked) > 20
+    assert [n for n in asked if not bench_five.is_variant(n)] == []
+    assert not bench_five.is_variant("fast_compile_graph_bf16")  # one letter off
+
+
 def test_bench_kernels_runs_the_torch_variants_on_a_cpu(tmp_path):
     from fastfree.profiling import bench_kernels
 
