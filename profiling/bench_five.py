@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, t in result["times"].items():
         ratio = result["speedup_over_reference"].get(name)
         print(f"{result['device_name']} {args.image_size}px {name:>26}: {1e3 * t['median_s']:8.1f} ms"
-              + (f"  ({ratio:.2f}x the reference)" if ratio else ""), flush=True)
+              + (f"  ({ratio:.2f}x the reference)" if ratio else "") + f"  (first call {t['warmup_s']:.1f} s)",
+              flush=True)
     for name, error in result["errors"].items():
         print(f"{result['device_name']} {args.image_size}px {name:>26}: FAILED {error.splitlines()[0]}", flush=True)
     write_json(args.json, result)

@@ -14,8 +14,18 @@ from fastfree.device import resolve_device
 
 
 def median_time(fn: Callable[[], object], repeats: int, device: torch.device, per: int = 1) -> dict:
-    """Call fn once to warm up, then `repeats` times; seconds per unit (`per` units per call)."""
+    """Call fn once to warm up, then `repeats` times; seconds per unit (`per` units per call).
+
+    warmup_s: the first call's seconds, synchronised (compilation, CUDA-graph capture and cuDNN's
+    algorithm search happen there; inductor's on-disk cache shortens a repeated compilation).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    warmup = time.perf_counter() - t0
     runs = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -25,7 +35,7 @@ def median_time(fn: Callable[[], object], repeats: int, device: torch.device, pe
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         runs.append((time.perf_counter() - t0) / per)
-    return {"median_s": statistics.median(runs), "runs_s": runs}
+    return {"median_s": statistics.median(runs), "runs_s": runs, "warmup_s": warmup}
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
