@@ -57,10 +57,10 @@ def _engine_flags(p: argparse.ArgumentParser, choose_engine: bool = True) -> Non
                    help="capture FIVE's k-step epoch in one CUDA graph (default: on with CUDA)")
     f.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=None,
                    help="fused Triton losses (default: on with CUDA; --no-kernels: the torch losses)")
-    f.add_argument("--vmap", action=argparse.BooleanOptionalAction, default=None,
-                   help="map FIVE's teachers and replay's tasks with vmap, one grouped kernel per layer (default: on "
-                        "with CUDA); --no-vmap: a loop of plain kernels (a CPU's default), with --compile one "
-                        "teacher's compiled gradient reused for all")
+    f.add_argument("--teacher-map", choices=["vmap", "loop"],
+                   help="how FIVE maps its teachers: vmap (one grouped kernel per layer; default with CUDA) or loop "
+                        "(plain kernels; a CPU's default), with --compile one teacher's compiled gradient reused for "
+                        "all. Replay's tasks stay vmapped on CUDA")
 
 
 def build_parser() -> argparse.ArgumentParser:

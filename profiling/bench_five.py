@@ -57,17 +57,17 @@ FAST = {
     "fast_notf32": {"tf32": False},
     "fast_graphs_notf32": {"cuda_graphs": True, "tf32": False},
     "fast_compile_graphs_notf32": {"compile": True, "cuda_graphs": True, "tf32": False},
-    # teachers mapped by a loop instead of vmap (the CPU's default, EngineOptions.vectorize): plain
+    # teachers mapped by a loop instead of vmap (the CPU's default, EngineOptions.five_vmap): plain
     # convolutions instead of vmap's grouped ones. Inductor keeps any graph with a grouped convolution
     # in NCHW (its layout heuristic: channels-last "can dramatically hurt grouped conv perf"), and cuDNN
     # then transposes around each grouped convolution (five_kernels on an H100); a loop's plain
     # convolutions are eligible for channels-last. The price: a graph b times longer to compile.
-    "fast_loop": {"vectorize": False},
-    "fast_loop_graphs": {"cuda_graphs": True, "vectorize": False},
-    "fast_loop_compile_graphs": {"compile": True, "cuda_graphs": True, "vectorize": False},
-    "fast_vmap": {"vectorize": True},  # vmap where the device's default is the loop (a CPU)
-    "fast_vmap_compile": {"compile": True, "vectorize": True},
-    "fast_loop_compile": {"compile": True, "vectorize": False},
+    "fast_loop": {"five_vmap": False},
+    "fast_loop_graphs": {"cuda_graphs": True, "five_vmap": False},
+    "fast_loop_compile_graphs": {"compile": True, "cuda_graphs": True, "five_vmap": False},
+    "fast_vmap": {"five_vmap": True},  # vmap where the device's default is the loop (a CPU)
+    "fast_vmap_compile": {"compile": True, "five_vmap": True},
+    "fast_loop_compile": {"compile": True, "five_vmap": False},
 }
 
 
@@ -123,7 +123,7 @@ def make_calls(variants: list[str], b: int, k: int, ways: int, per_class: int, n
                 continue
             options = EngineOptions.for_device(device, amp=amp, cuda_graphs=flags.get("cuda_graphs", False),
                                                compile=flags.get("compile", False), kernels=flags.get("kernels"),
-                                               vectorize=flags.get("vectorize"))
+                                               five_vmap=flags.get("five_vmap"))
             five = FastFive(gen, stack, learner, CIFAR100_NORM, cfg, options, device)
             theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
             id_tensor = torch.tensor(ids, device=device)

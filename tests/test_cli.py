@@ -97,14 +97,19 @@ def test_train_end_to_end_and_resume(pool_dir, tmp_path):
     # a finished run resumes to the same end without redoing work; other flags are refused
     assert main(["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), "--resume", *TINY_FREE, *SMALL]) == 0
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+    # a run started before FIVE's teacher mapping had its own switch (no five_vmap recorded) still resumes
+    config = json.loads((run_dir / "config.json").read_text())
+    del config["engine"]["five_vmap"]
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), "--resume", *TINY_FREE, *SMALL]) == 0
 
 
 def test_train_refuses_contradictory_engine_flags(pool_dir, tmp_path, capsys):
     run = ["train", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "x"), *TINY_FREE, *SMALL]
     assert main([*run, "--engine", "reference", "--amp"]) == 2
     assert "--amp belongs to the fast engine" in capsys.readouterr().err
-    assert main([*run, "--engine", "reference", "--no-vmap"]) == 2
-    assert "--no-vmap belongs to the fast engine" in capsys.readouterr().err
+    assert main([*run, "--engine", "reference", "--teacher-map", "loop"]) == 2
+    assert "--teacher-map belongs to the fast engine" in capsys.readouterr().err
     assert main([*run, "--cuda-graphs"]) == 2
     assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
     assert main([*run, "--amp", "--dtype", "float64"]) == 2
@@ -114,14 +119,16 @@ def test_train_refuses_contradictory_engine_flags(pool_dir, tmp_path, capsys):
 
 
 def test_train_amp_runs_and_records_the_engine(pool_dir, tmp_path):
-    """`fastfree train --amp --vmap` on a CPU: bf16 autocast, teachers vmapped. (--compile is tested on FIVE itself in
+    """`fastfree train --amp --teacher-map vmap` on a CPU: bf16 autocast, FIVE's teachers vmapped
+    (replay's tasks still looped: the CPU's default). (--compile is tested on FIVE itself in
     tests/engine: inductor on a CPU compiles for minutes, too long for a CLI smoke test.)"""
     out = tmp_path / "c.json"
-    assert main(["train", "--amp", "--vmap", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "c"),
+    assert main(["train", "--amp", "--teacher-map", "vmap", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "c"),
                  "--json", str(out), *TINY_FREE, *SMALL]) == 0
     r = json.loads(out.read_text())
-    assert r["config"]["engine"] == {"engine": "fast", "vectorize": True, "compile": False, "cuda_graphs": False,
-                                     "amp": True, "kernels": False, "compile_backend": "inductor"}
+    assert r["config"]["engine"] == {"engine": "fast", "vectorize": False, "five_vmap": True, "compile": False,
+                                     "cuda_graphs": False, "amp": True, "kernels": False,
+                                     "compile_backend": "inductor"}
     lines = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert all(m["five_loss"] == m["five_loss"] for m in lines)  # finite, not NaN
     assert set(lines[-1]["phase_s"]) >= {"five", "generator", "bell", "replay"}

@@ -28,7 +28,7 @@ def engine_options(args, device):
         # set = not the parser's default (False for --amp/--compile, None for the --x/--no-x switches)
         for flag, value, default in (("--amp", args.amp, False), ("--compile", args.compile, False),
                                      ("--cuda-graphs", args.cuda_graphs, None), ("--kernels", args.kernels, None),
-                                     ("--vmap", args.vmap, None)):
+                                     ("--teacher-map", args.teacher_map, None)):
             if value is not default:
                 flag = flag if value is not False else "--no-" + flag[2:]
                 raise FastFreeError(f"{flag} belongs to the fast engine; drop it or drop --engine reference")
@@ -39,7 +39,8 @@ def engine_options(args, device):
     from fastfree.engine.options import EngineOptions
 
     options = EngineOptions.for_device(device, compile=args.compile, amp=args.amp, cuda_graphs=args.cuda_graphs,
-                                       kernels=args.kernels, vectorize=args.vmap)
+                                       kernels=args.kernels,
+                                       five_vmap=None if args.teacher_map is None else args.teacher_map == "vmap")
     return options, {"engine": "fast", **options.__dict__}
 
 
@@ -76,6 +77,9 @@ def run(args) -> dict:
     config_path = run_dir / "config.json"
     if args.resume and config_path.is_file():
         stored = json.loads(config_path.read_text())
+        engine = stored.get("engine", {})
+        if engine.get("engine") == "fast" and "five_vmap" not in engine:  # a run started before the switch
+            engine["five_vmap"] = engine.get("vectorize")  # existed: FIVE then mapped its teachers as replay
         if stored != json.loads(json.dumps(resolved)):
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
                                 f"started with ({config_path}); resume with the same flags")

@@ -170,7 +170,7 @@ class FastFive:
         # applies its affine map outside the native kernel (fastfree.engine.batchnorm: the native one fails
         # there in bf16); a loop over teachers (the CPU path) keeps the native layers, which are faster there
         # (the demo's data recovery: 112 s with the copy, 103 s without, 2 threads) and round as the reference.
-        self.generator_template = (affine_outside_batchnorm_(copy.deepcopy(generator)) if options.vectorize
+        self.generator_template = (affine_outside_batchnorm_(copy.deepcopy(generator)) if options.vmap_teachers
                                    else generator)
         self.normalization, self.cfg, self.options, self.device = normalization, cfg, options, device
         self._epochs: dict[tuple[bool, int], Callable] = {}
@@ -179,7 +179,7 @@ class FastFive:
         if (adversarial, b) not in self._epochs:
             objective = make_objective(self.generator_template, self.teachers, self.learner, self.normalization,
                                        self.cfg, adversarial, self.options, self.device)
-            vectorize, options = self.options.vectorize, self.options
+            vectorize, options = self.options.vmap_teachers, self.options
             step_grad = grad(objective, argnums=(0, 1), has_aux=True)
             final_grad = grad(objective, has_aux=True)
             adam = partial(adam_step, lr=self.cfg.lr, betas=self.cfg.betas)

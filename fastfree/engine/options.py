@@ -13,12 +13,16 @@ from fastfree.errors import FastFreeError
 class EngineOptions:
     """Switches of the fast engine. `for_device` picks the defaults; every field can be overridden.
 
-    vectorize: vmap over teachers / tasks (one grouped kernel per layer). On a GPU this saves
+    vectorize: vmap over replay's tasks and, unless five_vmap says otherwise, FIVE's teachers (one
+        grouped kernel per layer). On a GPU this saves
         launches; on a CPU oneDNN runs grouped convolutions 2-3x slower than a loop of plain
         ones (measured, README), so there the engine loops over teachers with the same pure
         functions instead. Whether the loop also wins on a GPU is unmeasured: vmap's grouped
         convolutions keep inductor off channels-last and cost cuDNN transposes there
-        (profiling/bench_five.py's fast_loop_* variants measure it; `--no-vmap` selects it).
+        (profiling/bench_five.py's fast_loop_* variants measure it).
+    five_vmap: FIVE's teachers with vmap (True) or a loop (False); None: as `vectorize`
+        (`--teacher-map vmap|loop`). Replay keeps `vectorize`: its graphed vmapped meta-batch is
+        the design the notes' prototype measured.
     compile: torch.compile the inner-loop functions (boundary outside vmap/grad); with the
         loop, one teacher's gradient and the Adam step, not the loop itself.
     cuda_graphs: capture FIVE's fixed k-step loop of all b teachers in one CUDA graph.
@@ -29,6 +33,7 @@ class EngineOptions:
     """
 
     vectorize: bool = False
+    five_vmap: bool | None = None
     compile: bool = False
     cuda_graphs: bool = False
     amp: bool = False
@@ -38,17 +43,27 @@ class EngineOptions:
     @staticmethod
     def for_device(device: torch.device, *, compile: bool = False, amp: bool = False,
                    cuda_graphs: bool | None = None, kernels: bool | None = None,
-                   vectorize: bool | None = None) -> "EngineOptions":
+                   vectorize: bool | None = None, five_vmap: bool | None = None) -> "EngineOptions":
         cuda = device.type == "cuda"
         if cuda_graphs and not cuda:
             raise FastFreeError("--cuda-graphs needs a CUDA device: drop the flag or use --device cuda")
         return EngineOptions(
             vectorize=cuda if vectorize is None else vectorize,
+            five_vmap=five_vmap,
             compile=compile,
             cuda_graphs=cuda if cuda_graphs is None else cuda_graphs,
             amp=amp,
             kernels=cuda if kernels is None else kernels,
         )
+
+    def __post_init__(self):
+        if self.five_vmap is None:  # resolved once, so equal options compare (and are recorded) equal
+            object.__setattr__(self, "five_vmap", self.vectorize)
+
+    @property
+    def vmap_teachers(self) -> bool:
+        """Whether FIVE maps its teachers with vmap (else a loop)."""
+        return bool(self.five_vmap)
 
     def autocast(self, device: torch.device):
         """bf16 autocast when amp is on (cache off: required inside CUDA graphs), else a no-op."""
