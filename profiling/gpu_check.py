@@ -16,7 +16,8 @@ skipped, and `--steps` reruns a chosen few). Most important first:
                      the Triton losses in bf16/fp16/inside a graph, graphed replay, pool, meta-test
   five_kernels       the top CUDA kernels of eager and compiled epochs, vmapped and looped (where the
                      GPU time goes)
-  bench_five_84px    the FIVE epoch at 84 px (8x)
+  bench_iteration_loop  the same iteration with FIVE's teachers looped (--teacher-map loop)
+  bench_five_84px    the FIVE epoch at 84 px (8x), teachers vmapped and looped
   bench_kernels      the fused losses vs torch vs torch.compile (issue 5)
   profile_run_bf16   `fastfree profile run`, bf16 + compile: FLOPs, MFU, GPU-hours, memory, NVML
   profile_run_fp32, bench_metatest_1shot, bench_metatest_5shot, bench_five_32px_more (compiled
@@ -85,8 +86,11 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
         # where the epoch's GPU time goes (eager variants: a graph shows as one launch)
         ("five_kernels", [py, "-m", "fastfree.profiling.five_kernels", "--image-size", "32", *js("five_kernels")], 120,
          None),
-        five(84, ["reference", "fast_compile_graphs_bf16", "fast_graphs_bf16", "reference_bf16"], 120,
-             "bench_five_84px"),
+        # the whole iteration again with FIVE's teachers looped (replay stays vmapped and graphed)
+        ("bench_iteration_loop", [*iteration, "--amp", "--compile", "--teacher-map", "loop",
+                                  *js("bench_iteration_loop")], 150, None),
+        five(84, ["reference", "fast_compile_graphs_bf16", "fast_loop_compile_graphs_bf16", "fast_graphs_bf16",
+                  "reference_bf16"], 150, "bench_five_84px"),
         ("bench_kernels", [py, "-m", "fastfree.profiling.bench_kernels", "--repeats", "5", *js("bench_kernels")], 60,
          None),
         ("profile_run_bf16", [*ff, "profile", "run", *paper, "--amp", "--compile", "--iterations", "3",
