@@ -281,3 +281,33 @@ def test_cuda_graph_replays_equal_eager_over_three_epochs(compile, vectorize):
             assert (got.meta_grad[n] - want.meta_grad[n]).norm() <= 1e-4 * want.meta_grad[n].norm(), n
         torch.testing.assert_close(got.images, want.images, rtol=1e-4, atol=1e-6)
     assert graphed._epochs[True, 2].replays == 3
+
+
+@pytest.mark.parametrize("vmap_teachers", [False, True], ids=["loop", "vmap"])
+def test_compiled_graphs_hold_grouped_convolutions_only_when_teachers_are_vmapped(vmap_teachers):
+    """What --teacher-map changes in the graphs the compiler gets (forward and backward, after
+    autograd): vmap maps b teachers' convolutions to grouped ones (groups = b), which keeps
+    inductor from channels-last layouts (torch/_inductor/graph.py, decide_layout_opt); the loop's
+    compiled graphs are one teacher's, with plain convolutions."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    torch._dynamo.reset()
+    groups = []
+
+    def record(gm, example_inputs):  # groups: convolution's last argument, convolution_backward's 10th
+        for n in gm.graph.nodes:
+            if n.target is torch.ops.aten.convolution.default:
+                groups.append(n.args[-1])
+            elif n.target is torch.ops.aten.convolution_backward.default:
+                groups.append(n.args[9])
+        return gm.forward
+
+    b = 3
+    gen, ts, learner = _setup()
+    cfg = FiveConfig(k=1, lr=0.01, images_per_class=4)
+    options = EngineOptions(vectorize=True, five_vmap=vmap_teachers, compile=True,
+                            compile_backend=aot_autograd(fw_compiler=record, bw_compiler=record))
+    out = _fast(gen, ts, learner, cfg, list(range(b)), True, options)
+    assert out.images.shape[0] == b and groups
+    # the learner's no-grad forward is unbatched (plain) either way
+    assert set(groups) == ({1, b} if vmap_teachers else {1})
