@@ -154,6 +154,27 @@ def five_epoch(theta0: dict[str, torch.Tensor], z0: torch.Tensor, teacher: dict[
     return final(params, teacher, draws[:, k], learner_params, labels)
 
 
+# Graphs torch.compile may keep per function (dynamo's recompile_limit, default 8; with fullgraph=True,
+# going past it is a hard error). The engine's legitimate variants of one code object: 2 phases x each
+# teacher count of an architecture group (vmap: shapes differ) x the groups of a mixed pool, and the
+# loop's two teacher gradients share torch.func's wrapper code. Three architectures at b=4 already
+# need 24; a recompile *after* warm-up is still a bug, which the tests catch with error_on_recompile.
+RECOMPILE_LIMIT = 256
+
+
+def compiled(fn: Callable, backend: str) -> Callable:
+    """torch.compile with the engine's settings (one full graph, fixed shapes; the boundary outside
+    vmap/grad), called with room for the engine's variants (RECOMPILE_LIMIT)."""
+    graph = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
+    def call(*args, **kwargs):
+        with torch._dynamo.config.patch(**{name: max(RECOMPILE_LIMIT, getattr(torch._dynamo.config, name))}):
+            return graph(*args, **kwargs)
+
+    return call
+
+
 class FastFive:
     """FIVE epochs for one run: the pure epoch, compiled and/or CUDA-graphed per warm-up phase.
 
@@ -174,9 +195,12 @@ class FastFive:
                                    else generator)
         self.normalization, self.cfg, self.options, self.device = normalization, cfg, options, device
         self._epochs: dict[tuple[bool, int], Callable] = {}
+        self._phase_functions: dict[bool, tuple[Callable, Callable]] = {}
 
-    def _epoch(self, adversarial: bool, b: int) -> Callable:
-        if (adversarial, b) not in self._epochs:
+    def _functions(self, adversarial: bool) -> tuple[Callable, Callable]:
+        """The epoch's inner step and meta-gradient for one phase, compiled at most once per phase and
+        shared by every teacher count (a graph per count exists only where shapes differ: vmap's)."""
+        if adversarial not in self._phase_functions:
             objective = make_objective(self.generator_template, self.teachers, self.learner, self.normalization,
                                        self.cfg, adversarial, self.options, self.device)
             vectorize, options = self.options.vmap_teachers, self.options
@@ -187,20 +211,23 @@ class FastFive:
                 # a loop over teachers: compile one teacher's gradient (reused by all b teachers and k
                 # steps) and the Adam step, not the loop, whose graph would be b times longer to compile
                 # (CPU, inductor: 182 s vs vmap's 86 s for b=4 unrolled)
-                step_grad, final_grad, adam = (self._compiled(f) for f in (step_grad, final_grad, adam))
+                step_grad, final_grad, adam = (compiled(f, options.compile_backend)
+                                               for f in (step_grad, final_grad, adam))
             step = partial(inner_step, teacher_grad=step_grad, adam=adam, vectorize=vectorize)
             final = partial(meta_gradient, teacher_grad=final_grad, vectorize=vectorize)
             if options.compile and vectorize:  # one graph per function, reused by all k steps (compile time / (k+1))
-                step, final = self._compiled(step), self._compiled(final)
+                step, final = compiled(step, options.compile_backend), compiled(final, options.compile_backend)
+            self._phase_functions[adversarial] = step, final
+        return self._phase_functions[adversarial]
+
+    def _epoch(self, adversarial: bool, b: int) -> Callable:
+        if (adversarial, b) not in self._epochs:
+            step, final = self._functions(adversarial)
             fn = partial(five_epoch, step=step, final=final, k=self.cfg.k)
             if self.options.cuda_graphs:  # a failed capture warns and runs this variant eagerly
                 fn = GraphedCallable(fn, name="FIVE's epoch")
             self._epochs[adversarial, b] = fn
         return self._epochs[adversarial, b]
-
-    def _compiled(self, fn: Callable) -> Callable:
-        """torch.compile with the engine's settings: one full graph, fixed shapes (the boundary outside vmap/grad)."""
-        return torch.compile(fn, fullgraph=True, dynamic=False, backend=self.options.compile_backend)
 
     @property
     def graph_fallbacks(self) -> list[str]:

@@ -311,3 +311,44 @@ def test_compiled_graphs_hold_grouped_convolutions_only_when_teachers_are_vmappe
     assert out.images.shape[0] == b and groups
     # the learner's no-grad forward is unbatched (plain) either way
     assert set(groups) == ({1, b} if vmap_teachers else {1})
+
+
+def test_a_mixed_pool_compiles_every_variant_it_needs():
+    """A mixed pool runs one FastFive per architecture group, each with graphs per phase (and, vmapped,
+    per teacher count): more than dynamo's default of 8 graphs per function, which with fullgraph=True
+    once stopped such a run with FailOnRecompileLimitHit. Here 3 groups x 2 phases x the loop's two
+    teacher gradients (torch.func's wrapper code, shared): 12 graphs of one code object."""
+    torch._dynamo.reset()
+    gen, ts, learner = _setup()
+    cfg = FiveConfig(k=1, lr=0.01, images_per_class=4)
+    # dynamo's "eager" backend: the limit is dynamo's; code generation would only make this slower
+    options = EngineOptions(vectorize=False, compile=True, compile_backend="eager")
+    eager = FastFive(gen, StackedTeachers(ts), learner, NORM, cfg, EngineOptions(), CPU)
+    theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
+    z = torch.randn(1, 20, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for group in range(3):
+        five = FastFive(gen, StackedTeachers(ts), learner, NORM, cfg, options, CPU)
+        for adversarial in (False, True):
+            args = (theta, z, torch.tensor([group]), draw_table(1, 2, 4, torch.Generator().manual_seed(group)), lp,
+                    task_labels(5, 4), adversarial)
+            torch.testing.assert_close(five(*args).images, eager(*args).images, rtol=1e-9, atol=1e-12)
+
+
+def test_the_engines_compiled_functions_have_room_for_their_variants():
+    """Plain torch.compile(fullgraph=True) fails at dynamo's 9th graph of one function; the engine's
+    `compiled` does not (vmap's variants: 2 phases x teacher counts x groups, see RECOMPILE_LIMIT)."""
+    from fastfree.engine.five import compiled
+
+    torch._dynamo.reset()
+
+    def double(x):
+        return x * 2
+
+    engine = compiled(double, "eager")
+    for n in range(1, 13):  # 12 shapes, each its own graph (dynamic=False)
+        assert engine(torch.ones(n)).sum() == 2 * n
+    torch._dynamo.reset()
+    plain = torch.compile(double, fullgraph=True, dynamic=False, backend="eager")
+    with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+        for n in range(1, 13):
+            plain(torch.ones(n))
