@@ -166,11 +166,17 @@ def compiled(fn: Callable, backend: str) -> Callable:
     """torch.compile with the engine's settings (one full graph, fixed shapes; the boundary outside
     vmap/grad), called with room for the engine's variants (RECOMPILE_LIMIT)."""
     graph = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
-    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
 
     def call(*args, **kwargs):
-        with torch._dynamo.config.patch(**{name: max(RECOMPILE_LIMIT, getattr(torch._dynamo.config, name))}):
+        # set and restored by hand: config.patch costs ~0.5 ms per call here, this ~4 us
+        before = getattr(config, name)
+        setattr(config, name, max(RECOMPILE_LIMIT, before))
+        try:
             return graph(*args, **kwargs)
+        finally:
+            setattr(config, name, before)
 
     return call
 
