@@ -159,6 +159,8 @@ def five_epoch(theta0: dict[str, torch.Tensor], z0: torch.Tensor, teacher: dict[
 # teacher count of an architecture group (vmap: shapes differ) x the groups of a mixed pool, and the
 # loop's two teacher gradients share torch.func's wrapper code. Three architectures at b=4 already
 # need 24; a recompile *after* warm-up is still a bug, which the tests catch with error_on_recompile.
+# Set around each call of the compiled function (FastEngine once patched it around a whole epoch,
+# which left FastFive's other users, e.g. bench_five, without it).
 RECOMPILE_LIMIT = 256
 
 

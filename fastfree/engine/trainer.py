@@ -17,7 +17,6 @@ and the groups split by (architecture, domain image size); tested equal to the r
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -77,27 +76,14 @@ class FastEngine:
         theta, learner_params = dict(gen.named_parameters()), dict(state.learner.named_parameters())
         parts = self.groups.split(ids)
         outs = []
-        with self._compile_variants(len(ids)):
-            for part in parts:
-                outs.append(self._five_of(part.group, state, normalization, cfg)(
-                    theta, take(z, parts, part), self.groups.local_ids(part), take(draws, parts, part),
-                    learner_params, labels, adversarial))
+        for part in parts:  # a mixed pool's many compiled variants: see fastfree.engine.five.RECOMPILE_LIMIT
+            outs.append(self._five_of(part.group, state, normalization, cfg)(
+                theta, take(z, parts, part), self.groups.local_ids(part), take(draws, parts, part),
+                learner_params, labels, adversarial))
         out = merge_outputs(parts, outs)
         eta_rate, loss = out.eta.mean(1).tolist(), out.loss.tolist()  # one read per iteration (metrics)
         tasks = [RecoveredTask(out.images[i], labels, tid, eta_rate[i], loss[i]) for i, tid in enumerate(ids)]
         return tasks, out.meta_grad
-
-    def _compile_variants(self, b: int):
-        """Under --compile, room for every variant of FIVE's compiled functions in a mixed pool.
-
-        Each (function, phase, group, group size) is its own graph, and dynamo counts them all
-        against one limit (every torch.compile'd partial runs through the same wrapper frame):
-        2 x 2 x groups x b of them, beyond dynamo's default of 8, where fullgraph=True fails hard.
-        """
-        if not self.options.compile:
-            return nullcontext()
-        limit = torch._dynamo.config.recompile_limit + 4 * len(self.groups.groups) * b
-        return torch._dynamo.config.patch(recompile_limit=limit)
 
     def _five_of(self, group: int, state: FreeState, normalization: Normalization, cfg: FreeConfig) -> FastFive:
         if group not in self._fives:
