@@ -204,6 +204,9 @@ class FastFive:
         self.normalization, self.cfg, self.options, self.device = normalization, cfg, options, device
         self._epochs: dict[tuple[bool, int], Callable] = {}
         self._phase_functions: dict[bool, tuple[Callable, Callable]] = {}
+        # one-time work done so far, each in the first call that needs it: a phase's compilation,
+        # an epoch variant's CUDA-graph capture (the trainer times those calls apart from the rest)
+        self.setups = 0
 
     def _functions(self, adversarial: bool) -> tuple[Callable, Callable]:
         """The epoch's inner step and meta-gradient for one phase, compiled at most once per phase and
@@ -225,6 +228,7 @@ class FastFive:
             final = partial(meta_gradient, teacher_grad=final_grad, vectorize=vectorize)
             if options.compile and vectorize:  # one graph per function, reused by all k steps (compile time / (k+1))
                 step, final = compiled(step, options.compile_backend), compiled(final, options.compile_backend)
+            self.setups += int(options.compile)
             self._phase_functions[adversarial] = step, final
         return self._phase_functions[adversarial]
 
@@ -234,6 +238,7 @@ class FastFive:
             fn = partial(five_epoch, step=step, final=final, k=self.cfg.k)
             if self.options.cuda_graphs:  # a failed capture warns and runs this variant eagerly
                 fn = GraphedCallable(fn, name="FIVE's epoch")
+                self.setups += 1
             self._epochs[adversarial, b] = fn
         return self._epochs[adversarial, b]
 

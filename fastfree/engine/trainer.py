@@ -52,6 +52,11 @@ class FastEngine:
             self.meta_batch_fn = maml_meta_batch_fast if options.vectorize else maml_meta_batch_reference
 
     @property
+    def five_setups(self) -> int:
+        """One-time FIVE work done so far (compilations, CUDA-graph captures): see FastFive.setups."""
+        return sum(five.setups for five in self._fives.values())
+
+    @property
     def five_graph_fallbacks(self) -> list[str]:
         """Why FIVE's CUDA-graph capture failed (those epochs run eagerly), for each variant where it did."""
         return [reason for five in self._fives.values() for reason in five.graph_fallbacks]

@@ -46,7 +46,10 @@ class FreeState:
     learner_opt: torch.optim.Optimizer
     bank: MemoryBank
     rngs: dict[str, torch.Generator]
-    recovery_seconds: float = 0.0  # FIVE time after warm-up, synchronised
+    recovery_seconds: float = 0.0  # FIVE time after warm-up, synchronised, without setup_seconds
+    # FIVE time after warm-up in the iterations whose FIVE compiled or captured something first
+    # (engine.five_setups grew): one-time costs, and that iteration's epoch with them
+    setup_seconds: float = 0.0
     best: dict = field(default_factory=dict)  # per shot count: {"1": {"iteration", "val"}} (free/selection.py)
 
     def state_dict(self) -> dict:
@@ -59,6 +62,7 @@ class FreeState:
             "bank": self.bank.state_dict(),
             "rngs": {k: g.get_state() for k, g in self.rngs.items()},
             "recovery_seconds": self.recovery_seconds,
+            "setup_seconds": self.setup_seconds,
             "best": dict(self.best),
         }
 
@@ -72,6 +76,7 @@ class FreeState:
         for k, g in self.rngs.items():
             g.set_state(d["rngs"][k])
         self.recovery_seconds = float(d["recovery_seconds"])
+        self.setup_seconds = float(d.get("setup_seconds", 0.0))  # absent from checkpoints before it existed
         self.best = dict(d["best"])
 
 
@@ -127,6 +132,7 @@ class ReferenceEngine:
 
     name = "reference"
     meta_batch_fn = staticmethod(maml_meta_batch_reference)
+    five_setups = 0  # nothing compiled or captured
 
     def __init__(self, teachers: list[nn.Module]):
         self.teachers = teachers
@@ -166,8 +172,10 @@ def free_iteration(
     timer = timer or PhaseTimer(device)
     timer.mark("start")
     ids = torch.randint(0, len(teachers), (cfg.teachers_per_iteration,), generator=state.rngs["teachers"]).tolist()
+    setups = engine.five_setups
     tasks, meta_grad = engine.recover(state, ids, normalization, cfg, adversarial=not warm)
     timer.mark("five")
+    first_use = engine.five_setups > setups  # this FIVE compiled or captured a variant first
     if cfg.generator != "sequential":
         apply_meta_gradient(state.generator, meta_grad, state.generator_opt)
     timer.mark("generator")
@@ -192,8 +200,11 @@ def free_iteration(
     metrics["five_loss"] = sum(t.final_loss for t in tasks) / len(tasks)
     metrics["eta_rate"] = sum(t.eta_rate for t in tasks) / len(tasks)
     metrics["recovery_s"] = phases["five"]
+    metrics["five_setup"] = first_use
     metrics["phase_s"] = phases
-    if not warm:
+    if not warm and first_use:
+        state.setup_seconds += phases["five"]
+    elif not warm:
         state.recovery_seconds += phases["five"]
     metrics["bank_images"] = len(state.bank)
     metrics["iteration_s"] = time.perf_counter() - t_start
