@@ -186,7 +186,7 @@ def test_bad_input_to_a_graphed_epoch_is_not_swallowed():
               EngineOptions(cuda_graphs=True))
 
 
-@pytest.mark.parametrize("vectorize,backend,kernels", [(False, "inductor", False), (True, "inductor", False),
+@pytest.mark.parametrize("vectorize,backend,kernels", [(False, "aot_eager", False), (True, "inductor", False),
                                                      (True, "aot_eager", True)], ids=["loop", "vmap", "vmap-kernels"])
 def test_compiled_epoch_has_no_graph_break_no_recompile_and_equals_eager(vectorize, backend, kernels):
     """vmap-kernels: the fused loss inside grad of vmap, compiled (it once failed to trace: an
