@@ -115,7 +115,7 @@ def inner_step(params: dict[str, torch.Tensor], state: AdamState, teacher: dict[
     """Pure: one Adam step on L_G for b teachers at once (params holds theta [b, ...] and Z [b, n, d]).
 
     teacher_grad: grad(objective, argnums=(0, 1), has_aux=True), one teacher's; adam: adam_step with
-    its learning rate and betas bound (either maybe compiled on its own: see FastFive._epoch).
+    its learning rate and betas bound (either maybe compiled on its own: see FastFive._functions).
     """
     b = params[Z].shape[0]
     step_grad = map_teachers(teacher_grad, (0, 0, 0, 0, None, None), vectorize, b)
@@ -228,16 +228,19 @@ class FastFive:
             final = partial(meta_gradient, teacher_grad=final_grad, vectorize=vectorize)
             if options.compile and vectorize:  # one graph per function, reused by all k steps (compile time / (k+1))
                 step, final = compiled(step, options.compile_backend), compiled(final, options.compile_backend)
-            self.setups += int(options.compile)
             self._phase_functions[adversarial] = step, final
         return self._phase_functions[adversarial]
 
     def _epoch(self, adversarial: bool, b: int) -> Callable:
         if (adversarial, b) not in self._epochs:
+            options, new_phase = self.options, adversarial not in self._phase_functions
             step, final = self._functions(adversarial)
             fn = partial(five_epoch, step=step, final=final, k=self.cfg.k)
-            if self.options.cuda_graphs:  # a failed capture warns and runs this variant eagerly
+            if options.cuda_graphs:  # a failed capture warns and runs this variant eagerly
                 fn = GraphedCallable(fn, name="FIVE's epoch")
+            # one-time work in this variant's first call: compiling (a new phase; with vmap also a new
+            # teacher count, whose shapes differ) and capturing its CUDA graph
+            if options.cuda_graphs or (options.compile and (new_phase or options.vmap_teachers)):
                 self.setups += 1
             self._epochs[adversarial, b] = fn
         return self._epochs[adversarial, b]

@@ -354,3 +354,25 @@ def test_the_engines_compiled_functions_have_room_for_their_variants():
     with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
         for n in range(1, 13):
             plain(torch.ones(n))
+
+
+@pytest.mark.parametrize("vmap_teachers,compile,new_count_sets_up", [(False, True, False), (True, True, True),
+                                                                     (False, False, False)],
+                         ids=["loop-compiled", "vmap-compiled", "eager"])
+def test_setups_count_the_calls_that_compile(vmap_teachers, compile, new_count_sets_up):
+    """FastFive.setups grows in the calls that compile (a new phase; vmapped, also a new teacher count)
+    and never in eager ones: the trainer times those calls apart from data recovery."""
+    torch._dynamo.reset()
+    gen, ts, learner = _setup()
+    cfg = FiveConfig(k=1, lr=0.01, images_per_class=4)
+    options = EngineOptions(vectorize=vmap_teachers, compile=compile, compile_backend="eager")
+    five = FastFive(gen, StackedTeachers(ts), learner, NORM, cfg, options, CPU)
+    theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
+    grew = []
+    for b, adversarial in [(1, False), (1, False), (2, False), (2, True), (2, True)]:
+        before = five.setups
+        z = torch.randn(b, 20, 8, dtype=torch.float64)
+        five(theta, z, torch.arange(b), draw_table(b, 2, 4, torch.Generator().manual_seed(0)), lp, task_labels(5, 4),
+             adversarial)
+        grew.append(five.setups > before)
+    assert grew == ([compile, False, new_count_sets_up, compile, False])
