@@ -49,6 +49,14 @@ def traced(tensor: torch.Tensor) -> bool:
             or _get_current_dispatch_mode() is not None)
 
 
+def plain_autograd(tensor: torch.Tensor) -> bool:
+    """Whether this call runs under plain eager autograd: not traced, and no torch.func transform
+    (grad, vmap) active. Then the op's registered autograd formula applies (backward: one multiply),
+    which needs no extra ops; elsewhere the public functions attach the gradient with plain ops
+    (kernels/_attach.py), which a custom op's autograd does not compose with."""
+    return not traced(tensor) and torch._C._functorch.peek_interpreter_stack() is None
+
+
 def launcher(kernel, tensor: torch.Tensor):
     """How to launch `kernel` on `tensor`: through `wrap_triton` when traced, so that torch.compile and
     make_fx see the kernel; the plain Triton launch when run eagerly, because wrap_triton's eager

@@ -309,3 +309,34 @@ def test_cuda_graph_capture():
         loss_r.backward()
         torch.testing.assert_close(loss_g, loss_r.detach(), **TOL)
         torch.testing.assert_close(static_m.grad, mr.grad, **TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eager_backward_is_the_ops_own_formula(device):
+    """Called eagerly, the losses' backward is one node: the op's registered formula (one multiply),
+    not the plain-op attachment that grad, vmap and torch.compile need (kernels/_attach.py), which costs
+    a subtraction, a cast, a multiply, a sum and an add each way: launches that decide the eager
+    benchmark at the engine's sizes (T=4 x B=100 x C=5)."""
+
+    def nodes(t):
+        seen, todo = set(), [t.grad_fn]
+        while todo:
+            fn = todo.pop()
+            if fn is not None and fn not in seen:
+                seen.add(fn)
+                todo += [f for f, _ in fn.next_functions]
+        return sorted(type(fn).__name__ for fn in seen)
+
+    m, f, y = make((4, 100), 5, device)
+    rows, _ = fk.inversion_loss_rows(m.clone().requires_grad_(), f, y)
+    kl = fk.kl_rows(m, f.clone().requires_grad_())
+    for out in (rows, kl):
+        names = nodes(out)
+        assert len(names) == 2 and "AccumulateGrad" in names, names  # the op's node, then the leaf
+    # under a transform the attachment is used, and still right (test_vmap, test_compile_fullgraph)
+    from torch.func import grad
+
+    g = grad(lambda x: fk.inversion_loss(x, f, y)[0])(m)
+    mk = m.clone().requires_grad_()
+    fk.inversion_loss(mk, f, y)[0].backward()
+    torch.testing.assert_close(g, mk.grad, **TOL)
