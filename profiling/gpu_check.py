@@ -12,7 +12,7 @@ skipped, and `--steps` reruns a chosen few). Most important first:
                      vmapped in one CUDA graph (25x)
   bench_iteration    one whole FREE iteration, reference vs fast (--amp --compile), each phase's share
   gpu_tests          `pytest -m gpu`: CUDA-graph replay == eager over 3 epochs (eager and compiled),
-                     the graphed vmapped epoch == the reference in float64, bf16 vs fp32 on CUDA,
+                     the graphed epoch (vmapped; looped + compiled) == the reference in float64, bf16 vs fp32 on CUDA,
                      the Triton losses in bf16/fp16/inside a graph, graphed replay, pool, meta-test
   five_kernels       the top CUDA kernels of eager and compiled epochs, vmapped and looped (where the
                      GPU time goes)

@@ -60,11 +60,13 @@ def test_fast_five_equals_the_reference_with_the_batch_statistics_learner(vector
 @pytest.mark.gpu
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # a capture that fell back to eager fails the test
 @pytest.mark.parametrize("adversarial", [True, False], ids=["eq1", "warmup"])
-def test_the_graphed_vmapped_epoch_equals_the_reference_on_cuda_in_float64(adversarial):
+@pytest.mark.parametrize("five_vmap,compile", [(None, False), (False, True)], ids=["vmap", "loop-compiled"])
+def test_the_graphed_epoch_equals_the_reference_on_cuda_in_float64(adversarial, five_vmap, compile):
     """The CUDA defaults (vmap over teachers, the epoch captured in a CUDA graph) in float64, where
-    the comparison is exact; the Triton losses are fp32 (their own GPU tests), so the torch ones here."""
-    options = EngineOptions.for_device(torch.device("cuda"), kernels=False)
-    assert options.vectorize and options.cuda_graphs
+    the comparison is exact; the Triton losses are fp32 (their own GPU tests), so the torch ones here.
+    loop-compiled: teachers looped, one teacher's gradient compiled by inductor, the epoch graphed."""
+    options = EngineOptions.for_device(torch.device("cuda"), kernels=False, five_vmap=five_vmap, compile=compile)
+    assert options.vectorize and options.cuda_graphs and options.vmap_teachers == (five_vmap is None)
     _check_against_reference(options, 3, 3, adversarial, batch_statistics=False, device=torch.device("cuda"))
 
 
