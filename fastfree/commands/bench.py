@@ -88,9 +88,7 @@ def run(args) -> dict:
         cfg = replace(cfg, five=replace(cfg.five, k=args.k))
     if args.amp and args.dtype == "float64":
         raise FastFreeError("--amp (bf16) and --dtype float64 contradict each other; drop one")
-    options = EngineOptions.for_device(device, compile=args.compile, amp=args.amp, cuda_graphs=args.cuda_graphs,
-                                       kernels=args.kernels,
-                                       five_vmap=None if args.teacher_map is None else args.teacher_map == "vmap")
+    options = EngineOptions.from_flags(args, device)
     dataset = None
     if "iteration" in sections:
         dataset, _ = load_on_device(data_config(args, preset), device)

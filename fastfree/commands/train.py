@@ -38,9 +38,7 @@ def engine_options(args, device):
                             "checks, bf16 for speed; drop one")
     from fastfree.engine.options import EngineOptions
 
-    options = EngineOptions.for_device(device, compile=args.compile, amp=args.amp, cuda_graphs=args.cuda_graphs,
-                                       kernels=args.kernels,
-                                       five_vmap=None if args.teacher_map is None else args.teacher_map == "vmap")
+    options = EngineOptions.from_flags(args, device)
     return options, {"engine": "fast", **options.__dict__}
 
 

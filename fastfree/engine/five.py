@@ -199,7 +199,7 @@ class FastFive:
         # applies its affine map outside the native kernel (fastfree.engine.batchnorm: the native one fails
         # there in bf16); a loop over teachers (the CPU path) keeps the native layers, which are faster there
         # (the demo's data recovery: 112 s with the copy, 103 s without, 2 threads) and round as the reference.
-        self.generator_template = (affine_outside_batchnorm_(copy.deepcopy(generator)) if options.vmap_teachers
+        self.generator_template = (affine_outside_batchnorm_(copy.deepcopy(generator)) if options.five_vmap
                                    else generator)
         self.normalization, self.cfg, self.options, self.device = normalization, cfg, options, device
         self._epochs: dict[tuple[bool, int], Callable] = {}
@@ -214,7 +214,7 @@ class FastFive:
         if adversarial not in self._phase_functions:
             objective = make_objective(self.generator_template, self.teachers, self.learner, self.normalization,
                                        self.cfg, adversarial, self.options, self.device)
-            vectorize, options = self.options.vmap_teachers, self.options
+            vectorize, options = self.options.five_vmap, self.options
             step_grad = grad(objective, argnums=(0, 1), has_aux=True)
             final_grad = grad(objective, has_aux=True)
             adam = partial(adam_step, lr=self.cfg.lr, betas=self.cfg.betas)
@@ -240,7 +240,7 @@ class FastFive:
                 fn = GraphedCallable(fn, name="FIVE's epoch")
             # one-time work in this variant's first call: compiling (a new phase; with vmap also a new
             # teacher count, whose shapes differ) and capturing its CUDA graph
-            if options.cuda_graphs or (options.compile and (new_phase or options.vmap_teachers)):
+            if options.cuda_graphs or (options.compile and (new_phase or options.five_vmap)):
                 self.setups += 1
             self._epochs[adversarial, b] = fn
         return self._epochs[adversarial, b]

@@ -20,8 +20,8 @@ class EngineOptions:
         functions instead. Whether the loop also wins on a GPU is unmeasured: vmap's grouped
         convolutions keep inductor off channels-last and cost cuDNN transposes there
         (profiling/bench_five.py's fast_loop_* variants measure it).
-    five_vmap: FIVE's teachers with vmap (True) or a loop (False); None: as `vectorize`
-        (`--teacher-map vmap|loop`). Replay keeps `vectorize`: its graphed vmapped meta-batch is
+    five_vmap: FIVE's teachers with vmap (True) or a loop (False); None resolves to `vectorize`
+        on construction (`--teacher-map vmap|loop`). Replay keeps `vectorize`: its graphed vmapped meta-batch is
         the design the notes' prototype measured.
     compile: torch.compile the inner-loop functions (boundary outside vmap/grad); with the
         loop, one teacher's gradient and the Adam step, not the loop itself.
@@ -56,14 +56,17 @@ class EngineOptions:
             kernels=cuda if kernels is None else kernels,
         )
 
+    @staticmethod
+    def from_flags(args, device: torch.device) -> "EngineOptions":
+        """From the CLI's engine flags (cli._engine_flags: --compile, --amp, --cuda-graphs, --kernels,
+        --teacher-map), with the device's defaults for those not given."""
+        five_vmap = None if args.teacher_map is None else args.teacher_map == "vmap"
+        return EngineOptions.for_device(device, compile=args.compile, amp=args.amp, cuda_graphs=args.cuda_graphs,
+                                        kernels=args.kernels, five_vmap=five_vmap)
+
     def __post_init__(self):
         if self.five_vmap is None:  # resolved once, so equal options compare (and are recorded) equal
             object.__setattr__(self, "five_vmap", self.vectorize)
-
-    @property
-    def vmap_teachers(self) -> bool:
-        """Whether FIVE maps its teachers with vmap (else a loop)."""
-        return bool(self.five_vmap)
 
     def autocast(self, device: torch.device):
         """bf16 autocast when amp is on (cache off: required inside CUDA graphs), else a no-op."""

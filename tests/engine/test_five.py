@@ -66,7 +66,7 @@ def test_the_graphed_epoch_equals_the_reference_on_cuda_in_float64(adversarial, 
     the comparison is exact; the Triton losses are fp32 (their own GPU tests), so the torch ones here.
     loop-compiled: teachers looped, one teacher's gradient compiled by inductor, the epoch graphed."""
     options = EngineOptions.for_device(torch.device("cuda"), kernels=False, five_vmap=five_vmap, compile=compile)
-    assert options.vectorize and options.cuda_graphs and options.vmap_teachers == (five_vmap is None)
+    assert options.vectorize and options.cuda_graphs and options.five_vmap == (five_vmap is None)
     _check_against_reference(options, 3, 3, adversarial, batch_statistics=False, device=torch.device("cuda"))
 
 
