@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from fastfree.profiling import bench_metatest, bench_pool
 
 
@@ -50,7 +52,7 @@ def test_every_five_variant_the_gpu_check_asks_for_exists(tmp_path):
     for _, cmd, _, _ in gpu_check.steps(sys.executable, tmp_path, None):
         if "fastfree.profiling.bench_five" in cmd:
             asked += cmd[cmd.index("--variants") + 1:cmd.index("--json")]
-    asked += five_kernels.DEFAULT_VARIANTS + bench_five.variants_for(bench_five.torch.device("cuda"))
+    asked += five_kernels.DEFAULT_VARIANTS + bench_five.variants_for(torch.device("cuda"))
     assert len(asked) > 20
     assert [n for n in asked if not bench_five.is_variant(n)] == []
     assert not bench_five.is_variant("fast_compile_graph_bf16")  # one letter off
