@@ -14,6 +14,8 @@ warm-up (compilation and CUDA-graph capture happen in the warm-up):
   fast_graphs_nokernels           graphed, not compiled, with the torch losses
   fast_compile_graphs_channels_last   inductor forced to channels-last layouts (its heuristic otherwise)
   fast_cudnn_benchmark   with cuDNN's algorithm search (CUDA only)
+  fast_unfused, fast_graphs_unfused, fast_compile_graphs_unfused, fast_loop_compile_graphs_unfused
+                    the generator's upsample + 3x3 convolution pairs as written (not fused)
   fast_notf32, fast_graphs_notf32, fast_compile_graphs_notf32   fp32 convolutions without TF32 (CUDA only)
   *_bf16            the same with bf16 autocast (--amp)
 
@@ -68,6 +70,13 @@ FAST = {
     "fast_vmap": {"five_vmap": True},  # vmap where the device's default is the loop (a CPU)
     "fast_vmap_compile": {"compile": True, "five_vmap": True},
     "fast_loop_compile": {"compile": True, "five_vmap": False},
+    # the generator's upsample-then-convolve pairs run as written instead of as one transposed
+    # convolution each (EngineOptions.fuse_upsample, on by default): what the fusion buys
+    "fast_unfused": {"fuse_upsample": False},
+    "fast_graphs_unfused": {"cuda_graphs": True, "fuse_upsample": False},
+    "fast_compile_graphs_unfused": {"compile": True, "cuda_graphs": True, "fuse_upsample": False},
+    "fast_loop_compile_graphs_unfused": {"compile": True, "cuda_graphs": True, "five_vmap": False,
+                                         "fuse_upsample": False},
 }
 
 
@@ -84,7 +93,7 @@ def is_variant(name: str) -> bool:
 def variants_for(device: torch.device) -> list[str]:
     """Most telling first: a run cut short by its time limit keeps those (results are saved per variant)."""
     if device.type != "cuda":
-        return ["reference", "fast"]
+        return ["reference", "fast", "fast_unfused"]
     return ["reference", "fast_compile_graphs", "fast_compile_graphs_bf16", "reference_bf16", "fast", "fast_graphs",
             "fast_compile", "fast_compile_graphs_nokernels", "fast_compile_graphs_channels_last_bf16"]
 
@@ -123,7 +132,8 @@ def make_calls(variants: list[str], b: int, k: int, ways: int, per_class: int, n
                 continue
             options = EngineOptions.for_device(device, amp=amp, cuda_graphs=flags.get("cuda_graphs", False),
                                                compile=flags.get("compile", False), kernels=flags.get("kernels"),
-                                               five_vmap=flags.get("five_vmap"))
+                                               five_vmap=flags.get("five_vmap"),
+                                               fuse_upsample=flags.get("fuse_upsample", True))
             five = FastFive(gen, stack, learner, CIFAR100_NORM, cfg, options, device)
             theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
             id_tensor = torch.tensor(ids, device=device)

@@ -7,7 +7,8 @@ Each step runs in its own process with its own time limit; the whole stays withi
 skipped, and `--steps` reruns a chosen few). Most important first:
 
   bench_five_32px    one FIVE epoch, reference vs fast (compiled + graphed in bf16 and fp32, graphed
-                     eager, fp32 without TF32; teachers vmapped and looped), 32 px (issue 4's 20x target)
+                     eager, fp32 without TF32; teachers vmapped and looped; without the fused losses,
+                     without the fused upsampling), 32 px (issue 4's 20x target)
   bench_replay       one replay meta-batch (10 second-order MAML tasks): per task vs vmapped vs
                      vmapped in one CUDA graph (25x)
   bench_iteration    one whole FREE iteration, reference vs fast (--amp --compile), each phase's share
@@ -21,7 +22,7 @@ skipped, and `--steps` reruns a chosen few). Most important first:
   bench_kernels      the fused losses vs torch vs torch.compile (issue 5)
   profile_run_bf16   `fastfree profile run`, bf16 + compile: FLOPs, MFU, GPU-hours, memory, NVML
   profile_run_fp32, bench_metatest_1shot, bench_metatest_5shot, bench_five_32px_more (compiled
-  without graphs, channels-last), bench_pool, cifar_fs_random (with --cifar-fs)
+  without graphs, channels-last, compiled without the fused upsampling), bench_pool, cifar_fs_random (with --cifar-fs)
 
 The device returns at most 8 files, so everything is bundled, and rewritten after every step
 (a call cut off at its limit still brings back what was done): `gpu_check.json` (device,
@@ -69,11 +70,12 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
     # Seen on an H100 (2026-11-26): compilation dominates. The 32 px step with the reference and two
     # compiled variants took 150 s (cut off in a third), gpu_tests 114 s with its compiled tests.
     out = [
-        # the fused losses' effect on a whole epoch (issue 5): fast_graphs_bf16 vs fast_graphs_nokernels_bf16
+        # the fused losses' effect on a whole epoch (issue 5): fast_graphs_bf16 vs fast_graphs_nokernels_bf16;
+        # the generator's fused upsampling (engine/upsample_conv.py): vs fast_graphs_unfused_bf16
         # vmap's grouped convolutions vs a loop's plain ones (fast_loop_*: channels-last allowed, no cuDNN
         # transposes around grouped convolutions)
         five(32, ["reference", "fast_compile_graphs_bf16", "fast_loop_compile_graphs_bf16", "fast_graphs_bf16",
-                  "fast_loop_graphs_bf16", "fast_graphs_nokernels_bf16", "fast_graphs", "fast_loop_graphs",
+                  "fast_loop_graphs_bf16", "fast_graphs_nokernels_bf16", "fast_graphs_unfused_bf16", "fast_graphs", "fast_loop_graphs",
                   "fast_compile_graphs", "fast_loop_compile_graphs", "fast_graphs_notf32", "reference_bf16"], 240,
              "bench_five_32px"),
         ("bench_replay", [py, "-m", "fastfree.profiling.bench_replay", "--repeats", "5", *js("bench_replay")], 60,
@@ -101,7 +103,8 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
                                          "100", "--shots", str(s), *js(f"bench_metatest_{s}shot")], 60, None)
             for s in (1, 5)]
     out += [
-        five(32, ["reference", "fast_compile", "fast_compile_graphs_channels_last_bf16"], 90, "bench_five_32px_more"),
+        five(32, ["reference", "fast_compile", "fast_compile_graphs_channels_last_bf16",
+                  "fast_compile_graphs_unfused_bf16"], 120, "bench_five_32px_more"),
         ("bench_pool", [py, "-m", "fastfree.profiling.bench_pool", "--teachers", "100", "--steps", "5",
                         "--repeats", "3", *js("bench_pool")], 90, None),
     ]

@@ -97,9 +97,10 @@ def test_train_end_to_end_and_resume(pool_dir, tmp_path):
     # a finished run resumes to the same end without redoing work; other flags are refused
     assert main(["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), "--resume", *TINY_FREE, *SMALL]) == 0
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
-    # a run started before FIVE's teacher mapping had its own switch (no five_vmap recorded) still resumes
+    # a run started before FIVE's teacher mapping had its own switch (no five_vmap recorded), or before
+    # the generator's upsampling was fused (no fuse_upsample), still resumes
     config = json.loads((run_dir / "config.json").read_text())
-    del config["engine"]["five_vmap"]
+    del config["engine"]["five_vmap"], config["engine"]["fuse_upsample"]
     (run_dir / "config.json").write_text(json.dumps(config))
     assert main(["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), "--resume", *TINY_FREE, *SMALL]) == 0
 
@@ -126,7 +127,8 @@ def test_train_amp_runs_and_records_the_engine(pool_dir, tmp_path):
     assert main(["train", "--amp", "--teacher-map", "vmap", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "c"),
                  "--json", str(out), *TINY_FREE, *SMALL]) == 0
     r = json.loads(out.read_text())
-    assert r["config"]["engine"] == {"engine": "fast", "vectorize": False, "five_vmap": True, "compile": False,
+    assert r["config"]["engine"] == {"engine": "fast", "vectorize": False, "five_vmap": True, "fuse_upsample": True,
+                                     "compile": False,
                                      "cuda_graphs": False, "amp": True, "kernels": False,
                                      "compile_backend": "inductor"}
     lines = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]

@@ -78,6 +78,8 @@ def run(args) -> dict:
         engine = stored.get("engine", {})
         if engine.get("engine") == "fast" and "five_vmap" not in engine:  # a run started before the switch
             engine["five_vmap"] = engine.get("vectorize")  # existed: FIVE then mapped its teachers as replay
+        if engine.get("engine") == "fast" and "fuse_upsample" not in engine:  # likewise before the fused
+            engine["fuse_upsample"] = True  # upsampling: it continues with it (the same values, up to rounding)
         if stored != json.loads(json.dumps(resolved)):
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
                                 f"started with ({config_path}); resume with the same flags")

@@ -7,6 +7,10 @@ meta-learner only supplies its no-grad logits), each followed by a functional Ad
 exactly b independent torch.optim.Adam instances. The meta-gradient is the gradient at the
 adapted weights with the (k+1)-th augmentation draw, averaged over teachers in one pass.
 
+The generator runs from a template whose upsample-then-convolve layers are one stride-2
+transposed convolution each (fastfree.engine.upsample_conv: 4/9 of the epoch's dominant
+multiply-adds); its parameters are the paper's, by the same names.
+
 Teachers are mapped either with vmap (one grouped kernel per layer: the GPU path) or with a
 Python loop over the same per-teacher function (faster on a CPU, see EngineOptions); both
 give the reference's numbers (tests in float64). The inner step and the meta-gradient are pure
@@ -38,6 +42,7 @@ from fastfree.engine.graphs import GraphedCallable
 from fastfree.engine.groups import GroupPart, merge, whole
 from fastfree.engine.options import EngineOptions
 from fastfree.engine.teachers import StackedTeachers
+from fastfree.engine.upsample_conv import fuse_upsample_conv_
 from fastfree.free.five import FiveConfig
 from fastfree.free.losses import kl_per_sample
 from fastfree.optim import AdamState, adam_step
@@ -195,12 +200,18 @@ class FastFive:
     def __init__(self, generator: nn.Module, teachers: StackedTeachers, learner: nn.Module,
                  normalization: Normalization, cfg: FiveConfig, options: EngineOptions, device: torch.device):
         self.teachers, self.learner = teachers, learner
-        # the module functional_call runs (parameters come from theta). Under vmap, a copy whose BatchNorm
-        # applies its affine map outside the native kernel (fastfree.engine.batchnorm: the native one fails
-        # there in bf16); a loop over teachers (the CPU path) keeps the native layers, which are faster there
-        # (the demo's data recovery: 112 s with the copy, 103 s without, 2 threads) and round as the reference.
-        self.generator_template = (affine_outside_batchnorm_(copy.deepcopy(generator)) if options.five_vmap
-                                   else generator)
+        # the module functional_call runs (parameters come from theta, by the generator's names): a copy
+        # - whose upsample-then-convolve pairs are one transposed convolution each (fuse_upsample:
+        #   fastfree.engine.upsample_conv);
+        # - under vmap, whose BatchNorm applies its affine map outside the native kernel
+        #   (fastfree.engine.batchnorm: the native one fails there in bf16). A loop over teachers (the
+        #   CPU path) keeps the native layers, which are faster there (the demo's data recovery: 112 s
+        #   with the copy, 103 s without, 2 threads).
+        self.generator_template = copy.deepcopy(generator)
+        if options.fuse_upsample:
+            fuse_upsample_conv_(self.generator_template)
+        if options.five_vmap:
+            affine_outside_batchnorm_(self.generator_template)
         self.normalization, self.cfg, self.options, self.device = normalization, cfg, options, device
         self._epochs: dict[tuple[bool, int], Callable] = {}
         self._phase_functions: dict[bool, tuple[Callable, Callable]] = {}

@@ -23,6 +23,9 @@ class EngineOptions:
     five_vmap: FIVE's teachers with vmap (True) or a loop (False); None resolves to `vectorize`
         on construction (`--teacher-map vmap|loop`). Replay keeps `vectorize`: its graphed vmapped meta-batch is
         the design the notes' prototype measured.
+    fuse_upsample: FIVE's generator runs each nearest x2 upsampling + 3x3 convolution as one
+        stride-2 transposed convolution (fastfree.engine.upsample_conv: equal up to rounding, 4/9
+        of the multiply-adds, no upsampled activation). Off only to measure what it buys.
     compile: torch.compile the inner-loop functions (boundary outside vmap/grad); with the
         loop, one teacher's gradient and the Adam step, not the loop itself.
     cuda_graphs: capture FIVE's fixed k-step loop of all b teachers in one CUDA graph.
@@ -34,6 +37,7 @@ class EngineOptions:
 
     vectorize: bool = False
     five_vmap: bool | None = None
+    fuse_upsample: bool = True
     compile: bool = False
     cuda_graphs: bool = False
     amp: bool = False
@@ -43,13 +47,15 @@ class EngineOptions:
     @staticmethod
     def for_device(device: torch.device, *, compile: bool = False, amp: bool = False,
                    cuda_graphs: bool | None = None, kernels: bool | None = None,
-                   vectorize: bool | None = None, five_vmap: bool | None = None) -> "EngineOptions":
+                   vectorize: bool | None = None, five_vmap: bool | None = None,
+                   fuse_upsample: bool = True) -> "EngineOptions":
         cuda = device.type == "cuda"
         if cuda_graphs and not cuda:
             raise FastFreeError("--cuda-graphs needs a CUDA device: drop the flag or use --device cuda")
         return EngineOptions(
             vectorize=cuda if vectorize is None else vectorize,
             five_vmap=five_vmap,
+            fuse_upsample=fuse_upsample,
             compile=compile,
             cuda_graphs=cuda if cuda_graphs is None else cuda_graphs,
             amp=amp,

@@ -23,7 +23,7 @@ B, K, WAYS, PER_CLASS, NGF, WIDTH, SIZE = 2, 2, 5, 4, 8, 8, 16
 class FiveWorkload:
     """One FIVE epoch (b=2, k=2, 20 codes, ngf 8, Conv4-8 at 16 px) on both engines."""
 
-    def __init__(self, vectorize: bool = False):
+    def __init__(self, vectorize: bool = False, fuse_upsample: bool = True):
         torch.manual_seed(0)
         self.gen = Generator(32, NGF, SIZE)
         self.teachers = [Conv4(WAYS, WIDTH, SIZE).eval().requires_grad_(False) for _ in range(B)]
@@ -32,7 +32,7 @@ class FiveWorkload:
         self.labels = task_labels(WAYS, PER_CLASS)
         self.z = torch.randn(B, WAYS * PER_CLASS, 32)
         self.draws = draw_table(B, K + 1, self.cfg.pad, torch.Generator().manual_seed(0))
-        options = EngineOptions.for_device(CPU, vectorize=vectorize)
+        options = EngineOptions.for_device(CPU, vectorize=vectorize, fuse_upsample=fuse_upsample)
         self.fast = FastFive(self.gen, StackedTeachers(self.teachers), self.learner, CIFAR100_NORM, self.cfg,
                              options, CPU)
 
