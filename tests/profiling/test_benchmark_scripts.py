@@ -31,7 +31,7 @@ def test_bench_five_runs(tmp_path):
     assert bench_five.main(["--b", "2", "--k", "1", "--per-class", "2", "--ngf", "4", "--width", "4", "--image-size",
                             "16", "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert set(r["times"]) == {"reference", "fast"} and r["speedup_over_reference"]["reference"] == 1.0
+    assert set(r["times"]) == {"reference", "fast", "fast_unfused"} and r["speedup_over_reference"]["reference"] == 1.0
 
 
 def test_gpu_check_skips_steps_past_its_budget(tmp_path):
