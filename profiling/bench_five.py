@@ -60,10 +60,10 @@ FAST = {
     "fast_graphs_notf32": {"cuda_graphs": True, "tf32": False},
     "fast_compile_graphs_notf32": {"compile": True, "cuda_graphs": True, "tf32": False},
     # teachers mapped by a loop instead of vmap (the CPU's default, EngineOptions.five_vmap): plain
-    # convolutions instead of vmap's grouped ones. Inductor keeps any graph with a grouped convolution
-    # in NCHW (its layout heuristic: channels-last "can dramatically hurt grouped conv perf"), and cuDNN
-    # then transposes around each grouped convolution (five_kernels on an H100); a loop's plain
-    # convolutions are eligible for channels-last. The price: a graph b times longer to compile.
+    # convolutions instead of vmap's grouped ones. cuDNN transposes around each grouped convolution
+    # (five_kernels on an H100), and inductor's layout heuristic for inference graphs (which FIVE's
+    # compiled gradients are) weighs grouped convolutions' FLOPs as slower in channels-last, so a
+    # vmapped graph stays NCHW while a loop's plain convolutions tip it to channels-last.
     "fast_loop": {"five_vmap": False},
     "fast_loop_graphs": {"cuda_graphs": True, "five_vmap": False},
     "fast_loop_compile_graphs": {"compile": True, "cuda_graphs": True, "five_vmap": False},

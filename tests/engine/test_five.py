@@ -2,6 +2,8 @@
 
 import copy
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -287,16 +289,18 @@ def test_cuda_graph_replays_equal_eager_over_three_epochs(compile, vectorize):
 
 @pytest.mark.parametrize("vmap_teachers", [False, True], ids=["loop", "vmap"])
 def test_compiled_graphs_hold_grouped_convolutions_only_when_teachers_are_vmapped(vmap_teachers):
-    """What --teacher-map changes in the graphs the compiler gets (forward and backward, after
-    autograd): vmap maps b teachers' convolutions to grouped ones (groups = b), which keeps
-    inductor from channels-last layouts (torch/_inductor/graph.py, decide_layout_opt); the loop's
+    """What --teacher-map changes in the graphs the compiler gets (after AOT autograd, which sees
+    inference graphs only): vmap maps b teachers' convolutions to grouped ones (groups = b), which inductor's
+    layout heuristic weighs as slower in channels-last (torch/_inductor/graph.py, decide_layout_opt:
+    for FIVE's inference graphs, by FLOPs; nearly all are grouped when vmapped); the loop's
     compiled graphs are one teacher's, with plain convolutions."""
     from torch._dynamo.backends.common import aot_autograd
 
     torch._dynamo.reset()
-    groups = []
+    groups, kinds = [], set()
 
-    def record(gm, example_inputs):  # groups: convolution's last argument, convolution_backward's 10th
+    def record(gm, example_inputs, kind="?"):  # groups: convolution's last argument, convolution_backward's 10th
+        kinds.add(kind)
         for n in gm.graph.nodes:
             if n.target is torch.ops.aten.convolution.default:
                 groups.append(n.args[-1])
@@ -307,10 +311,14 @@ def test_compiled_graphs_hold_grouped_convolutions_only_when_teachers_are_vmappe
     b = 3
     gen, ts, learner = _setup()
     cfg = FiveConfig(k=1, lr=0.01, images_per_class=4)
-    options = EngineOptions(vectorize=True, five_vmap=vmap_teachers, compile=True,
-                            compile_backend=aot_autograd(fw_compiler=record, bw_compiler=record))
+    backend = aot_autograd(fw_compiler=partial(record, kind="forward"), bw_compiler=partial(record, kind="backward"),
+                           inference_compiler=partial(record, kind="inference"))
+    options = EngineOptions(vectorize=True, five_vmap=vmap_teachers, compile=True, compile_backend=backend)
     out = _fast(gen, ts, learner, cfg, list(range(b)), True, options)
     assert out.images.shape[0] == b and groups
+    # torch.func takes the gradients inside the compiled functions: inductor gets inference graphs only,
+    # whose layout heuristic weighs convolutions by FLOPs (the README's account of channels-last)
+    assert kinds == {"inference"}
     # the learner's no-grad forward is unbatched (plain) either way
     assert set(groups) == ({1, b} if vmap_teachers else {1})
 
