@@ -15,8 +15,8 @@ skipped, and `--steps` reruns a chosen few). Most important first:
   gpu_tests          `pytest -m gpu`: CUDA-graph replay == eager over 3 epochs (eager and compiled),
                      the graphed epoch (vmapped; looped + compiled) == the reference in float64, bf16 vs fp32 on CUDA,
                      the Triton losses in bf16/fp16/inside a graph, graphed replay, pool, meta-test
-  five_kernels       the top CUDA kernels of eager and compiled epochs, vmapped and looped (where the
-                     GPU time goes)
+  five_kernels       the top CUDA kernels of eager and compiled epochs, vmapped and looped, the generator's
+                     upsampling fused and not (where the GPU time goes)
   bench_iteration_loop  the same iteration with FIVE's teachers looped (--teacher-map loop)
   bench_five_84px    the FIVE epoch at 84 px (8x), teachers vmapped and looped
   bench_kernels      the fused losses vs torch vs torch.compile (issue 5)
