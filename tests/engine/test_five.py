@@ -1,7 +1,6 @@
 """The fast FIVE epoch against the sequential reference (float64), and its compiled / bf16 variants."""
 
 import copy
-
 from functools import partial
 
 import pytest
@@ -299,7 +298,7 @@ def test_compiled_graphs_hold_grouped_convolutions_only_when_teachers_are_vmappe
     torch._dynamo.reset()
     groups, kinds = [], set()
 
-    def record(gm, example_inputs, kind="?"):  # groups: convolution's last argument, convolution_backward's 10th
+    def record(gm, example_inputs, *, kind):  # groups: convolution's last argument, convolution_backward's 10th
         kinds.add(kind)
         for n in gm.graph.nodes:
             if n.target is torch.ops.aten.convolution.default:
