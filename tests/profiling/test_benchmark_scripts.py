@@ -34,6 +34,31 @@ def test_bench_five_runs(tmp_path):
     assert set(r["times"]) == {"reference", "fast", "fast_unfused"} and r["speedup_over_reference"]["reference"] == 1.0
 
 
+def test_five_kernels_profiles_operators_on_a_cpu(tmp_path):
+    """On a CPU the profile ranks operators by self CPU time, per profiled epoch."""
+    from fastfree.profiling import five_kernels
+
+    out = tmp_path / "k.json"
+    shape = ["--b", "2", "--k", "1", "--per-class", "2", "--ngf", "4", "--width", "4", "--image-size", "16"]
+    assert five_kernels.main([*shape, "--device", "cpu", "--epochs", "2", "--top", "40", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["variants"]) == {"reference", "fast", "fast_unfused"} and r["b"] == 2 and r["epochs_profiled"] == 2
+    for v in r["variants"].values():
+        assert 0 < len(v["top"]) <= 40 and v["aten_ops"] > 100
+        assert sum(t["total_us"] for t in v["top"]) <= 1e3 * v["cpu_ms"] + 1
+        assert any(t["kernel"] == "aten::convolution_backward" for t in v["top"])
+
+
+def test_five_kernels_rejects_zero_epochs(capsys):
+    import pytest
+
+    from fastfree.profiling import five_kernels
+
+    with pytest.raises(SystemExit):
+        five_kernels.main(["--device", "cpu", "--epochs", "0"])
+    assert "--epochs must be at least 1" in capsys.readouterr().err
+
+
 def test_gpu_check_skips_steps_past_its_budget(tmp_path):
     from fastfree.profiling import gpu_check
 
