@@ -1,0 +1,97 @@
+"""How sure a pool's teachers are on their own held-out images: accuracy, confidence, entropy, NLL.
+
+Not a test: it reports. FREE learns from what its teachers say about generated images (the
+inversion loss, BELL's soft targets), so a pool's calibration may matter beside its accuracy.
+Each teacher is evaluated on the images its pretraining held out (the last `heldout_fraction`
+of each of its classes' meta-train images, fastfree.pool.teachers.teacher_data): accuracy
+(which must equal the manifest's, a check that the data is the pool's), the mean top softmax
+probability, the mean entropy of the softmax (nats; ln 5 = 1.61 is uniform over 5 ways) and
+the mean negative log-likelihood of the true class. Means over teachers, and per teacher.
+
+    python -m fastfree.profiling.teacher_confidence --data cifar-fs --data-root DIR --pool P1 --pool P2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from fastfree.commands.common import run_metadata, write_json
+from fastfree.data.sources import SOURCES, DataConfig, load_dataset
+from fastfree.data.split import ImageSplit
+from fastfree.errors import FastFreeError
+from fastfree.pool.store import Pool, load_pool
+from fastfree.pool.teachers import TeacherSpec, teacher_data
+
+STATS = ("heldout_accuracy", "mean_max_softmax", "mean_entropy_nats", "heldout_nll")
+
+
+def teacher_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy, mean top probability, mean entropy and NLL of logits [n, C] for labels [n]."""
+    logp = logits.double().log_softmax(-1)
+    p = logp.exp()
+    return {"heldout_accuracy": (logp.argmax(-1) == labels).double().mean().item(),
+            "mean_max_softmax": p.max(-1).values.mean().item(),
+            "mean_entropy_nats": -(p * logp).sum(-1).mean().item(),
+            "heldout_nll": -logp.gather(1, labels[:, None]).mean().item()}
+
+
+def pool_confidence(pool: Pool, split: ImageSplit, batch: int = 512) -> dict:
+    """Each teacher's stats on its held-out images, their means, and the largest difference between
+    the recomputed held-out accuracy and the manifest's (0 when `split` is the pool's data)."""
+    fraction = float(pool.manifest["pretrain"]["heldout_fraction"])
+    per_teacher = []
+    for i, r in enumerate(pool.records):
+        data = teacher_data(split, TeacherSpec(r.index, tuple(r.classes), r.seed, r.arch), fraction)
+        model = pool.model(i, split.device)
+        with torch.no_grad():
+            logits = torch.cat([model(pool.normalization(split.images[data.heldout_idx[s:s + batch]]))
+                                for s in range(0, data.heldout_idx.numel(), batch)])
+        per_teacher.append(teacher_stats(logits, data.heldout_y))
+    means = {k: sum(t[k] for t in per_teacher) / len(per_teacher) for k in STATS}
+    drift = max(abs(t["heldout_accuracy"] - r.heldout_accuracy) for t, r in zip(per_teacher, pool.records))
+    return {"path": str(pool.path), "teachers": len(pool), "epochs": pool.manifest["pretrain"].get("epochs"),
+            "mean": means, "accuracy_vs_manifest_max_abs_diff": drift, "per_teacher": per_teacher}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pool", action="append", required=True, help="a pool directory (repeat to compare pools)")
+    p.add_argument("--data", default="cifar-fs", choices=SOURCES, help="the data set the pools were trained on")
+    p.add_argument("--data-root", help="its folder (cifar-fs and image folders)")
+    p.add_argument("--image-size", type=int, default=32, help="image folders: resize to; builtin: render at")
+    p.add_argument("--builtin-seed", type=int, default=0, help="builtin: the data's seed")
+    p.add_argument("--images-per-class", type=int, default=600, help="builtin: images per class")
+    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--json", help="write the result to this file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = load_dataset(DataConfig(source=args.data, root=args.data_root, image_size=args.image_size,
+                                      builtin_seed=args.builtin_seed, images_per_class=args.images_per_class))
+    result = {"benchmark": "teachers on their own held-out images", "data": dataset.name, "pools": [],
+              **run_metadata(torch.device("cpu"))}
+    for path in args.pool:
+        pool = load_pool(path)
+        if pool.dataset != dataset.name:
+            raise FastFreeError(f"the pool at {pool.path} was trained on {pool.dataset!r}, not {dataset.name!r}: "
+                                f"pass --data (and --data-root) of the pool's data set")
+        r = pool_confidence(pool, dataset.train)
+        result["pools"].append(r)
+        m = r["mean"]
+        print(f"{path}: {r['teachers']} teachers, {r['epochs']} epochs: held-out accuracy {100 * m['heldout_accuracy']:.2f}%"
+              f", top softmax {m['mean_max_softmax']:.3f}, entropy {m['mean_entropy_nats']:.3f} nats, "
+              f"NLL {m['heldout_nll']:.3f}", flush=True)
+        if r["accuracy_vs_manifest_max_abs_diff"] > 0.01:
+            print(f"    warning: held-out accuracy differs from the manifest's by up to "
+                  f"{r['accuracy_vs_manifest_max_abs_diff']:.3f}: is this the pool's data?", flush=True)
+    write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except FastFreeError as e:
+        raise SystemExit(f"error: {e}")
