@@ -8,7 +8,10 @@ of each of its classes' meta-train images, fastfree.pool.teachers.teacher_data):
 probability, the mean entropy of the softmax (nats; ln 5 = 1.61 is uniform over 5 ways) and
 the mean negative log-likelihood of the true class. Means over teachers, and per teacher.
 
-    python -m fastfree.profiling.teacher_confidence --data cifar-fs --data-root DIR --pool P1 --pool P2 --json out.json
+    python -m fastfree.profiling.teacher_confidence --preset cifar-fs --data-root DIR --pool P1 --pool P2 --json out.json
+
+The data flags are every command's (fastfree.cli), so a pool is evaluated on the data set, image
+size and normalisation its preset or flags give, as `fastfree pretrain` trained it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import argparse
 
 import torch
 
-from fastfree.commands.common import run_metadata, write_json
-from fastfree.data.sources import SOURCES, DataConfig, load_dataset
+from fastfree.cli import _common as add_common_flags
+from fastfree.commands.common import data_config, load_on_device, run_metadata, setup, write_json
 from fastfree.data.split import ImageSplit
 from fastfree.errors import FastFreeError
 from fastfree.pool.store import Pool, load_pool
@@ -46,8 +49,7 @@ def pool_confidence(pool: Pool, split: ImageSplit, batch: int = 512) -> dict:
         data = teacher_data(split, TeacherSpec(r.index, tuple(r.classes), r.seed, r.arch), fraction)
         model = pool.model(i, split.device)
         with torch.no_grad():
-            logits = torch.cat([model(pool.normalization(split.images[data.heldout_idx[s:s + batch]]))
-                                for s in range(0, data.heldout_idx.numel(), batch)])
+            logits = torch.cat([model(pool.normalization(split.images[idx])) for idx in data.heldout_idx.split(batch)])
         per_teacher.append(teacher_stats(logits, data.heldout_y))
     means = {k: sum(t[k] for t in per_teacher) / len(per_teacher) for k in STATS}
     drift = max(abs(t["heldout_accuracy"] - r.heldout_accuracy) for t, r in zip(per_teacher, pool.records))
@@ -58,20 +60,12 @@ def pool_confidence(pool: Pool, split: ImageSplit, batch: int = 512) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pool", action="append", required=True, help="a pool directory (repeat to compare pools)")
-    p.add_argument("--data", default="cifar-fs", choices=SOURCES, help="the data set the pools were trained on")
-    p.add_argument("--data-root", help="its folder (cifar-fs and image folders)")
-    p.add_argument("--image-size", type=int, default=32, help="image folders: resize to; builtin: render at")
-    p.add_argument("--builtin-seed", type=int, default=0, help="builtin: the data's seed")
-    p.add_argument("--images-per-class", type=int, default=600, help="builtin: images per class")
-    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--json", help="write the result to this file")
+    add_common_flags(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dataset = load_dataset(DataConfig(source=args.data, root=args.data_root, image_size=args.image_size,
-                                      builtin_seed=args.builtin_seed, images_per_class=args.images_per_class))
+    preset, device, _ = setup(args)
+    dataset, _ = load_on_device(data_config(args, preset), device)
     result = {"benchmark": "teachers on their own held-out images", "data": dataset.name, "pools": [],
-              **run_metadata(torch.device("cpu"))}
+              **run_metadata(device)}
     for path in args.pool:
         pool = load_pool(path)
         if pool.dataset != dataset.name:
