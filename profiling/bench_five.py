@@ -84,6 +84,13 @@ FAST = {
 ISSUE4_EPOCH = {"b": 4, "k": 5, "ways": 5, "per_class": 20, "ngf": 64, "width": 32}
 
 
+def add_epoch_flags(p) -> None:
+    """--b, --k, --ways, --per-class, --ngf, --width (issue 4's epoch by default) and --image-size."""
+    for name, value in ISSUE4_EPOCH.items():
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=value)
+    p.add_argument("--image-size", type=int, default=32)
+
+
 def is_variant(name: str) -> bool:
     """Whether `name` is a variant make_calls knows ("reference" or a FAST key, maybe with "_bf16")."""
     base = name.removesuffix("_bf16")
@@ -179,9 +186,7 @@ def _result(times, errors, b, k, ways, per_class, ngf, width, image_size, repeat
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--variants", nargs="+", help="default: all that the device supports")
-    for name, value in ISSUE4_EPOCH.items():
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=value)
-    p.add_argument("--image-size", type=int, default=32)
+    add_epoch_flags(p)
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     result = bench(args.variants or variants_for(device), args.b, args.k, args.ways, args.per_class, args.ngf,

@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from fastfree.commands.common import run_metadata, write_json
-from fastfree.profiling.bench_five import ISSUE4_EPOCH, make_calls, variants_for
+from fastfree.profiling.bench_five import ISSUE4_EPOCH, add_epoch_flags, make_calls, variants_for
 from fastfree.profiling.timing import parser, resolve_device
 
 
@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--variants", nargs="+", help="default: on CUDA " + " ".join(DEFAULT_VARIANTS) +
                    "; on a CPU bench_five's CPU variants")
-    for name, value in ISSUE4_EPOCH.items():
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=value)
-    p.add_argument("--image-size", type=int, default=32)
+    add_epoch_flags(p)
     p.add_argument("--epochs", type=int, default=1, help="epochs profiled per variant (reported per epoch)")
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args(argv)

@@ -40,13 +40,16 @@ def test_five_kernels_profiles_operators_on_a_cpu(tmp_path):
 
     out = tmp_path / "k.json"
     shape = ["--b", "2", "--k", "1", "--per-class", "2", "--ngf", "4", "--width", "4", "--image-size", "16"]
-    assert five_kernels.main([*shape, "--device", "cpu", "--epochs", "2", "--top", "40", "--json", str(out)]) == 0
+    assert five_kernels.main([*shape, "--device", "cpu", "--epochs", "2", "--top", "200", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert set(r["variants"]) == {"reference", "fast", "fast_unfused"} and r["b"] == 2 and r["epochs_profiled"] == 2
     for v in r["variants"].values():
-        assert 0 < len(v["top"]) <= 40 and v["aten_ops"] > 100
-        assert sum(t["total_us"] for t in v["top"]) <= 1e3 * v["cpu_ms"] + 1
+        assert v["aten_ops"] > 100 and v["cpu_ms"] > 0
         assert any(t["kernel"] == "aten::convolution_backward" for t in v["top"])
+    # every operator is listed (--top 200): the fused generator upsamples nowhere, the others do
+    upsampling = {n: any(t["kernel"].startswith("aten::upsample_nearest2d") for t in v["top"])
+                  for n, v in r["variants"].items()}
+    assert upsampling == {"reference": True, "fast": False, "fast_unfused": True}
 
 
 def test_five_kernels_rejects_zero_epochs(capsys):
