@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int, help="seed of the teachers' classes, inits and data order")
     p.add_argument("--group-size", type=_positive, help="teachers trained together in one vmapped step")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted pretraining in --out (its finished teachers are kept), or grow the "
+                        "pool there to --teachers with the flags it was trained with")
     p.add_argument("--engine", default="auto", choices=list(ENGINES),
                    help="batched: vmap over teachers; reference: one teacher at a time; "
                         "auto (default): batched on CUDA, reference on a CPU (faster there)")

@@ -10,6 +10,7 @@ from fastfree.commands.common import data_config, load_on_device, progress_bar, 
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
+from fastfree.pool.progress import PretrainProgress, fingerprint
 from fastfree.pool.store import records_from_training, save_pool
 from fastfree.pool.teachers import sample_teacher_specs, teacher_data
 
@@ -37,17 +38,30 @@ def run(args) -> dict:
         -(-teacher_data(dataset.train, s, cfg.heldout_fraction).train_idx.numel() // cfg.batch_size) for s in specs
     ]
     engine = resolve_engine(args.engine, device)
+    provenance = {"data": {k: v for k, v in dcfg.__dict__.items() if k != "root"}, "dtype": args.dtype,
+                  "engine": engine}
+    progress = PretrainProgress(out, fingerprint(cfg.to_dict(), dataset.name, dataset.normalization.to_dict(),
+                                                 dataset.image_size, dcfg.__dict__, args.dtype, engine))
+    if args.resume:
+        done = progress.resume(specs)
+        print(f"resuming: {len(done)} of {len(specs)} teachers already trained", flush=True)
+    else:
+        progress.start()
+        done = {}
     t0 = time.perf_counter()
     desc = f"pretraining {cfg.teachers} teachers ({engine})"
     with progress_bar(total=cfg.epochs * sum(steps_per_epoch), desc=desc, unit="teacher-step") as bar:
-        trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, bar.update)
+        trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, bar.update,
+                                done=done, on_trained=progress.save)
     if device.type == "cuda":
         import torch
 
         torch.cuda.synchronize(device)
     train_s = time.perf_counter() - t0
     records = records_from_training(trained, cfg, dataset.image_size)
-    save_pool(out, records, [t.state_dict for t in trained], dataset.name, dataset.normalization, cfg.to_dict())
+    save_pool(out, records, [t.state_dict for t in trained], dataset.name, dataset.normalization, cfg.to_dict(),
+              provenance)
+    progress.finish()
     accs = [r.heldout_accuracy for r in records]
     by_arch = {a: [r.heldout_accuracy for r in records if r.arch == a] for a in cfg.archs}
     result = {
@@ -59,6 +73,7 @@ def run(args) -> dict:
         "engine": engine,
         "dtype": args.dtype,
         "teachers": len(records),
+        "resumed_teachers": len(done),  # trained by an earlier, interrupted or smaller run: not in "training"
         "heldout_accuracy": {
             "mean": sum(accs) / len(accs), "min": min(accs), "max": max(accs),
             "per_teacher": accs,

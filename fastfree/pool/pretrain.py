@@ -239,31 +239,51 @@ def pretrain_pool(
     split: ImageSplit, normalization: Normalization, specs: list[TeacherSpec], cfg: PretrainConfig,
     engine: str = "auto", dtype: torch.dtype = torch.float32,
     progress: Callable[[int], None] | None = None,
+    done: dict[int, TrainedTeacher] | None = None,
+    on_trained: Callable[[list[TrainedTeacher]], None] | None = None,
 ) -> list[TrainedTeacher]:
     """Train every teacher: batched in groups of `cfg.group_size`, or one by one (reference).
 
     Batched, teachers are grouped by architecture (a vmapped step needs one) and training-set
     size. `progress(k)` gets the number of teacher-steps done (one per teacher and optimiser step).
+    `done` holds teachers finished before (a resumed run): they are not trained again; batched, a
+    group is trained whole unless all of it is done, so its teachers see the same batching as in
+    an uninterrupted run. `on_trained` gets each newly trained group (or teacher) at once.
     """
     stray = sorted({s.arch for s in specs} - set(cfg.archs))
     if stray:
         raise FastFreeError(f"teachers of architecture {', '.join(stray)} are not in the config's archs {cfg.archs}: "
                             "sample the specs with archs=cfg.archs")
+    done = done or {}
     engine = resolve_engine(engine, split.device)
+    sizes = {s.index: teacher_data(split, s, cfg.heldout_fraction).train_idx.numel() for s in specs}
+
+    def reuse(chunk: list[TeacherSpec]) -> bool:
+        if not all(s.index in done for s in chunk):
+            return False
+        if progress is not None:  # the steps they took before
+            progress(sum(cfg.epochs * -(-sizes[s.index] // cfg.batch_size) for s in chunk))
+        return True
+
     if engine == "reference":
-        out = []
+        chunks = [[s] for s in specs]
+    else:
+        # group by architecture and training-set size (sizes are equal in CIFAR-FS and the built-in data)
+        groups: dict[tuple[str, int], list[TeacherSpec]] = {}
         for s in specs:
-            out.append(train_teacher_reference(split, normalization, s, cfg, dtype, progress=progress))
-        return out
-    # group by architecture and training-set size (sizes are equal in CIFAR-FS and the built-in data)
-    groups: dict[tuple[str, int], list[TeacherSpec]] = {}
-    for s in specs:
-        size = teacher_data(split, s, cfg.heldout_fraction).train_idx.numel()
-        groups.setdefault((s.arch, size), []).append(s)
+            groups.setdefault((s.arch, sizes[s.index]), []).append(s)
+        chunks = [group[start : start + cfg.group_size] for group in groups.values()
+                  for start in range(0, len(group), cfg.group_size)]
     trained: dict[int, TrainedTeacher] = {}
-    for group in groups.values():
-        for start in range(0, len(group), cfg.group_size):
-            chunk = group[start : start + cfg.group_size]
-            for t in train_teachers_batched(split, normalization, chunk, cfg, dtype, progress=progress):
-                trained[t.spec.index] = t
+    for chunk in chunks:
+        if reuse(chunk):
+            trained.update({s.index: done[s.index] for s in chunk})
+            continue
+        if engine == "reference":
+            new = [train_teacher_reference(split, normalization, chunk[0], cfg, dtype, progress=progress)]
+        else:
+            new = train_teachers_batched(split, normalization, chunk, cfg, dtype, progress=progress)
+        if on_trained is not None:
+            on_trained(new)
+        trained.update({t.spec.index: t for t in new})
     return [trained[s.index] for s in specs]

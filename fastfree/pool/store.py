@@ -90,8 +90,12 @@ def _manifest_digest(manifest: dict) -> str:
 def save_pool(
     path: str | Path, records: list[TeacherRecord], state_dicts: list[dict[str, torch.Tensor]],
     dataset: str, normalization: Normalization, pretrain_config: dict | None = None,
+    provenance: dict | None = None,
 ) -> Path:
-    """Write the pool atomically: both files go to temporary names first, the manifest last."""
+    """Write the pool atomically: both files go to temporary names first, the manifest last.
+
+    `provenance` ({"data", "dtype", "engine"}) lets a later `pretrain --resume` grow the pool
+    only with teachers trained the same way."""
     path = Path(path)
     if len(records) != len(state_dicts) or not records:
         raise FastFreeError("save_pool needs one state dict per teacher record, and at least one teacher")
@@ -109,6 +113,7 @@ def save_pool(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"name": dataset, "split": "train", "normalization": normalization.to_dict()},
         "pretrain": pretrain_config or {},
+        **({"provenance": provenance} if provenance is not None else {}),
         "teachers": [r.to_dict() for r in records],
         "weights_file": WEIGHTS,
         "weights_sha256": _sha256_file(tmp_weights),

@@ -1,0 +1,168 @@
+"""Resumable pretraining: every finished teacher is on disk at once, so nothing is lost.
+
+`fastfree pretrain --out POOL` keeps POOL/.progress while it runs: `fingerprint.json` (what a
+teacher's weights depend on: the pretraining config but for the number of teachers, the data,
+the dtype and the engine) and one safetensors file per finished teacher, its spec, held-out
+accuracy and best epoch in the file's metadata. Each file is written to a temporary name and
+renamed, so a kill leaves whole teachers only. `--resume` reuses every teacher whose fingerprint
+and spec match and trains the rest; a finished pool at POOL counts as progress too, so a pool
+grows (`--teachers 100 --resume` over a pool of 20 trains the 80 new ones). A teacher depends
+only on its own spec and the config, so the resumed pool equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from fastfree.errors import FastFreeError
+from fastfree.pool.pretrain import TrainedTeacher
+from fastfree.pool.store import MANIFEST, load_pool
+from fastfree.pool.teachers import TeacherSpec
+
+PROGRESS = ".progress"
+FINGERPRINT = "fingerprint.json"
+
+
+def fingerprint(pretrain: dict, dataset: str, normalization: dict, image_size: int, data: dict, dtype: str,
+                engine: str) -> dict:
+    """What every teacher's weights depend on. The teacher count and the data folder's path are
+    left out: a pool may grow, and data may move."""
+    return {
+        "pretrain": {k: v for k, v in pretrain.items() if k != "teachers"},
+        "dataset": dataset, "normalization": normalization, "image_size": image_size,
+        "data": {k: v for k, v in data.items() if k != "root"}, "dtype": dtype, "engine": engine,
+    }
+
+
+def _spec_meta(t: TrainedTeacher) -> dict[str, str]:
+    s = t.spec
+    return {"index": str(s.index), "classes": json.dumps(list(s.classes)), "seed": str(s.seed), "arch": s.arch,
+            "heldout_accuracy": repr(float(t.heldout_accuracy)), "best_epoch": str(int(t.best_epoch))}
+
+
+def _json(obj) -> dict:
+    return json.loads(json.dumps(obj))  # tuples as lists, as they come back from disk
+
+
+class PretrainProgress:
+    """The progress folder of one pool directory."""
+
+    def __init__(self, out: str | Path, fp: dict):
+        self.out = Path(out)
+        self.dir = self.out / PROGRESS
+        self.fp = _json(fp)
+
+    def exists(self) -> bool:
+        return self.dir.is_dir()
+
+    def start(self) -> None:
+        """A fresh run: refuses to overwrite an interrupted one."""
+        if self.exists():
+            raise FastFreeError(f"{self.dir} holds the teachers of an interrupted pretraining: pass --resume to "
+                                f"continue it, or delete {self.dir} to start over")
+        self._write_fingerprint()
+
+    def _write_fingerprint(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / (FINGERPRINT + ".tmp")
+        tmp.write_text(json.dumps(self.fp, indent=2))
+        os.replace(tmp, self.dir / FINGERPRINT)
+
+    def resume(self, specs: list[TeacherSpec]) -> dict[int, TrainedTeacher]:
+        """The finished teachers among `specs`: from a finished pool at `out`, then the progress folder."""
+        done = self._from_pool(specs) if (self.out / MANIFEST).is_file() else {}
+        if self.exists():
+            path = self.dir / FINGERPRINT
+            stored = json.loads(path.read_text()) if path.is_file() else None
+            if stored != self.fp:
+                raise FastFreeError(
+                    f"--resume: {self.dir} was started with other settings ({_diff(stored, self.fp)}): resume "
+                    f"with the same flags, or delete {self.dir} to start over")
+            done.update(self._from_files(specs))
+        elif not done:
+            raise FastFreeError(f"--resume: {self.out} holds neither an interrupted pretraining ({PROGRESS}) nor "
+                                f"a pool; start without --resume")
+        self._write_fingerprint()
+        return done
+
+    def _from_pool(self, specs: list[TeacherSpec]) -> dict[int, TrainedTeacher]:
+        pool = load_pool(self.out)
+        have = {
+            "pretrain": {k: v for k, v in pool.manifest.get("pretrain", {}).items() if k != "teachers"},
+            "dataset": pool.dataset, "normalization": pool.normalization.to_dict(),
+            "image_size": pool.records[0].image_size,
+        }
+        want = {k: self.fp[k] for k in have}
+        # data, dtype and engine are checked too where the pool records them (its manifest's provenance;
+        # older pools lack it)
+        prov = pool.manifest.get("provenance")
+        if prov is not None:
+            have.update({k: prov[k] for k in ("data", "dtype", "engine")})
+            want.update({k: self.fp[k] for k in ("data", "dtype", "engine")})
+        if _json(have) != want:
+            raise FastFreeError(
+                f"--resume: the pool at {self.out} was trained with other settings ({_diff(_json(have), want)}): "
+                f"grow it with the flags it was trained with, or choose another --out")
+        by_index = {s.index: s for s in specs}
+        done = {}
+        for r, sd in zip(pool.records, pool.state_dicts):
+            spec = TeacherSpec(r.index, r.classes, r.seed, r.arch)
+            if by_index.get(r.index) == spec:
+                done[r.index] = TrainedTeacher(spec, sd, r.heldout_accuracy, r.best_epoch)
+        return done
+
+    def _from_files(self, specs: list[TeacherSpec]) -> dict[int, TrainedTeacher]:
+        done = {}
+        for spec in specs:
+            path = self.dir / f"teacher{spec.index:04d}.safetensors"
+            if not path.is_file():
+                continue
+            try:
+                with safe_open(str(path), "pt") as f:
+                    meta = f.metadata()
+                state = load_file(str(path))
+            except (SafetensorError, OSError) as e:
+                raise FastFreeError(f"--resume: {path} cannot be read ({e}): delete it to train that teacher "
+                                    f"again") from e
+            got = TeacherSpec(int(meta["index"]), tuple(json.loads(meta["classes"])), int(meta["seed"]), meta["arch"])
+            if got != spec:
+                raise FastFreeError(f"--resume: {path} holds teacher {got} but this pool's teacher {spec.index} is "
+                                    f"{spec}: delete {self.dir} to start over")
+            done[spec.index] = TrainedTeacher(spec, state, float(meta["heldout_accuracy"]), int(meta["best_epoch"]))
+        return done
+
+    def save(self, trained: list[TrainedTeacher]) -> None:
+        """Each teacher atomically: a kill leaves it whole or absent."""
+        for t in trained:
+            path = self.dir / f"teacher{t.spec.index:04d}.safetensors"
+            tmp = path.with_name(path.name + ".tmp")
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in t.state_dict.items()}, str(tmp),
+                      metadata=_spec_meta(t))
+            os.replace(tmp, path)
+
+    def finish(self) -> None:
+        """After the pool is written: the progress is in it."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _diff(have: dict | None, want: dict) -> str:
+    if have is None:
+        return f"no readable {FINGERPRINT}"
+    keys = []
+    for k in sorted(set(have) | set(want)):
+        a, b = have.get(k), want.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += [f"{k}.{j}: {a.get(j)!r} there, {b.get(j)!r} now" for j in sorted(set(a) | set(b))
+                     if a.get(j) != b.get(j)]
+        elif a != b:
+            keys.append(f"{k}: {a!r} there, {b!r} now")
+    return "; ".join(keys) or "unknown difference"
+
+
+__all__ = ["PROGRESS", "PretrainProgress", "fingerprint"]

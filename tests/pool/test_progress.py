@@ -1,0 +1,164 @@
+"""Resumable pretraining: an interrupted or grown pool equals one trained in one go."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fastfree.cli import main
+from fastfree.data.split import CIFAR100_NORM
+from fastfree.errors import FastFreeError
+from fastfree.pool import pretrain as pretrain_module
+from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
+from fastfree.pool.progress import PROGRESS, PretrainProgress, fingerprint
+from fastfree.pool.store import MANIFEST, WEIGHTS, load_pool
+from fastfree.pool.teachers import sample_teacher_specs
+
+SMALL = ["--images-per-class", "25", "--device", "cpu"]
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised inside training, after some teachers were saved."""
+
+
+def _fp(cfg, engine):
+    return fingerprint(cfg.to_dict(), "tiny", CIFAR100_NORM.to_dict(), 32, {"source": "tiny"}, "float32", engine)
+
+
+def _equal(a, b):
+    assert [t.spec for t in a] == [t.spec for t in b]
+    for x, y in zip(a, b):
+        assert x.heldout_accuracy == y.heldout_accuracy and x.best_epoch == y.best_epoch
+        assert x.state_dict.keys() == y.state_dict.keys()
+        for k in x.state_dict:
+            torch.testing.assert_close(x.state_dict[k].cpu(), y.state_dict[k].cpu(), rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("engine, group_size, kill_after", [("reference", 100, 2), ("batched", 2, 1)])
+def test_resumed_pool_equals_uninterrupted(tiny_split, tmp_path, monkeypatch, engine, group_size, kill_after):
+    cfg = PretrainConfig(teachers=3, epochs=2, batch_size=20, group_size=group_size)
+    specs = sample_teacher_specs(tiny_split.classes, 3, 5, seed=4)
+    whole = pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, engine)
+
+    progress = PretrainProgress(tmp_path, _fp(cfg, engine))
+    progress.start()
+    calls = []
+
+    def save_then_maybe_die(new):
+        progress.save(new)
+        calls.append([t.spec.index for t in new])
+        if len(calls) == kill_after:
+            raise Killed
+
+    with pytest.raises(Killed):
+        pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, engine, on_trained=save_then_maybe_die)
+    (tmp_path / PROGRESS / "teacher0002.safetensors.tmp").write_bytes(b"torn")  # a kill mid-write: ignored
+
+    done = PretrainProgress(tmp_path, _fp(cfg, engine)).resume(specs)
+    assert sorted(done) == sorted(i for c in calls for i in c)
+    steps, trained_again = [], []
+    resumed = pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, engine, progress=steps.append, done=done,
+                            on_trained=lambda new: trained_again.extend(t.spec.index for t in new))
+    _equal(resumed, whole)
+    assert set(trained_again).isdisjoint(done) and set(trained_again) | set(done) == {0, 1, 2}
+    # the progress bar still counts every teacher's steps: 2 epochs x 2 steps (40 images, batch 20) x 3
+    assert sum(steps) == 12
+
+
+def test_batched_resume_retrains_a_partly_finished_group_whole(tiny_split, monkeypatch):
+    """A group's teachers are batched together: one finished teacher of an unfinished group is
+    trained again with its group, so every teacher sees the batching of an uninterrupted run."""
+    cfg = PretrainConfig(teachers=3, epochs=1, batch_size=20, group_size=2)
+    specs = sample_teacher_specs(tiny_split.classes, 3, 5, seed=4)
+    whole = pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, "batched")
+    groups = []
+    real = pretrain_module.train_teachers_batched
+    monkeypatch.setattr(pretrain_module, "train_teachers_batched",
+                        lambda split, norm, chunk, *a, **k: groups.append([s.index for s in chunk]) or
+                        real(split, norm, chunk, *a, **k))
+    pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, "batched", done={0: whole[0], 2: whole[2]})
+    assert groups == [[0, 1]]
+
+
+def _pretrain(out, teachers, *extra, report=None):
+    args = ["pretrain", "--teachers", str(teachers), "--epochs", "2", "--batch-size", "32", "--out", str(out),
+            *SMALL, *extra]
+    if report is not None:
+        args += ["--json", str(report)]
+    return main(args)
+
+
+def _weights(pool):
+    return load_file(str(pool / WEIGHTS))
+
+
+def test_cli_grows_a_pool_to_the_one_trained_at_once(tmp_path):
+    assert _pretrain(tmp_path / "three", 3) == 0
+    assert _pretrain(tmp_path / "grown", 2) == 0
+    report = tmp_path / "grow.json"
+    assert _pretrain(tmp_path / "grown", 3, "--resume", report=report) == 0
+    assert json.loads(report.read_text())["resumed_teachers"] == 2
+    a, b = _weights(tmp_path / "three"), _weights(tmp_path / "grown")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_pool(tmp_path / "three").records == load_pool(tmp_path / "grown").records
+    assert not (tmp_path / "grown" / PROGRESS).exists()
+    manifest = json.loads((tmp_path / "grown" / MANIFEST).read_text())
+    assert manifest["provenance"] == {"data": manifest["provenance"]["data"], "dtype": "float32",
+                                      "engine": "reference"}
+    assert manifest["provenance"]["data"]["images_per_class"] == 25 and "root" not in manifest["provenance"]["data"]
+
+
+def _refused(capsys, code, pattern):
+    import re
+
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(pattern, err), err
+
+
+def test_cli_resumes_an_interrupted_pretraining(tmp_path, monkeypatch, capsys):
+    assert _pretrain(tmp_path / "whole", 3) == 0
+    real = pretrain_module.train_teacher_reference
+    calls = []
+
+    def dies_on_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return real(*a, **k)
+
+    monkeypatch.setattr(pretrain_module, "train_teacher_reference", dies_on_the_third)
+    with pytest.raises(Killed):
+        _pretrain(tmp_path / "cut", 3)
+    monkeypatch.setattr(pretrain_module, "train_teacher_reference", real)
+    assert not (tmp_path / "cut" / MANIFEST).exists()
+    assert sorted(p.name for p in (tmp_path / "cut" / PROGRESS).glob("teacher*")) == \
+        ["teacher0000.safetensors", "teacher0001.safetensors"]
+    _refused(capsys, _pretrain(tmp_path / "cut", 3), "pass --resume")  # a fresh start would lose them
+    _refused(capsys, main(["pretrain", "--teachers", "3", "--epochs", "3", "--batch-size", "32", "--out",
+                           str(tmp_path / "cut"), "--resume", *SMALL]), r"epochs: 2 there, 3 now")
+    assert _pretrain(tmp_path / "cut", 3, "--resume") == 0
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_resume_refusals(tmp_path, capsys):
+    _refused(capsys, _pretrain(tmp_path / "empty", 2, "--resume"), "neither an interrupted pretraining")
+    assert _pretrain(tmp_path / "pool", 2) == 0
+    _refused(capsys, _pretrain(tmp_path / "pool", 3, "--lr", "0.02", "--resume"),
+             r"other settings \(pretrain.lr: 0.01 there, 0.02 now\)")
+    _refused(capsys, main(["pretrain", "--teachers", "3", "--epochs", "2", "--batch-size", "32", "--out",
+                           str(tmp_path / "pool"), "--resume", "--device", "cpu", "--images-per-class", "30"]),
+             r"data.images_per_class: 25 there, 30 now")
+    assert len(load_pool(tmp_path / "pool")) == 2  # refused: the pool is as it was
+
+
+def test_a_progress_file_of_another_teacher_is_refused(tiny_split, tmp_path):
+    cfg = PretrainConfig(teachers=2, epochs=1, batch_size=20)
+    specs = sample_teacher_specs(tiny_split.classes, 2, 5, seed=4)
+    progress = PretrainProgress(tmp_path, _fp(cfg, "reference"))
+    progress.start()
+    progress.save(pretrain_pool(tiny_split, CIFAR100_NORM, specs[:1], cfg, "reference"))
+    other = sample_teacher_specs(tiny_split.classes, 2, 5, seed=5)
+    with pytest.raises(FastFreeError, match="holds teacher"):
+        progress.resume(other)
