@@ -25,7 +25,9 @@ def _positive(value: str) -> int:
     return n
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+    """Every command's flags: preset, device, dtype, JSON output, threads and the data set (also used by
+    the profiling scripts, so they read data as the commands do)."""
     presets = "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
     p.add_argument("--preset", default="demo", choices=list(PRESETS), help=f"base configuration ({presets})")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available; default)")
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train P teachers, each on a random N-way task of the meta-train "
                                    "split (Conv4: Adam lr 0.01; ResNets: SGD lr 0.01, momentum 0.9, weight decay "
                                    "5e-4; batch 128, 60 epochs, clip 50, best held-out epoch).")
-    _common(p)
+    add_common_flags(p)
     p.add_argument("--out", metavar="DIR", help="pool directory (default: pools/<preset>)")
     p.add_argument("--teachers", type=_positive, help="number of teachers P")
     p.add_argument("--ways", type=_positive, help="classes per teacher")
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="meta-test a method on N-way K-shot tasks",
                        description="Adapt each task's copy with SGD on the support set, predict the "
                                    "query set, report mean +- 1.96 std/sqrt(n) per shot count.")
-    _common(e)
+    add_common_flags(e)
     e.add_argument("--method", required=True, choices=[*METHODS, "learner"],
                    help="random: a classifier from scratch per task; average: mean of the pool's "
                         "weights, fine-tuned; best-model: the pool's best held-out teacher, fine-tuned; "
@@ -131,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="FREE (CVPR 2024): FIVE + BELL + cross-task replay, model selection on "
                                    "meta-val, meta-test of the selected and the last meta-learner. Writes a run "
                                    "directory with config, metrics, checkpoints, grids and a results table.")
-    _common(t)
+    add_common_flags(t)
     t.add_argument("--pool", metavar="DIR", action="append",
                    help="teacher pool (default: pretrain one into RUN_DIR/pool); repeat it, one per --domain and "
                         "in the same order, for a multi-domain run")
@@ -178,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "eager iteration), TFLOP/s and MFU against the device's peak for the precision "
                                     "in use, the full protocol's data-recovery device-hours, peak memory and NVML "
                                     "telemetry (absent without a GPU). Markdown on stdout.")
-    _common(p2)
+    add_common_flags(p2)
     p2.add_argument("--pool", metavar="DIR", help="teacher pool (default: freshly initialised teachers of the "
                                                   "preset's pool; time and FLOPs do not depend on the weights)")
     p2.add_argument("--iterations", type=_positive, default=3, help="timed iterations (default 3, after 2 untimed)")
@@ -194,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "epoch, one whole FREE iteration (with each phase's share), pool pretraining "
                                    "and meta-test adaptation. Medians over --repeats after a warm-up, ratios, "
                                    "device name and versions. Not a test: it reports.")
-    _common(b)
+    add_common_flags(b)
     b.add_argument("--only", nargs="+", choices=["five", "iteration", "pool", "metatest"],
                    help="run only these sections (default: all)")
     b.add_argument("--repeats", type=_positive, default=3, help="timed repeats per variant (default 3)")

@@ -20,7 +20,7 @@ import argparse
 
 import torch
 
-from fastfree.cli import _common as add_common_flags
+from fastfree.cli import add_common_flags
 from fastfree.commands.common import data_config, load_on_device, run_metadata, setup, write_json
 from fastfree.data.split import ImageSplit
 from fastfree.errors import FastFreeError
