@@ -110,6 +110,11 @@ class PretrainProgress:
                 f"--resume: the pool at {self.out} was trained with other settings ({_diff(_json(have), want)}): "
                 f"grow it with the flags it was trained with, or choose another --out")
         by_index = {s.index: s for s in specs}
+        dropped = [r.index for r in pool.records if r.index not in by_index]
+        if dropped:
+            raise FastFreeError(f"--resume: the pool at {self.out} has {len(pool.records)} teachers and --teachers "
+                                f"{len(specs)} would drop {len(dropped)} of them: pass --teachers >= "
+                                f"{len(pool.records)}, or choose another --out for a smaller pool")
         done = {}
         for r, sd in zip(pool.records, pool.state_dicts):
             spec = TeacherSpec(r.index, r.classes, r.seed, r.arch)

@@ -150,6 +150,7 @@ def test_cli_resume_refusals(tmp_path, capsys):
     _refused(capsys, main(["pretrain", "--teachers", "3", "--epochs", "2", "--batch-size", "32", "--out",
                            str(tmp_path / "pool"), "--resume", "--device", "cpu", "--images-per-class", "30"]),
              r"data.images_per_class: 25 there, 30 now")
+    _refused(capsys, _pretrain(tmp_path / "pool", 1, "--resume"), r"would drop 1 of them: pass --teachers >= 2")
     assert len(load_pool(tmp_path / "pool")) == 2  # refused: the pool is as it was
 
 
