@@ -246,39 +246,35 @@ def pretrain_pool(
 
     Batched, teachers are grouped by architecture (a vmapped step needs one) and training-set
     size. `progress(k)` gets the number of teacher-steps done (one per teacher and optimiser step).
-    `done` holds teachers finished before (a resumed run): they are not trained again; batched, a
-    group is trained whole unless all of it is done, so its teachers see the same batching as in
-    an uninterrupted run. `on_trained` gets each newly trained group (or teacher) at once.
+    `done` holds teachers finished before (a resumed or grown pool): they are not trained again and
+    the rest are grouped as they come. A resumed run's groups are those of an uninterrupted one
+    (whole groups are saved; a kill while one is being written leaves part of it, and then its
+    rest trains in a smaller group), so its teachers are the same bit for bit; the new teachers of a
+    grown pool train in groups of their own: equal to training them with the old ones up to
+    rounding. `on_trained` gets each newly trained group (or teacher) at once.
     """
     stray = sorted({s.arch for s in specs} - set(cfg.archs))
     if stray:
         raise FastFreeError(f"teachers of architecture {', '.join(stray)} are not in the config's archs {cfg.archs}: "
                             "sample the specs with archs=cfg.archs")
-    done = done or {}
+    done = {s.index: done[s.index] for s in specs if done and s.index in done}
     engine = resolve_engine(engine, split.device)
-    sizes = {s.index: teacher_data(split, s, cfg.heldout_fraction).train_idx.numel() for s in specs}
-
-    def reuse(chunk: list[TeacherSpec]) -> bool:
-        if not all(s.index in done for s in chunk):
-            return False
-        if progress is not None:  # the steps they took before
-            progress(sum(cfg.epochs * -(-sizes[s.index] // cfg.batch_size) for s in chunk))
-        return True
-
+    todo = [s for s in specs if s.index not in done]
+    if progress is not None and done:  # the steps the finished teachers took before
+        progress(sum(cfg.epochs * -(-teacher_data(split, s, cfg.heldout_fraction).train_idx.numel() //
+                                    cfg.batch_size) for s in specs if s.index in done))
     if engine == "reference":
-        chunks = [[s] for s in specs]
+        chunks = [[s] for s in todo]
     else:
         # group by architecture and training-set size (sizes are equal in CIFAR-FS and the built-in data)
         groups: dict[tuple[str, int], list[TeacherSpec]] = {}
-        for s in specs:
-            groups.setdefault((s.arch, sizes[s.index]), []).append(s)
+        for s in todo:
+            size = teacher_data(split, s, cfg.heldout_fraction).train_idx.numel()
+            groups.setdefault((s.arch, size), []).append(s)
         chunks = [group[start : start + cfg.group_size] for group in groups.values()
                   for start in range(0, len(group), cfg.group_size)]
-    trained: dict[int, TrainedTeacher] = {}
+    trained: dict[int, TrainedTeacher] = dict(done)
     for chunk in chunks:
-        if reuse(chunk):
-            trained.update({s.index: done[s.index] for s in chunk})
-            continue
         if engine == "reference":
             new = [train_teacher_reference(split, normalization, chunk[0], cfg, dtype, progress=progress)]
         else:

@@ -14,6 +14,7 @@ from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
 from fastfree.pool.progress import PROGRESS, PretrainProgress, fingerprint
 from fastfree.pool.store import MANIFEST, WEIGHTS, load_pool
 from fastfree.pool.teachers import sample_teacher_specs
+from tests.pool.test_pretrain import NOISE_ONLY
 
 SMALL = ["--images-per-class", "25", "--device", "cpu"]
 
@@ -66,19 +67,27 @@ def test_resumed_pool_equals_uninterrupted(tiny_split, tmp_path, monkeypatch, en
     assert sum(steps) == 12
 
 
-def test_batched_resume_retrains_a_partly_finished_group_whole(tiny_split, monkeypatch):
-    """A group's teachers are batched together: one finished teacher of an unfinished group is
-    trained again with its group, so every teacher sees the batching of an uninterrupted run."""
-    cfg = PretrainConfig(teachers=3, epochs=1, batch_size=20, group_size=2)
+def test_batched_growth_trains_only_the_new_teachers(tiny_split, monkeypatch):
+    """The new teachers of a grown pool train in a group of their own: the old ones are kept as
+    they are, and the new ones equal those of a pool trained at once up to rounding (float64)."""
+    cfg = PretrainConfig(teachers=3, epochs=2, batch_size=20)
     specs = sample_teacher_specs(tiny_split.classes, 3, 5, seed=4)
-    whole = pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, "batched")
+    at_once = pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, "batched", torch.float64)
+    old = pretrain_pool(tiny_split, CIFAR100_NORM, specs[:2], cfg, "batched", torch.float64)
     groups = []
     real = pretrain_module.train_teachers_batched
     monkeypatch.setattr(pretrain_module, "train_teachers_batched",
                         lambda split, norm, chunk, *a, **k: groups.append([s.index for s in chunk]) or
                         real(split, norm, chunk, *a, **k))
-    pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, "batched", done={0: whole[0], 2: whole[2]})
-    assert groups == [[0, 1]]
+    grown = pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, "batched", torch.float64,
+                          done={t.spec.index: t for t in old})
+    assert groups == [[2]]
+    _equal(grown[:2], old)
+    new, ref = grown[2], at_once[2]
+    assert new.heldout_accuracy == ref.heldout_accuracy and new.best_epoch == ref.best_epoch
+    for k, v in ref.state_dict.items():
+        atol = 1e-6 if k in NOISE_ONLY or k.endswith("running_mean") else 1e-12  # see NOISE_ONLY
+        torch.testing.assert_close(new.state_dict[k], v, rtol=1e-10, atol=atol, msg=k)
 
 
 def _pretrain(out, teachers, *extra, report=None):
