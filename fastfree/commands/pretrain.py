@@ -38,8 +38,6 @@ def run(args) -> dict:
         -(-teacher_data(dataset.train, s, cfg.heldout_fraction).train_idx.numel() // cfg.batch_size) for s in specs
     ]
     engine = resolve_engine(args.engine, device)
-    provenance = {"data": {k: v for k, v in dcfg.__dict__.items() if k != "root"}, "dtype": args.dtype,
-                  "engine": engine}
     progress = PretrainProgress(out, fingerprint(cfg.to_dict(), dataset.name, dataset.normalization.to_dict(),
                                                  dataset.image_size, dcfg.__dict__, args.dtype, engine))
     if args.resume:
@@ -60,7 +58,7 @@ def run(args) -> dict:
     train_s = time.perf_counter() - t0
     records = records_from_training(trained, cfg, dataset.image_size)
     save_pool(out, records, [t.state_dict for t in trained], dataset.name, dataset.normalization, cfg.to_dict(),
-              provenance)
+              progress.provenance())
     progress.finish()
     accs = [r.heldout_accuracy for r in records]
     by_arch = {a: [r.heldout_accuracy for r in records if r.arch == a] for a in cfg.archs}

@@ -50,6 +50,9 @@ def _json(obj) -> dict:
     return json.loads(json.dumps(obj))  # tuples as lists, as they come back from disk
 
 
+PROVENANCE = ("data", "dtype", "engine")  # the fingerprint's part a pool's manifest records beside its config
+
+
 class PretrainProgress:
     """The progress folder of one pool directory."""
 
@@ -57,6 +60,10 @@ class PretrainProgress:
         self.out = Path(out)
         self.dir = self.out / PROGRESS
         self.fp = _json(fp)
+
+    def provenance(self) -> dict:
+        """For the manifest (`save_pool`): lets a later --resume check a grown pool's settings."""
+        return {k: self.fp[k] for k in PROVENANCE}
 
     def exists(self) -> bool:
         return self.dir.is_dir()
@@ -103,8 +110,8 @@ class PretrainProgress:
         # older pools lack it)
         prov = pool.manifest.get("provenance")
         if prov is not None:
-            have.update({k: prov[k] for k in ("data", "dtype", "engine")})
-            want.update({k: self.fp[k] for k in ("data", "dtype", "engine")})
+            have.update({k: prov[k] for k in PROVENANCE})
+            want.update(self.provenance())
         if _json(have) != want:
             raise FastFreeError(
                 f"--resume: the pool at {self.out} was trained with other settings ({_diff(_json(have), want)}): "

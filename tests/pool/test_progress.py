@@ -1,6 +1,7 @@
 """Resumable pretraining: an interrupted or grown pool equals one trained in one go."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -119,8 +120,6 @@ def test_cli_grows_a_pool_to_the_one_trained_at_once(tmp_path):
 
 
 def _refused(capsys, code, pattern):
-    import re
-
     err = capsys.readouterr().err
     assert code == 2 and re.search(pattern, err), err
 
