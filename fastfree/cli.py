@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted pretraining in --out (its finished teachers are kept), or grow the "
                         "pool there to --teachers with the flags it was trained with")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished pool in --out (without it, pretraining over one stops and says so; the "
+                        "old pool stays until the new one is saved)")
     p.add_argument("--engine", default="auto", choices=list(ENGINES),
                    help="batched: vmap over teachers; reference: one teacher at a time; "
                         "auto (default): batched on CUDA, reference on a CPU (faster there)")

@@ -40,11 +40,13 @@ def run(args) -> dict:
     engine = resolve_engine(args.engine, device)
     progress = PretrainProgress(out, fingerprint(cfg.to_dict(), dataset.name, dataset.normalization.to_dict(),
                                                  dataset.image_size, dcfg.__dict__, args.dtype, engine))
+    if args.resume and args.overwrite:
+        raise FastFreeError("--resume keeps the pool's teachers and --overwrite replaces them: pass one of them")
     if args.resume:
         done = progress.resume(specs)
         print(f"resuming: {len(done)} of {len(specs)} teachers already trained", flush=True)
     else:
-        progress.start()
+        progress.start(overwrite=args.overwrite)
         done = {}
     t0 = time.perf_counter()
     desc = f"pretraining {cfg.teachers} teachers ({engine})"

@@ -68,11 +68,15 @@ class PretrainProgress:
     def exists(self) -> bool:
         return self.dir.is_dir()
 
-    def start(self) -> None:
-        """A fresh run: refuses to overwrite an interrupted one."""
+    def start(self, overwrite: bool = False) -> None:
+        """A fresh run: refuses to overwrite an interrupted one, and a finished pool unless told to
+        (pretraining one can take hours; the old pool stays in place until the new one is saved)."""
         if self.exists():
             raise FastFreeError(f"{self.dir} holds the teachers of an interrupted pretraining: pass --resume to "
                                 f"continue it, or delete {self.dir} to start over")
+        if (self.out / MANIFEST).is_file() and not overwrite:
+            raise FastFreeError(f"{self.out} already holds a pool: pass --resume to keep its teachers (a larger "
+                                f"--teachers grows it), --overwrite to replace it, or choose another --out")
         self._write_fingerprint()
 
     def _write_fingerprint(self) -> None:

@@ -171,3 +171,17 @@ def test_a_progress_file_of_another_teacher_is_refused(tiny_split, tmp_path):
     other = sample_teacher_specs(tiny_split.classes, 2, 5, seed=5)
     with pytest.raises(FastFreeError, match="holds teacher"):
         progress.resume(other)
+
+
+def test_cli_keeps_a_finished_pool_unless_told_to_overwrite(tmp_path, capsys):
+    pool = tmp_path / "pool"
+    assert _pretrain(pool, 2) == 0
+    before = _weights(pool)
+    _refused(capsys, _pretrain(pool, 2, "--seed", "7"), r"already holds a pool: pass --resume .* --overwrite")
+    _refused(capsys, _pretrain(pool, 2, "--resume", "--overwrite"), r"pass one of them")
+    after = _weights(pool)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # refused: untouched
+    assert not (pool / PROGRESS).exists()
+    assert _pretrain(pool, 2, "--seed", "7", "--overwrite") == 0
+    replaced = _weights(pool)
+    assert not all(torch.equal(before[k], replaced[k]) for k in before)
