@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "learner of its shape (--method random) on the run's data (all its domains; --data: one data "
                         "set) in the input space it was trained in, with the run's preset's protocol")
     e.add_argument("--learner", choices=list(WHICH),
-                   help="with --run: the learner selected on meta-val (default) or the last one")
+                   help="with --run: the learner selected on meta-val (default), the last one, or every one kept at a "
+                        "meta-val evaluation, all on the same tasks (the best on meta-test is the published code's "
+                        "selection: optimistic, beside meta-val's)")
     e.add_argument("--pool", metavar="DIR", help="pool directory for average/best-model (default: pools/<preset>)")
     e.add_argument("--split", default="test", choices=["test", "val"], help="meta-test or meta-val classes")
     e.add_argument("--tasks", type=_positive)

@@ -10,6 +10,7 @@ from functools import partial
 
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
+from fastfree.commands.every_learner import run_every_learner
 from fastfree.commands.run_learner import RunLearner, load_run_learner, run_learner_init
 from fastfree.config import get_preset
 from fastfree.device import resolve_engine
@@ -52,6 +53,8 @@ def _print_results(title: str, results: list[ShotResult], ways: int, per_domain=
 def run_of_training(args, device, dtype) -> dict:
     """`eval --run RUN_DIR`: the run's data (every domain) unless --data names one data set, seen in the
     learner's input space (its size and normalisation); the run's preset gives the protocol."""
+    if args.learner == "every":
+        return run_every_learner(args, partial(metatest_config, args), device, dtype)
     target: RunLearner = load_run_learner(args.run, (args.learner or "selected") if args.method == "learner" else None,
                                           device, dtype)
     run_preset = get_preset(target.preset)

@@ -28,7 +28,7 @@ from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.adapt import functional_template
 from fastfree.models.conv4 import Conv4
 
-WHICH = ("selected", "last")
+WHICH = ("selected", "last", "every")  # every: commands/every_learner.py
 
 
 @dataclass
@@ -76,8 +76,8 @@ def _last_learner(run_dir: Path, device: torch.device) -> tuple[dict, int]:
 def load_run_learner(run_dir: str | Path, which: str | None, device: torch.device,
                      dtype: torch.dtype = torch.float32) -> RunLearner:
     """The run's data and, unless `which` is None, its selected (per shot count) or last meta-learner."""
-    if which not in (None, *WHICH):
-        raise FastFreeError(f"unknown learner {which!r}: use one of {', '.join(WHICH)}")
+    if which not in (None, "selected", "last"):
+        raise FastFreeError(f"unknown learner {which!r}: use selected or last")
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     width = int(config["free"]["learner_width"])
@@ -94,10 +94,17 @@ def load_run_learner(run_dir: str | Path, which: str | None, device: torch.devic
     data = run_data(config, device)
     if which is None:
         return RunLearner(data, config["preset"], width, None, {}, "Random", None)
+    return RunLearner(data, config["preset"], width, learner_module(state, width, data.image_size, device, dtype),
+                      selected, label, it)
+
+
+def learner_module(state: dict, width: int, image_size: int, device: torch.device,
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A run's meta-learner (Conv4, its class count read off the state) holding `state`."""
     ways = int(state["classifier.weight"].shape[0])
-    learner = functional_template(Conv4(ways, width, data.image_size)).to(device=device, dtype=dtype)
+    learner = functional_template(Conv4(ways, width, image_size)).to(device=device, dtype=dtype)
     learner.load_state_dict(state)
-    return RunLearner(data, config["preset"], width, learner, selected, label, it)
+    return learner
 
 
 def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initialization | dict[int, Initialization]:
@@ -107,4 +114,4 @@ def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initializati
     return learner_init(target.learner)
 
 
-__all__ = ["WHICH", "RunLearner", "load_run_learner", "read_run_config", "run_data", "run_learner_init"]
+__all__ = ["WHICH", "RunLearner", "learner_module", "load_run_learner", "read_run_config", "run_data", "run_learner_init"]

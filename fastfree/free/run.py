@@ -6,6 +6,7 @@ meta-val model selection, grids of recovered tasks and the final results table.
       metrics.jsonl        one line per iteration (+ "eval" lines for meta-val)
       checkpoint.pt        the whole state after the last checkpointed iteration (atomic)
       best_learner.pt      the meta-learners selected on meta-val, per shot count (free/selection.py)
+      learners/iter_XXXXX.pt the meta-learner of every meta-val evaluation, for later analysis (free/kept.py)
       grids/iter_XXXXX.png recovered tasks (one row per teacher)
       results.md / .json   meta-test of the selected and the last meta-learner, and Random
 """
@@ -27,6 +28,7 @@ from fastfree.errors import FastFreeError
 from fastfree.free.atomic import atomic_torch_save
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask
+from fastfree.free.kept import keep_learner
 from fastfree.free.selection import BEST, for_shots, improved_shots, is_legacy, read_selected, selected_label, \
     write_selected
 from fastfree.free.trainer import FreeState, free_iteration, init_state
@@ -122,6 +124,7 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
         if it > cfg.warmup and (it % cfg.eval_every == 0 or it == cfg.iterations):
             results, per_domain = metatest_data(learner_init(state.learner), ctx.dataset, "val", ctx.val_config)
             metrics["val"] = {str(r.shots): [r.mean, r.ci95] for r in results}
+            keep_learner(run_dir, it, metrics["val"], state.learner.state_dict())
             if per_domain is not None:
                 metrics["val_domains"] = {d: {str(r.shots): [r.mean, r.ci95] for r in rs}
                                           for d, rs in per_domain.items()}

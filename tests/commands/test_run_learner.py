@@ -63,3 +63,36 @@ def test_meta_val_and_errors_name_the_fix(run, tmp_path, capsys):
     (fresh / "config.json").write_text((run_dir / "config.json").read_text())
     assert main(["eval", "--device", "cpu", "--method", "learner", "--run", str(fresh)]) == 2
     assert "--learner last" in capsys.readouterr().err
+
+
+def test_every_kept_learner_on_the_same_tasks(run, tmp_path, capsys):
+    """The run keeps its learner at each meta-val evaluation (iterations 2 and 3); meta-testing them
+    all reproduces the run's own meta-test of the selected and the last learner."""
+    run_dir, reported = run
+    kept = sorted(p.name for p in (run_dir / "learners").iterdir())
+    assert kept == ["iter_00002.pt", "iter_00003.pt"]
+    # a metrics line's "iteration" is its 0-based index: the learner kept after it is iteration + 1
+    logged = {m["iteration"] + 1: m["val"] for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+              if "val" in m}
+    got = _eval(tmp_path, run_dir, "--method", "learner", "--learner", "every")
+    assert [r["iteration"] for r in got["evaluations"]] == [2, 3]
+    assert {r["iteration"]: r["val"] for r in got["evaluations"]} == logged
+    selected = next(k for k in reported if k.startswith("FREE (selected"))
+    rows = {r["iteration"]: r["test"] for r in got["evaluations"]}
+    for shots, s in got["summary"].items():
+        assert s["evaluations"] == 2 and s["last"]["iteration"] == 3
+        assert s["last"]["mean"] == pytest.approx(reported["FREE (last)"][shots]["mean"])
+        assert s["selected_on_val"]["mean"] == pytest.approx(reported[selected][shots]["mean"])
+        assert s["best_on_test"]["mean"] == max(r[shots][0] for r in rows.values())
+    assert "the published code's selection, optimistic" in capsys.readouterr().out
+
+
+def test_every_learner_refusals(run, tmp_path, capsys):
+    run_dir, _ = run
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((run_dir / "config.json").read_text())
+    for extra, message in ((["--run", str(bare)], "holds no meta-learners"),
+                           (["--run", str(run_dir), "--data", "builtin"], "drop --data")):
+        assert main(["eval", "--device", "cpu", "--method", "learner", "--learner", "every", *extra]) == 2, message
+        assert message in capsys.readouterr().err

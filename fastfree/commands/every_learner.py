@@ -1,0 +1,122 @@
+"""`fastfree eval --run RUN --method learner --learner every`: meta-test the meta-learner of every
+meta-val evaluation (free/kept.py) on the same tasks.
+
+It measures what model selection does to the reported number. The published code reports the
+best of its evaluations on the meta-test split (for the paper's Table 2: the best of about 48),
+which picks on the tasks it reports, so it is optimistic; fastfree selects on meta-val. Both are
+read off one table: per shot count, the best learner on the split tested ("best on meta-test":
+the published code's selection), the learner meta-val selected, and the last, each with its
+meta-test accuracy on the same tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from fastfree.commands.common import progress_bar, run_metadata, write_json
+from fastfree.commands.run_learner import learner_module, load_run_learner
+from fastfree.config import get_preset
+from fastfree.device import resolve_engine
+from fastfree.errors import FastFreeError
+from fastfree.free.kept import read_kept
+from fastfree.free.run import learner_init
+from fastfree.free.selection import BEST, read_selected
+from fastfree.metatest.domains import metatest_data
+
+
+def summarize(rows: list[dict], split: str, selected_iterations: dict[str, int]) -> dict:
+    """Per shot count: the best row on `split`, meta-val's pick and the last row (pure).
+
+    rows: [{"iteration", "val": {shots: [mean, ci]}, split: {shots: [mean, ci]}}], by iteration.
+    """
+    out = {}
+    for shots in rows[0][split]:
+        def at(row):
+            mean, ci = row[split][shots]
+            return {"iteration": row["iteration"], "mean": mean, "ci95": ci}
+
+        best = max(rows, key=lambda r: r[split][shots][0])  # the first of equal maxima, as selection keeps
+        by_it = {r["iteration"]: r for r in rows}
+        pick = selected_iterations.get(shots)
+        out[shots] = {
+            f"best_on_{split}": at(best),
+            "selected_on_val": at(by_it[pick]) if pick in by_it else ({"iteration": pick} if pick else None),
+            "last": at(rows[-1]),
+            "evaluations": len(rows),
+        }
+    return out
+
+
+def _selected_iterations(run_dir: Path) -> dict[str, int]:
+    selected = read_selected(run_dir / BEST)
+    if None in selected:  # a run from before per-shot selection: one pick for every shot count
+        return {"*": selected[None].iteration}
+    return {str(s): v.iteration for s, v in selected.items()}
+
+
+def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) -> dict:
+    """`cfg_of(preset_metatest_config)` applies the command's protocol flags (evaluate.metatest_config)."""
+    if args.data is not None:
+        raise FastFreeError("--learner every meta-tests on the run's own data: drop --data (or test one learner on "
+                            "another data set with --learner selected|last)")
+    run_dir = Path(args.run)
+    target = load_run_learner(run_dir, None, device, dtype)  # the run's data and the learner's shape
+    cfg = cfg_of(get_preset(target.preset).metatest)
+    kept = read_kept(run_dir, device)
+    picks = _selected_iterations(run_dir)
+    if "*" in picks:
+        picks = {str(s): picks["*"] for s in cfg.shots}
+    rows = []
+    t0 = time.perf_counter()
+    with progress_bar(total=cfg.tasks * len(cfg.shots) * len(kept), desc=f"meta-test {len(kept)} learners",
+                      unit="task") as bar:
+        for k in kept:
+            init = learner_init(learner_module(k.learner, target.width, target.image_size, device, dtype))
+            results, _ = metatest_data(init, target.data, args.split, cfg, dtype, bar.update)
+            rows.append({"iteration": k.iteration, "val": k.val,
+                         args.split: {str(r.shots): [r.mean, r.ci95] for r in results}})
+    seconds = time.perf_counter() - t0
+    summary = summarize(rows, args.split, picks)
+    payload = {
+        "command": "eval",
+        "method": "learner",
+        "learner": "every",
+        "run": str(run_dir),
+        "preset": target.preset,
+        "dataset": target.data.name,
+        "split": args.split,
+        "config": cfg.__dict__,
+        "engine": resolve_engine(cfg.engine, device),
+        "dtype": args.dtype,
+        "evaluations": rows,
+        "summary": summary,
+        "seconds": seconds,
+        **run_metadata(device),
+    }
+    _print(rows, summary, args.split, cfg.ways, seconds, payload["device_name"])
+    write_json(args.json, payload)
+    return payload
+
+
+def _print(rows: list[dict], summary: dict, split: str, ways: int, seconds: float, device_name: str) -> None:
+    shots = list(rows[0][split])
+    print(f"{len(rows)} meta-learners, {ways}-way, on the same meta-{split} tasks ({seconds:.1f} s on {device_name}):")
+    print("iteration | " + " | ".join(f"val {s}-shot" for s in shots) + " | "
+          + " | ".join(f"{split} {s}-shot" for s in shots))
+    for r in rows:
+        val = [f"{r['val'][s][0]:.2f}" if s in r["val"] else "-" for s in shots]
+        print(f"{r['iteration']:>9} | " + " | ".join(val) + " | "
+              + " | ".join(f"{r[split][s][0]:.2f} +- {r[split][s][1]:.2f}" for s in shots))
+    for s, v in summary.items():
+        best, sel, last = v[f"best_on_{split}"], v["selected_on_val"], v["last"]
+        sel_text = (f"{sel['mean']:.2f} +- {sel['ci95']:.2f} (iteration {sel['iteration']})" if sel and "mean" in sel
+                    else "not among the kept learners")
+        print(f"{s}-shot: best on meta-{split} {best['mean']:.2f} +- {best['ci95']:.2f} (iteration "
+              f"{best['iteration']}; the published code's selection, optimistic), selected on meta-val {sel_text}, "
+              f"last {last['mean']:.2f} +- {last['ci95']:.2f} (iteration {last['iteration']})")
+
+
+__all__ = ["run_every_learner", "summarize"]
