@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=_positive, help="meta-val evaluation interval (model selection)")
     t.add_argument("--val-tasks", type=_positive)
     t.add_argument("--test-tasks", type=_positive, help="meta-test tasks at the end")
+    t.add_argument("--shots", type=_positive,
+                   help="this run's shot setting, as the paper runs each one (the published code's num_sup_train = "
+                        "num_sup_test): replay K-shot tasks, select on and meta-test K-shot tasks. Default: one run "
+                        "for the preset's shot counts (1 and 5), replaying 1-shot tasks")
     a = t.add_argument_group("ablations (Tables 5 and 7) and variants")
     a.add_argument("--generator", choices=["meta", "sequential"],
                    help="meta: FIVE's meta-generator (default); sequential: Table 5's baseline generator")

@@ -58,7 +58,7 @@ def run_of_training(args, device, dtype) -> dict:
     target: RunLearner = load_run_learner(args.run, (args.learner or "selected") if args.method == "learner" else None,
                                           device, dtype)
     run_preset = get_preset(target.preset)
-    cfg = metatest_config(args, run_preset.metatest)
+    cfg = metatest_config(args, target.protocol())
     if target.learner is not None:
         init, name = run_learner_init(target, cfg.shots), target.label
     else:

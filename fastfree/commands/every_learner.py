@@ -18,7 +18,6 @@ import torch
 
 from fastfree.commands.common import progress_bar, run_metadata, write_json
 from fastfree.commands.run_learner import learner_module, load_run_learner
-from fastfree.config import get_preset
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
 from fastfree.free.kept import read_kept
@@ -64,7 +63,7 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
                             "another data set with --learner selected|last)")
     run_dir = Path(args.run)
     target = load_run_learner(run_dir, None, device, dtype)  # the run's data and the learner's shape
-    cfg = cfg_of(get_preset(target.preset).metatest)
+    cfg = cfg_of(target.protocol())
     kept = read_kept(run_dir, device)
     picks = _selected_iterations(run_dir)
     if "*" in picks:

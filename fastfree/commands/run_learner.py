@@ -10,7 +10,7 @@ more tasks, on meta-val, or on another data set, in the input space it was train
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 
 from fastfree.commands.common import load_on_device
 from fastfree.commands.train_domains import load_domains
+from fastfree.config import get_preset
 from fastfree.data.domains import MultiDomainData
 from fastfree.data.sources import DataConfig
 from fastfree.data.split import FewShotDataset, Normalization
@@ -26,6 +27,7 @@ from fastfree.free.run import CHECKPOINT, learner_init, selected_inits
 from fastfree.free.selection import BEST, read_selected, selected_label
 from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.adapt import functional_template
+from fastfree.metatest.protocol import MetaTestConfig
 from fastfree.models.conv4 import Conv4
 
 WHICH = ("selected", "last", "every")  # every: commands/every_learner.py
@@ -40,6 +42,12 @@ class RunLearner:
     selected: dict  # per shot count, the learners selected on meta-val ({}: the last learner)
     label: str  # e.g. "FREE (selected on meta-val, iteration 50)"
     iteration: int | None  # of the last learner
+    shots: tuple[int, ...] | None = None  # a run of one shot setting (train --shots K); None: the preset's
+
+    def protocol(self) -> MetaTestConfig:
+        """The run's meta-test protocol: its preset's, at the run's shot setting if it had one."""
+        base = get_preset(self.preset).metatest
+        return base if self.shots is None else replace(base, shots=self.shots)
 
     @property
     def image_size(self) -> int:
@@ -92,10 +100,11 @@ def load_run_learner(run_dir: str | Path, which: str | None, device: torch.devic
         state, it = _last_learner(run_dir, device)
         label = f"FREE (last, iteration {it})"
     data = run_data(config, device)
+    shots = tuple(config["shots"]) if config.get("shots") else None
     if which is None:
-        return RunLearner(data, config["preset"], width, None, {}, "Random", None)
+        return RunLearner(data, config["preset"], width, None, {}, "Random", None, shots)
     return RunLearner(data, config["preset"], width, learner_module(state, width, data.image_size, device, dtype),
-                      selected, label, it)
+                      selected, label, it, shots)
 
 
 def learner_module(state: dict, width: int, image_size: int, device: torch.device,

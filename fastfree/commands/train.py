@@ -55,6 +55,8 @@ def free_config(args, base: FreeConfig) -> FreeConfig:
         cfg = replace(cfg, replay_enabled=False)
     if args.replay_first_order:
         cfg = replace(cfg, replay=replace(cfg.replay, second_order=False))
+    if args.shots is not None:
+        cfg = replace(cfg, replay=replace(cfg.replay, shots=args.shots))
     bell = {"mode": args.learner_update, "outer": args.bell_outer, "targets": args.targets}
     return replace(cfg, bell=replace(cfg.bell, **{k: v for k, v in bell.items() if v is not None}))
 
@@ -72,6 +74,8 @@ def run(args) -> dict:
         dcfg = data_config(args, preset)
         resolved = {"preset": preset.name, "data": dcfg.__dict__, "free": cfg.to_dict(),
                     "pool": args.pool[0] if args.pool else None, "engine": engine_settings, "dtype": args.dtype}
+    if args.shots is not None:  # recorded only when given, so runs from before the flag resume as they were
+        resolved["shots"] = [args.shots]
     config_path = run_dir / "config.json"
     if args.resume and config_path.is_file():
         stored = json.loads(config_path.read_text())
@@ -103,8 +107,10 @@ def run(args) -> dict:
         ways = pool.records[0].num_classes
     if not args.resume or not config_path.is_file():
         write_json(config_path, resolved)
-    val_cfg = replace(preset.metatest, tasks=cfg.val_tasks, engine="auto")
-    test_cfg = replace(preset.metatest, tasks=args.test_tasks or preset.metatest.tasks, ways=ways, engine="auto")
+    shots = (args.shots,) if args.shots is not None else preset.metatest.shots
+    val_cfg = replace(preset.metatest, tasks=cfg.val_tasks, shots=shots, engine="auto")
+    test_cfg = replace(preset.metatest, tasks=args.test_tasks or preset.metatest.tasks, shots=shots, ways=ways,
+                       engine="auto")
     engine = None
     if options is not None:
         from fastfree.engine.trainer import FastEngine
