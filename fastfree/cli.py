@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interpolate: theta += eps (theta_tilde - theta) as Algorithm 2 (default); "
                         "adam: the published code's persistent Adam fed 67 (theta - theta_tilde)")
     a.add_argument("--targets", choices=["soft", "hard"], help="soft: distillation (default); hard: Table 7's ablation")
+    a.add_argument("--bell-augment", action="store_true",
+                   help="distil on a crop + flip of the recovered images (one draw for the b tasks), as the "
+                        "published code does; the paper does not say (default: as recovered)")
     a.add_argument("--no-replay", action="store_true", help="switch cross-task replay off")
     a.add_argument("--replay-first-order", action="store_true", help="first-order MAML in replay (default second)")
     _engine_flags(t)

@@ -57,7 +57,8 @@ def free_config(args, base: FreeConfig) -> FreeConfig:
         cfg = replace(cfg, replay=replace(cfg.replay, second_order=False))
     if args.shots is not None:
         cfg = replace(cfg, replay=replace(cfg.replay, shots=args.shots))
-    bell = {"mode": args.learner_update, "outer": args.bell_outer, "targets": args.targets}
+    bell = {"mode": args.learner_update, "outer": args.bell_outer, "targets": args.targets,
+            "augment": True if args.bell_augment else None}
     return replace(cfg, bell=replace(cfg.bell, **{k: v for k, v in bell.items() if v is not None}))
 
 
@@ -84,6 +85,9 @@ def run(args) -> dict:
             engine["five_vmap"] = engine.get("vectorize")  # existed: FIVE then mapped its teachers as replay
         if engine.get("engine") == "fast" and "fuse_upsample" not in engine:  # likewise before the fused
             engine["fuse_upsample"] = True  # upsampling: it continues with it (the same values, up to rounding)
+        bell = stored.get("free", {}).get("bell", {})
+        if "augment" not in bell:  # a run started before BELL's augmentation was an option: it had none
+            bell["augment"] = False
         if stored != json.loads(json.dumps(resolved)):
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
                                 f"started with ({config_path}); resume with the same flags")

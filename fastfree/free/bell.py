@@ -11,6 +11,9 @@ Options (the published code and the ablations):
 - outer update: "interpolate" (the paper's line 7) or "adam" (the code: the meta-learner's
   persistent Adam fed with the "gradient" grad_scale * (theta - theta_tilde), grad_scale 67);
 - targets: "soft" (distillation) or "hard" (CE on the task's labels; Table 7's ablation);
+- augment: distil on a crop-and-flip of the recovered images (the published code: pad 4, random
+  crop, horizontal flip, one draw for all b tasks); the paper does not say. Applied by the trainer
+  (free/trainer.py), so every engine distils the same images;
 - mode "erm" (Table 5's ERM row): one optimiser step on the meta-learner itself on the
   mean loss over the b tasks, no clone.
 """
@@ -39,6 +42,7 @@ class BellConfig:
     epsilon: float = 1e-3  # eps of theta <- theta + eps (theta_tilde - theta)
     grad_scale: float = 67.0  # the published code's outer "gradient" scale (outer="adam")
     targets: str = "soft"  # soft (KD) | hard (CE on the recovered labels)
+    augment: bool = False  # crop + flip the b tasks' images (one draw) before distilling, as the published code
 
     def __post_init__(self) -> None:
         checks = {"mode": ("bell", "erm", "none"), "inner_optimizer": ("adam", "sgd"), "outer": ("interpolate", "adam"),
@@ -46,6 +50,8 @@ class BellConfig:
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise FastFreeError(f"BELL {name}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
+        if not isinstance(self.augment, bool):
+            raise FastFreeError(f"BELL augment={self.augment!r}: use True or False")
         if self.inner_lr <= 0 or self.epsilon <= 0 or self.grad_scale <= 0:
             raise FastFreeError("BELL needs inner_lr, epsilon and grad_scale > 0")
 

@@ -19,6 +19,7 @@ stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +27,8 @@ import torch
 from torch import nn
 
 from fastfree.data.split import Normalization
-from fastfree.free.bell import bell_reference, gradient_alignment
+from fastfree.free.augment import crop_flip, draw_crop_flip
+from fastfree.free.bell import BellConfig, bell_reference, gradient_alignment
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask, apply_meta_gradient, five_reference
 from fastfree.free.memory import MemoryBank
@@ -154,6 +156,15 @@ class ReferenceEngine:
                                   cfg.bell.targets)
 
 
+def bell_inputs(tasks: list[RecoveredTask], cfg: BellConfig, rng: torch.Generator) -> list[RecoveredTask]:
+    """The tasks BELL distils on: as recovered, or (cfg.augment) one crop-and-flip draw applied to all b,
+    as the published code augments its stacked tasks. The bank keeps the images as recovered."""
+    if not cfg.augment:
+        return tasks
+    top, left, flip = draw_crop_flip(4, rng)  # FIVE's augmentation stream: a run without augment draws as before
+    return [dataclasses.replace(t, images=crop_flip(t.images, top, left, flip)) for t in tasks]
+
+
 def free_iteration(
     state: FreeState, teachers: list[nn.Module], teacher_classes: list[tuple[int, ...]],
     normalization: Normalization, cfg: FreeConfig, engine=None, timer: PhaseTimer | None = None,
@@ -189,7 +200,8 @@ def free_iteration(
         metrics["alignment"] = engine.alignment(state, tasks, ids, normalization, cfg)
         timer.mark("alignment")
         if cfg.bell.mode != "none":
-            metrics["bell_losses"] = engine.learn(state, tasks, ids, normalization, cfg)
+            metrics["bell_losses"] = engine.learn(state, bell_inputs(tasks, cfg.bell, state.rngs["augment"]), ids,
+                                                  normalization, cfg)
         timer.mark("bell")
         if cfg.replay_enabled:
             stats = replay(state.learner, state.learner_opt, state.bank, normalization, cfg.replay,

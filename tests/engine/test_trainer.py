@@ -1,6 +1,7 @@
 """Whole FREE runs: the fast engine and the reference give the same run from the same seed (float64)."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -21,9 +22,12 @@ def _run(tmp_path, dataset, engine_options, cfg=CFG):
     return train_free(ctx, resume=False)
 
 
-@pytest.mark.parametrize("vectorize", [False, True], ids=["loop", "vmap"])
-def test_fast_engine_run_equals_the_reference_run(tiny_dataset, tmp_path, vectorize):
+@pytest.mark.parametrize("vectorize, bell_augment", [(False, False), (True, False), (False, True)],
+                         ids=["loop", "vmap", "loop-bell-augment"])
+def test_fast_engine_run_equals_the_reference_run(tiny_dataset, tmp_path, vectorize, bell_augment):
     cfg = CFG  # 5 iterations, 1 warm-up, b=2, k=2, replay with patience
+    if bell_augment:  # BELL distils on crop-flipped images (--bell-augment): the same draws on both engines
+        cfg = replace(CFG, bell=replace(CFG.bell, augment=True))
     ref = _run(tmp_path / "ref", tiny_dataset, None, cfg)
     fast = _run(tmp_path / "fast", tiny_dataset, EngineOptions(vectorize=vectorize), cfg)
     assert fast.iteration == ref.iteration == cfg.iterations

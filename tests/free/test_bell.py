@@ -95,3 +95,21 @@ def test_bell_errors():
         bell_reference(learner, _tasks(1), teachers, NORM, BellConfig(outer="adam"))
     with pytest.raises(FastFreeError, match="outer='rmsprop'"):
         BellConfig(outer="rmsprop")
+
+
+def test_bell_augments_all_tasks_with_one_draw_and_only_when_asked():
+    """--bell-augment: one crop-and-flip draw (from FIVE's augmentation stream) for all b tasks, as
+    the published code transforms its stacked tasks; off, the tasks and the stream are untouched."""
+    from fastfree.free.augment import crop_flip, draw_crop_flip
+    from fastfree.free.trainer import bell_inputs
+
+    tasks = [RecoveredTask(torch.rand(10, 3, 32, 32), torch.arange(5).repeat_interleave(2), i, 0.0, 0.0)
+             for i in range(3)]
+    rng = torch.Generator().manual_seed(3)
+    state = rng.get_state()
+    assert bell_inputs(tasks, BellConfig(), rng) is tasks and torch.equal(rng.get_state(), state)
+    got = bell_inputs(tasks, BellConfig(augment=True), rng)
+    draw = draw_crop_flip(4, torch.Generator().manual_seed(3))
+    assert draw != (4, 4, False)  # this seed's draw moves the images: the comparison below can fail
+    for t, a in zip(tasks, got):
+        assert torch.equal(a.images, crop_flip(t.images, *draw)) and a.labels is t.labels and a.teacher == t.teacher
