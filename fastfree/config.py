@@ -87,7 +87,8 @@ PRESETS: dict[str, Preset] = {
                     "600 meta-test tasks",
         data=DataConfig(source="cifar-fs"),
         # architectures drawn per teacher as the paper says; ResNets: SGD lr 0.01, momentum 0.9,
-        # weight decay 5e-4 (PretrainConfig's defaults); Conv4: Adam 0.01; 60 epochs for all
+        # weight decay 5e-4, x0.2 at epochs 30 and 50 (PretrainConfig's defaults, the authors' MultiStepLR);
+        # Conv4: Adam 0.01; 60 epochs for all
         pretrain=PretrainConfig(archs=("conv4", "resnet10", "resnet18")),
         metatest=MetaTestConfig(tasks=600),
         pool_dir="pools/cifar-fs-multiarch",

@@ -1,8 +1,10 @@
 """Which optimiser trains a teacher, as torch.optim (reference trainer) or a pure step (batched).
 
 The authors train Conv4 teachers with Adam(lr 0.01) and, in the multi-architecture pool
-(Table 4), ResNets with SGD(lr 0.01, momentum 0.9, weight decay 5e-4). One `OptimizerSpec`
-describes either; both trainers build their optimiser from it, so the two paths cannot drift.
+(Table 4), ResNets with SGD(lr 0.01, momentum 0.9, weight decay 5e-4), each under a MultiStepLR
+schedule (the learning rate times gamma at each milestone epoch). One `OptimizerSpec` describes
+any of them; both trainers build their optimiser and read each epoch's rate from it, so the two
+paths cannot drift.
 """
 
 from __future__ import annotations
@@ -24,8 +26,14 @@ class OptimizerSpec:
     lr: float
     momentum: float = 0.0  # sgd only
     weight_decay: float = 0.0  # sgd only (added to the gradient inside the step, after clipping)
+    milestones: tuple[int, ...] = ()  # epochs from which the rate is multiplied by gamma once more
+    gamma: float = 0.2
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+        if any(m < 1 for m in self.milestones) or not 0 < self.gamma <= 1:
+            raise FastFreeError(f"learning-rate schedule needs milestones >= 1 and 0 < gamma <= 1; got "
+                                f"{self.milestones}, gamma={self.gamma}")
         if self.name not in OPTIMIZERS:
             raise FastFreeError(f"optimiser {self.name!r}: use one of {', '.join(OPTIMIZERS)}")
         if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
@@ -33,6 +41,10 @@ class OptimizerSpec:
                                 f"momentum={self.momentum}, weight_decay={self.weight_decay}")
         if self.name == "adam" and (self.momentum or self.weight_decay):
             raise FastFreeError("momentum and weight_decay belong to SGD here; Adam takes neither")
+
+    def lr_at(self, epoch: int) -> float:
+        """The rate of 0-based `epoch`, as torch's MultiStepLR stepped once after every epoch gives it."""
+        return self.lr * self.gamma ** sum(1 for m in self.milestones if m <= epoch)
 
     def torch(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The optimiser of the one-model reference trainer."""
@@ -44,9 +56,10 @@ class OptimizerSpec:
         """The zero state of the pure step, shaped like the (stacked) parameters."""
         return AdamState.zeros_like(params) if self.name == "adam" else SgdState.zeros_like(params)
 
-    def step(self, params: Tensors, grads: Tensors,
-             state: AdamState | SgdState) -> tuple[Tensors, AdamState | SgdState]:
+    def step(self, params: Tensors, grads: Tensors, state: AdamState | SgdState,
+             epoch: int = 0) -> tuple[Tensors, AdamState | SgdState]:
         """One step for every stacked model at once (the element-wise formulas do not mix models)."""
+        lr = self.lr_at(epoch)
         if self.name == "adam":
-            return adam_step(params, grads, state, self.lr)
-        return sgd_step(params, grads, state, self.lr, self.momentum, self.weight_decay)
+            return adam_step(params, grads, state, lr)
+        return sgd_step(params, grads, state, lr, self.momentum, self.weight_decay)

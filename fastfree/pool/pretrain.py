@@ -3,8 +3,10 @@
 Protocol (official implementation): Adam lr 0.01, batch 128, 60 epochs, gradient-norm clip
 50 per model, no augmentation, keep each teacher's best held-out epoch. In a
 multi-architecture pool (Table 4) the ResNets train with SGD(lr 0.01, momentum 0.9, weight
-decay 5e-4) instead of Adam; the notes on the authors' code name only the optimiser, so
-everything else (batch, epochs, clip, best epoch) is the Conv4 protocol.
+decay 5e-4) instead of Adam; everything else (batch, epochs, clip, best epoch) is the Conv4
+protocol. The authors' code (tools.pretrain) also steps a MultiStepLR after every epoch: x0.2
+at epoch 70 for Conv4 (beyond 60 epochs: only CUB's 100 reach it) and at 30, 50 and 80 for the
+ResNets; fastfree does the same (PretrainConfig's milestones).
 
 `train_teachers_batched` stacks the teachers' parameters and buffers (one architecture),
 takes one vmap(grad) step for all of them with a functional optimiser, and tracks each
@@ -48,6 +50,11 @@ class PretrainConfig:
     momentum: float = 0.9  # SGD's
     weight_decay: float = 5e-4  # SGD's
     clip_norm: float = 50.0
+    # the authors' MultiStepLR (x lr_gamma at each milestone epoch): Conv4 at 70 (so never within
+    # 60 epochs; CUB's 100 reach it), ResNets at 30, 50 and 80
+    conv4_milestones: tuple[int, ...] = (70,)
+    resnet_milestones: tuple[int, ...] = (30, 50, 80)
+    lr_gamma: float = 0.2
     heldout_fraction: float = 0.2
     seed: int = 42
     group_size: int = 100  # teachers trained together in one vmapped step (memory bound)
@@ -55,6 +62,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "archs", tuple(self.archs))  # a list from the command line or JSON
+        for name in ("conv4_milestones", "resnet_milestones"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = []
         unknown = [a for a in self.archs if a not in ARCHITECTURES]
         if not self.archs or unknown or len(set(self.archs)) != len(self.archs):
@@ -73,19 +82,38 @@ class PretrainConfig:
             problems.append("batch_size, group_size and eval_batch must be >= 1")
         if self.lr <= 0 or self.clip_norm <= 0:
             problems.append(f"lr={self.lr} and clip_norm={self.clip_norm} must be > 0")
+        if any(m < 1 for m in (*self.conv4_milestones, *self.resnet_milestones)) or not 0 < self.lr_gamma <= 1:
+            problems.append(f"milestones {self.conv4_milestones} / {self.resnet_milestones} and lr_gamma="
+                            f"{self.lr_gamma} (need epochs >= 1 and 0 < gamma <= 1)")
         if not 0 < self.heldout_fraction < 1:
             problems.append(f"heldout_fraction={self.heldout_fraction} (need 0 < f < 1)")
         if problems:
             raise FastFreeError("invalid pretraining config: " + "; ".join(problems))
 
+    def milestones_for(self, arch: str) -> tuple[int, ...]:
+        """The milestones that take effect for `arch`: those within the epochs."""
+        ms = self.resnet_milestones if arch.startswith("resnet") else self.conv4_milestones
+        return tuple(m for m in ms if m < self.epochs)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """What the teachers' training depends on (recorded in manifests, compared on --resume). Only the
+        milestones that take effect are recorded (within the epochs, of architectures in the pool), so
+        configs that train alike compare equal: a 60-epoch Conv4 pool from before the schedule existed
+        is such a pool."""
+        d = asdict(self)
+        d["conv4_milestones"] = list(self.milestones_for("conv4")) if "conv4" in self.archs else []
+        d["resnet_milestones"] = list(self.milestones_for("resnet")) \
+            if any(a.startswith("resnet") for a in self.archs) else []
+        return d
 
     def optimizer_for(self, arch: str) -> OptimizerSpec:
         """Conv4: Adam(lr); ResNets: SGD(lr, momentum, weight decay), or Adam(lr) with resnet_optimizer='adam'."""
-        if arch.startswith("resnet") and self.resnet_optimizer == "sgd":
-            return OptimizerSpec("sgd", self.lr, self.momentum, self.weight_decay)
-        return OptimizerSpec("adam", self.lr)
+        if arch.startswith("resnet"):
+            if self.resnet_optimizer == "sgd":
+                return OptimizerSpec("sgd", self.lr, self.momentum, self.weight_decay, self.milestones_for(arch),
+                                     self.lr_gamma)
+            return OptimizerSpec("adam", self.lr, milestones=self.milestones_for(arch), gamma=self.lr_gamma)
+        return OptimizerSpec("adam", self.lr, milestones=self.milestones_for(arch), gamma=self.lr_gamma)
 
 
 @dataclass
@@ -117,7 +145,9 @@ def train_teacher_reference(
     device = split.device
     data = teacher_data(split, spec, cfg.heldout_fraction)
     model = init_teacher(spec, cfg, split.image_size).to(device=device, dtype=dtype)
-    opt = cfg.optimizer_for(spec.arch).torch(model.parameters())
+    ospec = cfg.optimizer_for(spec.arch)
+    opt = ospec.torch(model.parameters())
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, list(ospec.milestones), ospec.gamma)  # as the authors'
     best = (-1.0, copy.deepcopy(model.state_dict()), -1)
     steps = 0
     for epoch in range(cfg.epochs):
@@ -135,6 +165,7 @@ def train_teacher_reference(
                 progress(1)
             if max_steps is not None and steps >= max_steps:
                 break
+        schedule.step()
         model.eval()
         with torch.no_grad():
             correct = sum(
@@ -202,7 +233,7 @@ def train_teachers_batched(
             x = normalization(split.images[torch.gather(train_idx, 1, sel)], dtype)
             grads, _ = step_fn(params, buffers, x, torch.gather(train_y, 1, sel))
             grads = clip_grad_norm_stacked(grads, cfg.clip_norm)
-            params, opt_state = optimizer.step(params, grads, opt_state)
+            params, opt_state = optimizer.step(params, grads, opt_state, epoch)
             steps += 1
             if progress is not None:
                 progress(len(specs))

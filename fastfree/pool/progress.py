@@ -40,6 +40,20 @@ def fingerprint(pretrain: dict, dataset: str, normalization: dict, image_size: i
     }
 
 
+# pretraining settings added after pools were first written: what an older pool (or progress folder)
+# without them was trained with (None: whatever is asked now, as it had no effect without milestones)
+LEGACY_PRETRAIN = {"conv4_milestones": [], "resnet_milestones": [], "lr_gamma": None}
+
+
+def _with_legacy(stored: dict, want: dict) -> dict:
+    """`stored` pretraining settings, completed with what older versions did for the keys they lacked."""
+    out = dict(stored)
+    for k, v in LEGACY_PRETRAIN.items():
+        if k not in out:
+            out[k] = want.get(k) if v is None else v
+    return out
+
+
 def _spec_meta(t: TrainedTeacher) -> dict[str, str]:
     s = t.spec
     return {"index": str(s.index), "classes": json.dumps(list(s.classes)), "seed": str(s.seed), "arch": s.arch,
@@ -91,6 +105,8 @@ class PretrainProgress:
         if self.exists():
             path = self.dir / FINGERPRINT
             stored = json.loads(path.read_text()) if path.is_file() else None
+            if stored is not None and "pretrain" in stored:
+                stored["pretrain"] = _with_legacy(stored["pretrain"], self.fp["pretrain"])
             if stored != self.fp:
                 raise FastFreeError(
                     f"--resume: {self.dir} was started with other settings ({_diff(stored, self.fp)}): resume "
@@ -105,7 +121,8 @@ class PretrainProgress:
     def _from_pool(self, specs: list[TeacherSpec]) -> dict[int, TrainedTeacher]:
         pool = load_pool(self.out)
         have = {
-            "pretrain": {k: v for k, v in pool.manifest.get("pretrain", {}).items() if k != "teachers"},
+            "pretrain": _with_legacy({k: v for k, v in pool.manifest.get("pretrain", {}).items() if k != "teachers"},
+                                     self.fp["pretrain"]),
             "dataset": pool.dataset, "normalization": pool.normalization.to_dict(),
             "image_size": pool.records[0].image_size,
         }

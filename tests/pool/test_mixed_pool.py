@@ -2,6 +2,8 @@
 
 import collections
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -51,9 +53,16 @@ def test_functional_sgd_is_torch_sgd():
 
 def test_resnets_train_with_sgd_and_conv4_with_adam():
     cfg = PretrainConfig(archs=TABLE4)
+    # the authors' MultiStepLR: Conv4's milestone 70 lies beyond 60 epochs, the ResNets' 80 too
     assert cfg.optimizer_for("conv4") == OptimizerSpec("adam", 0.01)
-    assert cfg.optimizer_for("resnet10") == cfg.optimizer_for("resnet18") == OptimizerSpec("sgd", 0.01, 0.9, 5e-4)
-    assert PretrainConfig(resnet_optimizer="adam").optimizer_for("resnet18") == OptimizerSpec("adam", 0.01)
+    assert cfg.optimizer_for("resnet10") == cfg.optimizer_for("resnet18") == \
+        OptimizerSpec("sgd", 0.01, 0.9, 5e-4, (30, 50), 0.2)
+    assert replace(cfg, epochs=100).optimizer_for("conv4") == OptimizerSpec("adam", 0.01, milestones=(70,))
+    # recorded (and compared on --resume): only the milestones that take effect
+    assert (cfg.to_dict()["conv4_milestones"], cfg.to_dict()["resnet_milestones"]) == ([], [30, 50])
+    assert (PretrainConfig().to_dict()["conv4_milestones"], PretrainConfig().to_dict()["resnet_milestones"]) == ([], [])
+    assert PretrainConfig(resnet_optimizer="adam").optimizer_for("resnet18") == \
+        OptimizerSpec("adam", 0.01, milestones=(30, 50))  # the schedule stays the ResNets'
     assert get_preset("cifar-fs-multiarch").pretrain.archs == TABLE4
     with pytest.raises(FastFreeError, match="archs"):
         PretrainConfig(archs=("conv4", "vgg"))
@@ -61,8 +70,22 @@ def test_resnets_train_with_sgd_and_conv4_with_adam():
         PretrainConfig(resnet_optimizer="rmsprop")
 
 
+def test_learning_rate_schedule_is_torch_multisteplr():
+    spec = OptimizerSpec("sgd", 0.01, 0.9, 5e-4, (2, 4), 0.2)
+    opt = spec.torch([torch.nn.Parameter(torch.zeros(1))])
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, list(spec.milestones), spec.gamma)
+    for epoch in range(6):
+        assert spec.lr_at(epoch) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), epoch
+        opt.step()
+        schedule.step()
+    assert spec.lr_at(5) == pytest.approx(0.01 * 0.2 ** 2)
+
+
 def test_batched_sgd_training_equals_one_by_one_float64(tiny_split):
-    cfg = PretrainConfig(teachers=2, archs=("resnet10",), width=4, epochs=2, batch_size=20)
+    # the ResNets' schedule fires within the 2 epochs (milestone 1): the batched trainer's rate per epoch
+    # is torch's MultiStepLR in the reference
+    cfg = PretrainConfig(teachers=2, archs=("resnet10",), width=4, epochs=2, batch_size=20, resnet_milestones=(1,))
+    assert cfg.optimizer_for("resnet10").milestones == (1,)
     specs = sample_teacher_specs(tiny_split.classes, 2, 5, seed=1, archs=cfg.archs)
     for spec, got in zip(specs, train_teachers_batched(tiny_split, CIFAR100_NORM, specs, cfg, torch.float64)):
         ref = train_teacher_reference(tiny_split, CIFAR100_NORM, spec, cfg, torch.float64)

@@ -185,3 +185,21 @@ def test_cli_keeps_a_finished_pool_unless_told_to_overwrite(tmp_path, capsys):
     assert _pretrain(pool, 2, "--seed", "7", "--overwrite") == 0
     replaced = _weights(pool)
     assert not all(torch.equal(before[k], replaced[k]) for k in before)
+
+
+def test_a_pool_from_before_the_learning_rate_schedule_still_grows(tmp_path):
+    """Manifests written before the schedule existed lack its settings; their teachers trained without
+    milestones, which is what a 2-epoch Conv4 pool's schedule is now, so growing one is allowed."""
+    from fastfree.pool.progress import LEGACY_PRETRAIN
+    from fastfree.pool.store import save_pool
+
+    assert _pretrain(tmp_path / "three", 3) == 0
+    assert _pretrain(tmp_path / "old", 2) == 0
+    pool = load_pool(tmp_path / "old")
+    legacy = {k: v for k, v in pool.manifest["pretrain"].items() if k not in LEGACY_PRETRAIN}
+    assert legacy != pool.manifest["pretrain"]
+    save_pool(tmp_path / "old", pool.records, pool.state_dicts, pool.dataset, pool.normalization, legacy,
+              pool.manifest["provenance"])
+    assert _pretrain(tmp_path / "old", 3, "--resume") == 0
+    a, b = _weights(tmp_path / "three"), _weights(tmp_path / "old")
+    assert all(torch.equal(a[k], b[k]) for k in a)
