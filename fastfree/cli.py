@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interpolate: theta += eps (theta_tilde - theta) as Algorithm 2 (default); "
                         "adam: the published code's persistent Adam fed 67 (theta - theta_tilde)")
     a.add_argument("--targets", choices=["soft", "hard"], help="soft: distillation (default); hard: Table 7's ablation")
+    a.add_argument("--generator-optimizer", choices=["persistent", "fresh"],
+                   help="persistent: one Adam for the meta-generator across iterations (default); fresh: a new "
+                        "Adam every iteration, as the published code (each step a sign step of size gamma)")
     a.add_argument("--bell-augment", action="store_true",
                    help="distil on a crop + flip of the recovered images (one draw for the b tasks), as the "
                         "published code does; the paper does not say (default: as recovered)")

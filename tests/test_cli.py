@@ -98,10 +98,11 @@ def test_train_end_to_end_and_resume(pool_dir, tmp_path):
     assert main(["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), "--resume", *TINY_FREE, *SMALL]) == 0
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
     # a run started before FIVE's teacher mapping had its own switch (no five_vmap recorded), before
-    # the generator's upsampling was fused (no fuse_upsample), or before BELL's augmentation was an
-    # option (no bell.augment), still resumes
+    # the generator's upsampling was fused (no fuse_upsample), or before BELL's augmentation or the
+    # generator's optimiser were options (no bell.augment, generator_optimizer), still resumes
     config = json.loads((run_dir / "config.json").read_text())
     del config["engine"]["five_vmap"], config["engine"]["fuse_upsample"], config["free"]["bell"]["augment"]
+    del config["free"]["generator_optimizer"]
     (run_dir / "config.json").write_text(json.dumps(config))
     assert main(["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), "--resume", *TINY_FREE, *SMALL]) == 0
 

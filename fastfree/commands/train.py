@@ -51,6 +51,8 @@ def free_config(args, base: FreeConfig) -> FreeConfig:
         cfg = replace(cfg, five=replace(cfg.five, k=args.k))
     if args.generator is not None:
         cfg = replace(cfg, generator=args.generator)
+    if args.generator_optimizer is not None:
+        cfg = replace(cfg, generator_optimizer=args.generator_optimizer)
     if args.no_replay:
         cfg = replace(cfg, replay_enabled=False)
     if args.replay_first_order:
@@ -85,9 +87,10 @@ def run(args) -> dict:
             engine["five_vmap"] = engine.get("vectorize")  # existed: FIVE then mapped its teachers as replay
         if engine.get("engine") == "fast" and "fuse_upsample" not in engine:  # likewise before the fused
             engine["fuse_upsample"] = True  # upsampling: it continues with it (the same values, up to rounding)
-        bell = stored.get("free", {}).get("bell", {})
-        if "augment" not in bell:  # a run started before BELL's augmentation was an option: it had none
-            bell["augment"] = False
+        free = stored.get("free", {})
+        if "augment" not in free.get("bell", {}):  # a run started before BELL's augmentation was an option
+            free.setdefault("bell", {})["augment"] = False  # had none
+        free.setdefault("generator_optimizer", "persistent")  # likewise, before the generator's optimiser was
         if stored != json.loads(json.dumps(resolved)):
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
                                 f"started with ({config_path}); resume with the same flags")

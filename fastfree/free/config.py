@@ -20,6 +20,9 @@ class FreeConfig:
     latent_dim: int = 256
     generator_lr: float = 1e-3  # gamma: the meta-generator's persistent Adam
     generator_betas: tuple[float, float] = (0.5, 0.999)
+    # persistent: one Adam across iterations; fresh: a new Adam every iteration, as the published code
+    # (each step then a sign step of size gamma; the paper writes a plain step of size gamma)
+    generator_optimizer: str = "persistent"
     learner_lr: float = 1e-3  # the meta-learner's persistent Adam (replay outer loop, BELL's adam variant)
     learner_width: int = 32  # Conv4 meta-learner
     memory_per_class: int = 400
@@ -45,6 +48,8 @@ class FreeConfig:
                      "checkpoint_every", "grid_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (need >= 1)")
+        if self.generator_optimizer not in ("persistent", "fresh"):
+            problems.append(f"generator_optimizer={self.generator_optimizer!r} (use persistent or fresh)")
         if self.generator not in ("meta", "sequential"):
             problems.append(f"generator={self.generator!r} (use meta or sequential)")
         if self.generator_lr <= 0 or self.learner_lr <= 0:

@@ -188,6 +188,9 @@ def free_iteration(
     timer.mark("five")
     first_use = engine.five_setups > setups  # this FIVE compiled or captured a variant first
     if cfg.generator != "sequential":
+        if cfg.generator_optimizer == "fresh":  # the published code's: a new Adam for every iteration's step
+            state.generator_opt = torch.optim.Adam(state.generator.parameters(), lr=cfg.generator_lr,
+                                                   betas=cfg.generator_betas)
         apply_meta_gradient(state.generator, meta_grad, state.generator_opt)
     timer.mark("generator")
 
