@@ -139,7 +139,8 @@ def run(args) -> dict:
           f"x {len(test_cfg.shots)} shot counts ...", flush=True)
     summary = final_results(ctx, state, test_cfg, lambda: random_init(builder, test_cfg.seed))
     meta = run_metadata(device)
-    table = results_markdown(summary, meta["device_name"], test_cfg.shots, ways)
+    table = results_markdown(summary, meta["device_name"], test_cfg.shots, ways,
+                             cfg.replay.shots if cfg.replay_enabled else None)
     (run_dir / "results.md").write_text(f"# FREE results ({preset.name})\n\n" + table)
     payload = {"command": "train", "run_dir": str(run_dir), **summary, "train_seconds": train_s,
                "config": resolved, **meta}

@@ -199,7 +199,10 @@ def _cells(table: dict, shots: tuple[int, ...]) -> list[str]:
     return [f"{table[str(s)]['mean']:.2f} +- {table[str(s)]['ci95']:.2f}" if str(s) in table else "-" for s in shots]
 
 
-def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], ways: int) -> str:
+def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], ways: int,
+                     replay_shots: int | None = None) -> str:
+    """The results table; `replay_shots` (the run's replay tasks' shot count) notes the shot counts
+    whose learners replayed tasks of another one (the paper runs each setting on its own)."""
     head = "| method | " + " | ".join(f"{ways}-way {s}-shot" for s in shots) + " |"
     lines = [head, "|---|" + "---|" * len(shots)]
     for name, res in summary["results"].items():
@@ -212,6 +215,10 @@ def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], wa
         for name, res in summary["results"].items():
             for d, per in res["domains"].items():
                 lines.append(f"| {name} | {d} | " + " | ".join(_cells(per, shots)) + " |")
+    other = [s for s in shots if replay_shots is not None and s != replay_shots]
+    if other:
+        lines += ["", f"{', '.join(f'{s}-shot' for s in other)}: the meta-learner replayed {replay_shots}-shot tasks; "
+                      f"the paper runs each shot setting on its own (`fastfree train --shots K`)."]
     lines += [
         "",
         f"Data recovery (FIVE, synchronised, after {summary['warmup']} warm-up iterations): "

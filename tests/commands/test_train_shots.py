@@ -36,6 +36,7 @@ def test_a_five_shot_run_replays_selects_and_tests_five_shot_tasks(pool, tmp_pat
     r = json.loads(out.read_text())
     assert r["config"]["shots"] == [5] and r["config"]["free"]["replay"]["shots"] == 5
     assert {k: set(v) for k, v in r["results"].items()} == {k: {"5"} for k in r["results"]}
+    assert "replayed" not in (run_dir / "results.md").read_text()
     vals = [m["val"] for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "val" in m]
     assert vals and all(set(v) == {"5"} for v in vals)
     # eval --run tests the run's own shot setting by default, and reproduces its numbers
@@ -61,4 +62,5 @@ def test_by_default_one_run_replays_one_shot_tasks_for_both_settings(pool, tmp_p
                  *SMALL]) == 0
     r = json.loads(out.read_text())
     assert set(drawn) == {1} and "shots" not in r["config"]
+    assert "5-shot: the meta-learner replayed 1-shot tasks" in (tmp_path / "run" / "results.md").read_text()
     assert set(r["results"]["FREE (last)"]) == {"1", "5"}

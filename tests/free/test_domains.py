@@ -83,7 +83,10 @@ def test_two_domain_run_trains_checkpoints_and_resumes(tiny_dataset, small_datas
         assert all(per.get("5", {"tasks": 2})["tasks"] == 2 for per in res["domains"].values())
         assert ("5" in res) == (not name.startswith("FREE (selected")), name
     table = results_markdown(summary, "cpu", (1, 5), 5)
-    assert "| Random | small |" in table and " | - |" in table
+    assert "| Random | small |" in table and " | - |" in table and "replayed" not in table
+    # a run that replayed 1-shot tasks says so under its 5-shot column (the paper runs each setting alone)
+    assert "5-shot: the meta-learner replayed 1-shot tasks" in results_markdown(summary, "cpu", (1, 5), 5, 1)
+    assert "replayed" not in results_markdown(summary, "cpu", (5,), 5, 5)
 
 
 @pytest.mark.parametrize("vectorize", [False, True], ids=["loop", "vmap"])
