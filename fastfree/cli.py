@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["test", "val"], help="meta-test or meta-val classes")
     e.add_argument("--tasks", type=_positive)
     e.add_argument("--ways", type=_positive)
-    e.add_argument("--shots", type=_positive, nargs="+", help="one or more shot counts (default 1 5)")
+    e.add_argument("--shots", type=_positive, nargs="+", help="one or more shot counts (default 1 5; with --run, a `train --shots K` run's K)")
     e.add_argument("--queries", type=_positive)
     e.add_argument("--steps", type=int, help="SGD steps on the support set (default 10)")
     e.add_argument("--lr", type=float, help="adaptation learning rate (default 0.01)")

@@ -39,11 +39,12 @@ def _delta(before: list[torch.Tensor], model: torch.nn.Module) -> dict[str, floa
 def step_sizes(learner: torch.nn.Module, opt_state: dict | None, bank: MemoryBank | None = None, b: int = 4,
                seed: int = 0) -> dict:
     """|delta theta| of one BELL call per outer rule and, given a bank, of one replay meta-batch (pure: copies)."""
-    torch.manual_seed(seed)
     ways = learner.classifier.weight.shape[0]
-    teachers = [Conv4(ways, 32, 32).eval().requires_grad_(False) for _ in range(b)]
-    tasks = [RecoveredTask(torch.rand(ways * 20, 3, 32, 32), torch.arange(ways).repeat_interleave(20), i, 0.0, 0.0)
-             for i in range(b)]
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        teachers = [Conv4(ways, 32, 32).eval().requires_grad_(False) for _ in range(b)]
+        tasks = [RecoveredTask(torch.rand(ways * 20, 3, 32, 32), torch.arange(ways).repeat_interleave(20), i, 0.0,
+                               0.0) for i in range(b)]
 
     def fresh():
         model = copy.deepcopy(learner)

@@ -11,6 +11,7 @@ meta-test accuracy on the same tasks.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from fastfree.commands.run_learner import learner_module, load_run_learner
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
 from fastfree.free.kept import read_kept
-from fastfree.free.run import learner_init
+from fastfree.free.run import METRICS, learner_init
 from fastfree.free.selection import BEST, read_selected
 from fastfree.metatest.domains import metatest_data
 
@@ -43,10 +44,17 @@ def summarize(rows: list[dict], split: str, selected_iterations: dict[str, int])
         out[shots] = {
             f"best_on_{split}": at(best),
             "selected_on_val": at(by_it[pick]) if pick in by_it else ({"iteration": pick} if pick else None),
-            "last": at(rows[-1]),
+            "last_evaluated": at(rows[-1]),  # the run's last learner only if it ended on an evaluation
             "evaluations": len(rows),
         }
     return out
+
+
+def _logged_evaluations(run_dir: Path) -> list[int]:
+    """The iterations whose meta-val evaluation metrics.jsonl records (a line's iteration is 0-based)."""
+    path = run_dir / METRICS
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [m["iteration"] + 1 for m in map(json.loads, lines) if "val" in m]
 
 
 def _selected_iterations(run_dir: Path) -> dict[str, int]:
@@ -65,6 +73,10 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
     target = load_run_learner(run_dir, None, device, dtype)  # the run's data and the learner's shape
     cfg = cfg_of(target.protocol())
     kept = read_kept(run_dir, device)
+    missing = sorted(set(_logged_evaluations(run_dir)) - {k.iteration for k in kept})
+    if missing:  # e.g. a run resumed from before learners were kept: the best is over fewer evaluations
+        print(f"note: {len(missing)} meta-val evaluations have no kept learner (iterations "
+              f"{', '.join(map(str, missing))}): the summary covers the {len(kept)} kept ones", flush=True)
     picks = _selected_iterations(run_dir)
     if "*" in picks:
         picks = {str(s): picks["*"] for s in cfg.shots}
@@ -91,6 +103,7 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
         "engine": resolve_engine(cfg.engine, device),
         "dtype": args.dtype,
         "evaluations": rows,
+        "evaluations_without_learner": missing,
         "summary": summary,
         "seconds": seconds,
         **run_metadata(device),
@@ -110,12 +123,13 @@ def _print(rows: list[dict], summary: dict, split: str, ways: int, seconds: floa
         print(f"{r['iteration']:>9} | " + " | ".join(val) + " | "
               + " | ".join(f"{r[split][s][0]:.2f} +- {r[split][s][1]:.2f}" for s in shots))
     for s, v in summary.items():
-        best, sel, last = v[f"best_on_{split}"], v["selected_on_val"], v["last"]
+        best, sel, last = v[f"best_on_{split}"], v["selected_on_val"], v["last_evaluated"]
         sel_text = (f"{sel['mean']:.2f} +- {sel['ci95']:.2f} (iteration {sel['iteration']})" if sel and "mean" in sel
-                    else "not among the kept learners")
+                    else f"iteration {sel['iteration']}, not among the kept learners" if sel
+                    else "none (meta-val did not measure this shot count)")
         print(f"{s}-shot: best on meta-{split} {best['mean']:.2f} +- {best['ci95']:.2f} (iteration "
               f"{best['iteration']}; the published code's selection, optimistic), selected on meta-val {sel_text}, "
-              f"last {last['mean']:.2f} +- {last['ci95']:.2f} (iteration {last['iteration']})")
+              f"last evaluated {last['mean']:.2f} +- {last['ci95']:.2f} (iteration {last['iteration']})")
 
 
 __all__ = ["run_every_learner", "summarize"]

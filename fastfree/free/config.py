@@ -48,6 +48,10 @@ class FreeConfig:
                      "checkpoint_every", "grid_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (need >= 1)")
+        need = self.replay.shots + self.replay.queries
+        if self.replay_enabled and need > self.memory_per_class:
+            problems.append(f"replay tasks need shots + queries = {need} images per class but the bank keeps "
+                            f"memory_per_class={self.memory_per_class} (lower --shots)")
         if self.generator_optimizer not in ("persistent", "fresh"):
             problems.append(f"generator_optimizer={self.generator_optimizer!r} (use persistent or fresh)")
         if self.generator not in ("meta", "sequential"):

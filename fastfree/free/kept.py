@@ -39,6 +39,16 @@ def keep_learner(run_dir: Path, iteration: int, val: dict[str, list[float]], lea
                       run_dir / LEARNERS / f"iter_{iteration:05d}.pt")
 
 
+def drop_kept_after(run_dir: Path, iteration: int) -> None:
+    """Remove the learners kept after `iteration` (a resumed run's checkpoint; 0 for a fresh start): they
+    belong to iterations that run again, or to an earlier attempt that never checkpointed."""
+    folder = Path(run_dir) / LEARNERS
+    for p in folder.glob("iter_*.pt") if folder.is_dir() else []:
+        m = _NAME.search(p.name)
+        if m and int(m.group(1)) > iteration:
+            p.unlink()
+
+
 def read_kept(run_dir: Path, device: torch.device | str = "cpu") -> list[KeptLearner]:
     """Every kept learner, by iteration."""
     folder = Path(run_dir) / LEARNERS
@@ -53,4 +63,4 @@ def read_kept(run_dir: Path, device: torch.device | str = "cpu") -> list[KeptLea
     return sorted(out, key=lambda k: k.iteration)
 
 
-__all__ = ["LEARNERS", "KeptLearner", "keep_learner", "read_kept"]
+__all__ = ["LEARNERS", "KeptLearner", "drop_kept_after", "keep_learner", "read_kept"]

@@ -28,7 +28,7 @@ from fastfree.errors import FastFreeError
 from fastfree.free.atomic import atomic_torch_save
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask
-from fastfree.free.kept import keep_learner
+from fastfree.free.kept import drop_kept_after, keep_learner
 from fastfree.free.selection import BEST, for_shots, improved_shots, is_legacy, read_selected, selected_label, \
     write_selected
 from fastfree.free.trainer import FreeState, free_iteration, init_state
@@ -113,7 +113,10 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
             _upgrade_selection(ctx, state)
     elif ckpt.exists():
         raise FastFreeError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
+    else:  # a fresh start: an earlier attempt here never checkpointed; its picks are not this run's
+        (run_dir / BEST).unlink(missing_ok=True)
     _truncate_metrics(run_dir / METRICS, state.iteration)
+    drop_kept_after(run_dir, state.iteration)
     end = cfg.iterations if stop_after is None else min(stop_after, cfg.iterations)
     while state.iteration < end:
         metrics, tasks = free_iteration(state, ctx.teachers, ctx.teacher_classes, ctx.dataset.normalization, cfg,

@@ -44,7 +44,11 @@ class OptimizerSpec:
 
     def lr_at(self, epoch: int) -> float:
         """The rate of 0-based `epoch`, as torch's MultiStepLR stepped once after every epoch gives it."""
-        return self.lr * self.gamma ** sum(1 for m in self.milestones if m <= epoch)
+        lr = self.lr
+        for m in self.milestones:  # one multiplication per milestone passed, as torch does (not gamma ** n:
+            if m <= epoch:         # that rounds differently once two have passed)
+                lr *= self.gamma
+        return lr
 
     def torch(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The optimiser of the one-model reference trainer."""

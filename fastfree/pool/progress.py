@@ -27,6 +27,7 @@ from fastfree.pool.teachers import TeacherSpec
 
 PROGRESS = ".progress"
 FINGERPRINT = "fingerprint.json"
+REPLACING = "replacing-the-pool"  # marks a progress folder started with --overwrite: the old pool is not reused
 
 
 def fingerprint(pretrain: dict, dataset: str, normalization: dict, image_size: int, data: dict, dtype: str,
@@ -88,10 +89,13 @@ class PretrainProgress:
         if self.exists():
             raise FastFreeError(f"{self.dir} holds the teachers of an interrupted pretraining: pass --resume to "
                                 f"continue it, or delete {self.dir} to start over")
-        if (self.out / MANIFEST).is_file() and not overwrite:
+        replacing = (self.out / MANIFEST).is_file()
+        if replacing and not overwrite:
             raise FastFreeError(f"{self.out} already holds a pool: pass --resume to keep its teachers (a larger "
                                 f"--teachers grows it), --overwrite to replace it, or choose another --out")
         self._write_fingerprint()
+        if replacing:  # so that --resume continues the replacement instead of growing the old pool
+            (self.dir / REPLACING).touch()
 
     def _write_fingerprint(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,8 @@ class PretrainProgress:
 
     def resume(self, specs: list[TeacherSpec]) -> dict[int, TrainedTeacher]:
         """The finished teachers among `specs`: from a finished pool at `out`, then the progress folder."""
-        done = self._from_pool(specs) if (self.out / MANIFEST).is_file() else {}
+        replacing = (self.dir / REPLACING).is_file()  # an interrupted --overwrite: the old pool does not count
+        done = self._from_pool(specs) if (self.out / MANIFEST).is_file() and not replacing else {}
         if self.exists():
             path = self.dir / FINGERPRINT
             stored = json.loads(path.read_text()) if path.is_file() else None

@@ -12,7 +12,7 @@ def test_summary_picks_on_each_split_separately():
     s = summarize(rows, "test", {"1": 40})["1"]
     assert s["best_on_test"] == {"iteration": 40, "mean": 37.0, "ci95": 0.5}  # the first of equal maxima
     assert s["selected_on_val"] == {"iteration": 40, "mean": 37.0, "ci95": 0.5}
-    assert s["last"]["iteration"] == 80 and s["evaluations"] == 4
+    assert s["last_evaluated"]["iteration"] == 80 and s["evaluations"] == 4
     s = summarize(rows, "test", {"1": 60})["1"]
     assert s["selected_on_val"]["mean"] == 37.0 and s["selected_on_val"]["iteration"] == 60
 

@@ -80,11 +80,20 @@ def test_every_kept_learner_on_the_same_tasks(run, tmp_path, capsys):
     selected = next(k for k in reported if k.startswith("FREE (selected"))
     rows = {r["iteration"]: r["test"] for r in got["evaluations"]}
     for shots, s in got["summary"].items():
-        assert s["evaluations"] == 2 and s["last"]["iteration"] == 3
-        assert s["last"]["mean"] == pytest.approx(reported["FREE (last)"][shots]["mean"])
+        assert s["evaluations"] == 2 and s["last_evaluated"]["iteration"] == 3
+        assert s["last_evaluated"]["mean"] == pytest.approx(reported["FREE (last)"][shots]["mean"])
         assert s["selected_on_val"]["mean"] == pytest.approx(reported[selected][shots]["mean"])
         assert s["best_on_test"]["mean"] == max(r[shots][0] for r in rows.values())
     assert "the published code's selection, optimistic" in capsys.readouterr().out
+    assert got["evaluations_without_learner"] == []
+    # a run resumed from before learners were kept lacks some: the report says which
+    (run_dir / "learners" / "iter_00002.pt").rename(tmp_path / "kept2.pt")
+    try:
+        part = _eval(tmp_path, run_dir, "--method", "learner", "--learner", "every")
+    finally:
+        (tmp_path / "kept2.pt").rename(run_dir / "learners" / "iter_00002.pt")
+    assert part["evaluations_without_learner"] == [2] and [r["iteration"] for r in part["evaluations"]] == [3]
+    assert "1 meta-val evaluations have no kept learner (iterations 2)" in capsys.readouterr().out
 
 
 def test_every_learner_refusals(run, tmp_path, capsys):

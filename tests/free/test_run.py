@@ -8,6 +8,7 @@ import torch
 from fastfree.errors import FastFreeError
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import FiveConfig
+from fastfree.free.kept import read_kept
 from fastfree.free.replay import ReplayConfig
 from fastfree.free.run import CHECKPOINT, METRICS, RunContext, train_free
 from fastfree.metatest.protocol import MetaTestConfig
@@ -51,6 +52,28 @@ def test_resume_gives_the_same_final_parameters(tiny_dataset, tmp_path):
     assert lines[0]["warmup"] and not lines[1]["warmup"]
     assert "replay" in lines[1] and "alignment" in lines[1] and "val" in lines[1]
     assert (tmp_path / "b" / "grids" / "iter_00003.png").is_file()
+    # the learner of every meta-val evaluation (iterations 2, 4 and the last), equal to the straight run's
+    kept_a, kept_b = read_kept(tmp_path / "a"), read_kept(tmp_path / "b")
+    assert [k.iteration for k in kept_b] == [k.iteration for k in kept_a] == [2, 4, 5]
+    assert all(torch.equal(x.learner[n], y.learner[n]) for x, y in zip(kept_a, kept_b) for n in x.learner)
+
+
+def test_a_fresh_start_drops_what_an_attempt_that_never_checkpointed_left(tiny_dataset, tmp_path):
+    """Killed after its first evaluation but before any checkpoint (checkpoint_every 4 here): a new run
+    in that directory must not report the old attempt's kept learners or meta-val picks as its own."""
+    from dataclasses import replace
+
+    from fastfree.free.selection import BEST
+
+    run = tmp_path / "f"
+    run.mkdir()
+    ctx = _ctx(run, tiny_dataset)
+    ctx = replace(ctx, cfg=replace(CFG, checkpoint_every=4))
+    train_free(ctx, resume=False, stop_after=3)  # evaluated at 2; checkpointed at 3 (stop_after's end)
+    (run / CHECKPOINT).unlink()  # as if killed before that checkpoint
+    assert (run / BEST).is_file() and [k.iteration for k in read_kept(run)] == [2]
+    train_free(replace(ctx, cfg=replace(CFG, checkpoint_every=4, eval_every=3)), resume=False, stop_after=2)
+    assert not (run / BEST).exists() and not any((run / "learners").glob("iter_*.pt"))
 
 
 def test_training_changes_the_learner_and_fills_the_bank(tiny_dataset, tmp_path):
@@ -76,6 +99,8 @@ def test_resume_and_overwrite_errors(tiny_dataset, tmp_path):
 def test_bad_free_config():
     with pytest.raises(FastFreeError, match="warmup=5"):
         FreeConfig(iterations=5, warmup=5)
+    with pytest.raises(FastFreeError, match=r"shots \+ queries = 21 .* memory_per_class=20 \(lower --shots\)"):
+        FreeConfig(memory_per_class=20, replay=ReplayConfig(shots=6))  # stops at the start, not at the first replay
 
 
 def test_table5_baseline_switches_run(tiny_dataset, tmp_path):

@@ -1,5 +1,6 @@
 """Resumable pretraining: an interrupted or grown pool equals one trained in one go."""
 
+import contextlib
 import json
 import re
 
@@ -119,6 +120,25 @@ def test_cli_grows_a_pool_to_the_one_trained_at_once(tmp_path):
     assert manifest["provenance"]["data"]["images_per_class"] == 25 and "root" not in manifest["provenance"]["data"]
 
 
+@contextlib.contextmanager
+def _killed_at_teacher(n, monkeypatch):
+    """The reference trainer dies when it starts its n-th teacher (a kill mid-pretraining), then is restored."""
+    real = pretrain_module.train_teacher_reference
+    calls = []
+
+    def dies(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise Killed
+        return real(*a, **k)
+
+    monkeypatch.setattr(pretrain_module, "train_teacher_reference", dies)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(pretrain_module, "train_teacher_reference", real)
+
+
 def _refused(capsys, code, pattern):
     err = capsys.readouterr().err
     assert code == 2 and re.search(pattern, err), err
@@ -126,19 +146,8 @@ def _refused(capsys, code, pattern):
 
 def test_cli_resumes_an_interrupted_pretraining(tmp_path, monkeypatch, capsys):
     assert _pretrain(tmp_path / "whole", 3) == 0
-    real = pretrain_module.train_teacher_reference
-    calls = []
-
-    def dies_on_the_third(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Killed
-        return real(*a, **k)
-
-    monkeypatch.setattr(pretrain_module, "train_teacher_reference", dies_on_the_third)
-    with pytest.raises(Killed):
+    with pytest.raises(Killed), _killed_at_teacher(3, monkeypatch):
         _pretrain(tmp_path / "cut", 3)
-    monkeypatch.setattr(pretrain_module, "train_teacher_reference", real)
     assert not (tmp_path / "cut" / MANIFEST).exists()
     assert sorted(p.name for p in (tmp_path / "cut" / PROGRESS).glob("teacher*")) == \
         ["teacher0000.safetensors", "teacher0001.safetensors"]
@@ -185,6 +194,20 @@ def test_cli_keeps_a_finished_pool_unless_told_to_overwrite(tmp_path, capsys):
     assert _pretrain(pool, 2, "--seed", "7", "--overwrite") == 0
     replaced = _weights(pool)
     assert not all(torch.equal(before[k], replaced[k]) for k in before)
+
+
+def test_an_interrupted_overwrite_resumes_as_a_replacement(tmp_path, monkeypatch):
+    """--overwrite killed half-way: --resume continues the new pool (the old one, still in place, is
+    neither grown nor compared), and the result equals the new pool trained in one go."""
+    assert _pretrain(tmp_path / "new", 2, "--seed", "7") == 0
+    assert _pretrain(tmp_path / "pool", 3) == 0
+    with pytest.raises(Killed), _killed_at_teacher(2, monkeypatch):
+        _pretrain(tmp_path / "pool", 2, "--seed", "7", "--overwrite")
+    assert len(load_pool(tmp_path / "pool")) == 3  # the old pool is still whole
+    assert _pretrain(tmp_path / "pool", 2, "--seed", "7", "--resume") == 0
+    a, b = _weights(tmp_path / "new"), _weights(tmp_path / "pool")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "pool" / PROGRESS).exists()
 
 
 def test_a_pool_from_before_the_learning_rate_schedule_still_grows(tmp_path):
