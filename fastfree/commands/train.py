@@ -19,7 +19,7 @@ from fastfree.free.run import RunContext, final_results, results_markdown, train
 from fastfree.metatest.initializations import random_init
 from fastfree.models import build_model
 from fastfree.pool.store import load_pool
-
+from fastfree.settings_diff import settings_diff
 
 
 def engine_options(args, device):
@@ -91,9 +91,11 @@ def run(args) -> dict:
         if "augment" not in free.get("bell", {}):  # a run started before BELL's augmentation was an option
             free.setdefault("bell", {})["augment"] = False  # had none
         free.setdefault("generator_optimizer", "persistent")  # likewise, before the generator's optimiser was
-        if stored != json.loads(json.dumps(resolved)):
+        now = json.loads(json.dumps(resolved))
+        if stored != now:
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
-                                f"started with ({config_path}); resume with the same flags")
+                                f"started with ({config_path}: {settings_diff(stored, now)}); resume with the same "
+                                f"flags")
     run_dir.mkdir(parents=True, exist_ok=True)
     if domains:
         dataset = load_domains(domains, device)

@@ -24,6 +24,7 @@ from fastfree.errors import FastFreeError
 from fastfree.pool.pretrain import TrainedTeacher
 from fastfree.pool.store import MANIFEST, load_pool
 from fastfree.pool.teachers import TeacherSpec
+from fastfree.settings_diff import settings_diff
 
 PROGRESS = ".progress"
 FINGERPRINT = "fingerprint.json"
@@ -113,9 +114,9 @@ class PretrainProgress:
             if stored is not None and "pretrain" in stored:
                 stored["pretrain"] = _with_legacy(stored["pretrain"], self.fp["pretrain"])
             if stored != self.fp:
-                raise FastFreeError(
-                    f"--resume: {self.dir} was started with other settings ({_diff(stored, self.fp)}): resume "
-                    f"with the same flags, or delete {self.dir} to start over")
+                differs = settings_diff(stored, self.fp, missing=f"no readable {FINGERPRINT}")
+                raise FastFreeError(f"--resume: {self.dir} was started with other settings ({differs}): resume "
+                                    f"with the same flags, or delete {self.dir} to start over")
             done.update(self._from_files(specs))
         elif not done:
             raise FastFreeError(f"--resume: {self.out} holds neither an interrupted pretraining ({PROGRESS}) nor "
@@ -140,7 +141,7 @@ class PretrainProgress:
             want.update(self.provenance())
         if _json(have) != want:
             raise FastFreeError(
-                f"--resume: the pool at {self.out} was trained with other settings ({_diff(_json(have), want)}): "
+                f"--resume: the pool at {self.out} was trained with other settings ({settings_diff(_json(have), want)}): "
                 f"grow it with the flags it was trained with, or choose another --out")
         by_index = {s.index: s for s in specs}
         dropped = [r.index for r in pool.records if r.index not in by_index]
@@ -187,20 +188,6 @@ class PretrainProgress:
     def finish(self) -> None:
         """After the pool is written: the progress is in it."""
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _diff(have: dict | None, want: dict) -> str:
-    if have is None:
-        return f"no readable {FINGERPRINT}"
-    keys = []
-    for k in sorted(set(have) | set(want)):
-        a, b = have.get(k), want.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += [f"{k}.{j}: {a.get(j)!r} there, {b.get(j)!r} now" for j in sorted(set(a) | set(b))
-                     if a.get(j) != b.get(j)]
-        elif a != b:
-            keys.append(f"{k}: {a!r} there, {b!r} now")
-    return "; ".join(keys) or "unknown difference"
 
 
 __all__ = ["PROGRESS", "PretrainProgress", "fingerprint"]

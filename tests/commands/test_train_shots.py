@@ -49,7 +49,7 @@ def test_a_five_shot_run_replays_selects_and_tests_five_shot_tasks(pool, tmp_pat
     # resuming needs the same shot setting
     capsys.readouterr()
     assert main([*train, "--resume"]) == 2
-    assert "different configuration" in capsys.readouterr().err
+    assert "different configuration" in (err := capsys.readouterr().err) and "shots: [5] there, None now" in err
 
 
 def test_by_default_one_run_replays_one_shot_tasks_for_both_settings(pool, tmp_path, monkeypatch):
