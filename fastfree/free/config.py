@@ -54,6 +54,11 @@ class FreeConfig:
                             f"memory_per_class={self.memory_per_class} (lower --shots)")
         if self.generator_optimizer not in ("persistent", "fresh"):
             problems.append(f"generator_optimizer={self.generator_optimizer!r} (use persistent or fresh)")
+        elif self.generator_optimizer == "fresh" and self.generator == "sequential":
+            problems.append("generator_optimizer='fresh' steps FIVE's meta-generator, which generator='sequential' "
+                            "does not have (drop --generator-optimizer)")
+        if self.bell.augment and self.bell.mode == "none":
+            problems.append("bell.augment with no learner update: nothing distils (drop --bell-augment)")
         if self.generator not in ("meta", "sequential"):
             problems.append(f"generator={self.generator!r} (use meta or sequential)")
         if self.generator_lr <= 0 or self.learner_lr <= 0:

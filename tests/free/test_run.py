@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastfree.errors import FastFreeError
+from fastfree.free.bell import BellConfig
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import FiveConfig
 from fastfree.free.kept import read_kept
@@ -101,6 +102,11 @@ def test_bad_free_config():
         FreeConfig(iterations=5, warmup=5)
     with pytest.raises(FastFreeError, match=r"shots \+ queries = 21 .* memory_per_class=20 \(lower --shots\)"):
         FreeConfig(memory_per_class=20, replay=ReplayConfig(shots=6))  # stops at the start, not at the first replay
+    # options that would do nothing are refused rather than recorded as if they had acted
+    with pytest.raises(FastFreeError, match="drop --generator-optimizer"):
+        FreeConfig(generator="sequential", generator_optimizer="fresh")
+    with pytest.raises(FastFreeError, match="drop --bell-augment"):
+        FreeConfig(bell=BellConfig(mode="none", augment=True))
 
 
 def test_table5_baseline_switches_run(tiny_dataset, tmp_path):
