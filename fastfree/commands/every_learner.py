@@ -23,7 +23,7 @@ from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
 from fastfree.free.kept import read_kept
 from fastfree.free.run import METRICS, learner_init
-from fastfree.free.selection import BEST, read_selected
+from fastfree.free.selection import BEST, for_shots, read_selected
 from fastfree.metatest.domains import metatest_data
 
 
@@ -33,13 +33,13 @@ def summarize(rows: list[dict], split: str, selected_iterations: dict[str, int])
     rows: [{"iteration", "val": {shots: [mean, ci]}, split: {shots: [mean, ci]}}], by iteration.
     """
     out = {}
+    by_it = {r["iteration"]: r for r in rows}
     for shots in rows[0][split]:
         def at(row):
             mean, ci = row[split][shots]
             return {"iteration": row["iteration"], "mean": mean, "ci95": ci}
 
         best = max(rows, key=lambda r: r[split][shots][0])  # the first of equal maxima, as selection keeps
-        by_it = {r["iteration"]: r for r in rows}
         pick = selected_iterations.get(shots)
         out[shots] = {
             f"best_on_{split}": at(best),
@@ -57,11 +57,10 @@ def _logged_evaluations(run_dir: Path) -> list[int]:
     return [m["iteration"] + 1 for m in map(json.loads, lines) if "val" in m]
 
 
-def _selected_iterations(run_dir: Path) -> dict[str, int]:
+def _selected_iterations(run_dir: Path, shots: tuple[int, ...]) -> dict[str, int]:
+    """Meta-val's pick per shot count (for_shots also reads a legacy file's single pick)."""
     selected = read_selected(run_dir / BEST)
-    if None in selected:  # a run from before per-shot selection: one pick for every shot count
-        return {"*": selected[None].iteration}
-    return {str(s): v.iteration for s, v in selected.items()}
+    return {str(s): for_shots(selected, s).iteration for s in shots if s in selected or None in selected}
 
 
 def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) -> dict:
@@ -77,9 +76,7 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
     if missing:  # e.g. a run resumed from before learners were kept: the best is over fewer evaluations
         print(f"note: {len(missing)} meta-val evaluations have no kept learner (iterations "
               f"{', '.join(map(str, missing))}): the summary covers the {len(kept)} kept ones", flush=True)
-    picks = _selected_iterations(run_dir)
-    if "*" in picks:
-        picks = {str(s): picks["*"] for s in cfg.shots}
+    picks = _selected_iterations(run_dir, cfg.shots)
     rows = []
     t0 = time.perf_counter()
     with progress_bar(total=cfg.tasks * len(cfg.shots) * len(kept), desc=f"meta-test {len(kept)} learners",

@@ -52,7 +52,7 @@ def drop_kept_after(run_dir: Path, iteration: int) -> None:
 def read_kept(run_dir: Path, device: torch.device | str = "cpu") -> list[KeptLearner]:
     """Every kept learner, by iteration."""
     folder = Path(run_dir) / LEARNERS
-    paths = sorted(p for p in folder.glob("iter_*.pt") if _NAME.search(p.name)) if folder.is_dir() else []
+    paths = [p for p in folder.glob("iter_*.pt") if _NAME.search(p.name)] if folder.is_dir() else []
     if not paths:
         raise FastFreeError(f"{folder} holds no meta-learners: runs keep one at every meta-val evaluation since "
                             "this version; meta-test the selected or the last learner (--learner selected|last)")

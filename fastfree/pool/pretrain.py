@@ -108,12 +108,10 @@ class PretrainConfig:
 
     def optimizer_for(self, arch: str) -> OptimizerSpec:
         """Conv4: Adam(lr); ResNets: SGD(lr, momentum, weight decay), or Adam(lr) with resnet_optimizer='adam'."""
-        if arch.startswith("resnet"):
-            if self.resnet_optimizer == "sgd":
-                return OptimizerSpec("sgd", self.lr, self.momentum, self.weight_decay, self.milestones_for(arch),
-                                     self.lr_gamma)
-            return OptimizerSpec("adam", self.lr, milestones=self.milestones_for(arch), gamma=self.lr_gamma)
-        return OptimizerSpec("adam", self.lr, milestones=self.milestones_for(arch), gamma=self.lr_gamma)
+        milestones = self.milestones_for(arch)
+        if arch.startswith("resnet") and self.resnet_optimizer == "sgd":
+            return OptimizerSpec("sgd", self.lr, self.momentum, self.weight_decay, milestones, self.lr_gamma)
+        return OptimizerSpec("adam", self.lr, milestones=milestones, gamma=self.lr_gamma)
 
 
 @dataclass
