@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto (default): batched on CUDA, reference on a CPU (faster there)")
     e.add_argument("--arch", choices=list(ARCHITECTURES), help="random: the learner's architecture")
     e.add_argument("--width", type=_positive, help="random: the learner's width")
-    e.add_argument("--per-task", action="store_true", help="also write every task's accuracy to --json")
+    e.add_argument("--per-task", action="store_true", help="also write every task's accuracy to --json "
+                   "(with --learner every: of every learner, keyed by iteration)")
 
     t = sub.add_parser("train", help="run FREE end to end (pool if needed, Algorithm 3, meta-test)",
                        description="FREE (CVPR 2024): FIVE + BELL + cross-task replay, model selection on "

@@ -6,7 +6,9 @@ best of its evaluations on the meta-test split (for the paper's Table 2: the bes
 which picks on the tasks it reports, so it is optimistic; fastfree selects on meta-val. Both are
 read off one table: per shot count, the best learner on the split tested ("best on meta-test":
 the published code's selection), the learner meta-val selected, and the last, each with its
-meta-test accuracy on the same tasks.
+meta-test accuracy on the same tasks. Because every learner meets the same tasks, the gap between
+two of them is measured per task (a paired difference), whose interval is far narrower than the
+two accuracies' own: it says whether a selection's gain is more than the tasks' sampling noise.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fastfree.commands.common import progress_bar, run_metadata, write_json
@@ -25,12 +28,24 @@ from fastfree.free.kept import read_kept
 from fastfree.free.run import METRICS, learner_init
 from fastfree.free.selection import BEST, for_shots, read_selected
 from fastfree.metatest.domains import metatest_data
+from fastfree.metatest.protocol import confidence_interval
 
 
-def summarize(rows: list[dict], split: str, selected_iterations: dict[str, int]) -> dict:
+def paired_difference(a: list[float], b: list[float]) -> dict:
+    """Mean and 95 % interval of a - b over the same tasks, in the accuracies' unit (pure)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"a paired difference needs the same non-empty tasks, got {len(a)} and {len(b)}")
+    mean, ci = confidence_interval(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    return {"mean": mean, "ci95": ci, "tasks": len(a)}
+
+
+def summarize(rows: list[dict], split: str, selected_iterations: dict[str, int],
+              per_task: dict[int, dict[str, list[float]]] | None = None) -> dict:
     """Per shot count: the best row on `split`, meta-val's pick and the last row (pure).
 
     rows: [{"iteration", "val": {shots: [mean, ci]}, split: {shots: [mean, ci]}}], by iteration.
+    per_task: {iteration: {shots: [accuracy per task]}} on the same tasks; with it, the best's gain
+    over meta-val's pick and over the last learner is given as a paired difference.
     """
     out = {}
     by_it = {r["iteration"]: r for r in rows}
@@ -47,6 +62,13 @@ def summarize(rows: list[dict], split: str, selected_iterations: dict[str, int])
             "last_evaluated": at(rows[-1]),  # the run's last learner only if it ended on an evaluation
             "evaluations": len(rows),
         }
+        if per_task is not None:
+            def gain_over(other):  # None where the other learner was not tested
+                return (paired_difference(per_task[best["iteration"]][shots], per_task[other][shots])
+                        if other in per_task else None)
+
+            out[shots]["best_minus_selected"] = gain_over(pick)
+            out[shots]["best_minus_last"] = gain_over(rows[-1]["iteration"])
     return out
 
 
@@ -77,7 +99,7 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
         print(f"note: {len(missing)} meta-val evaluations have no kept learner (iterations "
               f"{', '.join(map(str, missing))}): the summary covers the {len(kept)} kept ones", flush=True)
     picks = _selected_iterations(run_dir, cfg.shots)
-    rows = []
+    rows, per_task = [], {}
     t0 = time.perf_counter()
     with progress_bar(total=cfg.tasks * len(cfg.shots) * len(kept), desc=f"meta-test {len(kept)} learners",
                       unit="task") as bar:
@@ -86,8 +108,9 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
             results, _ = metatest_data(init, target.data, args.split, cfg, dtype, bar.update)
             rows.append({"iteration": k.iteration, "val": k.val,
                          args.split: {str(r.shots): [r.mean, r.ci95] for r in results}})
+            per_task[k.iteration] = {str(r.shots): r.accuracies for r in results}
     seconds = time.perf_counter() - t0
-    summary = summarize(rows, args.split, picks)
+    summary = summarize(rows, args.split, picks, per_task)
     payload = {
         "command": "eval",
         "method": "learner",
@@ -102,6 +125,7 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
         "evaluations": rows,
         "evaluations_without_learner": missing,
         "summary": summary,
+        "per_task_accuracy": {str(it): acc for it, acc in per_task.items()} if args.per_task else None,
         "seconds": seconds,
         **run_metadata(device),
     }
@@ -127,6 +151,11 @@ def _print(rows: list[dict], summary: dict, split: str, ways: int, seconds: floa
         print(f"{s}-shot: best on meta-{split} {best['mean']:.2f} +- {best['ci95']:.2f} (iteration "
               f"{best['iteration']}; the published code's selection, optimistic), selected on meta-val {sel_text}, "
               f"last evaluated {last['mean']:.2f} +- {last['ci95']:.2f} (iteration {last['iteration']})")
+        for name, key in (("meta-val's pick", "best_minus_selected"), ("the last", "best_minus_last")):
+            d = v.get(key)
+            if d is not None:
+                print(f"  the best's gain over {name}, task by task: {d['mean']:+.2f} +- {d['ci95']:.2f} "
+                      f"({d['tasks']} tasks)")
 
 
-__all__ = ["run_every_learner", "summarize"]
+__all__ = ["paired_difference", "run_every_learner", "summarize"]

@@ -84,8 +84,15 @@ def test_every_kept_learner_on_the_same_tasks(run, tmp_path, capsys):
         assert s["last_evaluated"]["mean"] == pytest.approx(reported["FREE (last)"][shots]["mean"])
         assert s["selected_on_val"]["mean"] == pytest.approx(reported[selected][shots]["mean"])
         assert s["best_on_test"]["mean"] == max(r[shots][0] for r in rows.values())
-    assert "the published code's selection, optimistic" in capsys.readouterr().out
-    assert got["evaluations_without_learner"] == []
+        assert s["best_minus_last"]["tasks"] == 3 and s["best_minus_last"]["mean"] == pytest.approx(
+            s["best_on_test"]["mean"] - s["last_evaluated"]["mean"])  # the mean of differences: the difference of means
+    out = capsys.readouterr().out
+    assert "the published code's selection, optimistic" in out and "task by task" in out
+    assert got["evaluations_without_learner"] == [] and got["per_task_accuracy"] is None
+    per_task = _eval(tmp_path, run_dir, "--method", "learner", "--learner", "every", "--per-task")["per_task_accuracy"]
+    assert sorted(per_task) == ["2", "3"] and all(len(a) == 3 for acc in per_task.values() for a in acc.values())
+    assert {s: sum(a) / 3 for s, a in per_task["3"].items()} == pytest.approx(
+        {s: v["mean"] for s, v in reported["FREE (last)"].items()})
     # a run resumed from before learners were kept lacks some: the report says which
     (run_dir / "learners" / "iter_00002.pt").rename(tmp_path / "kept2.pt")
     try:
