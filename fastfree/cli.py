@@ -25,6 +25,11 @@ def _positive(value: str) -> int:
     return n
 
 
+def _milestone(value: str) -> int | None:
+    """A milestone epoch, or None for 'none' (no schedule)."""
+    return None if value.lower() == "none" else _positive(value)
+
+
 def add_common_flags(p: argparse.ArgumentParser) -> None:
     """Every command's flags: preset, device, dtype, JSON output, threads and the data set (also used by
     the profiling scripts, so they read data as the commands do)."""
@@ -89,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive)
     p.add_argument("--batch-size", type=_positive)
     p.add_argument("--lr", type=float)
+    p.add_argument("--lr-milestones", nargs="+", type=_milestone, metavar="EPOCH",
+                   help="epochs after which the learning rate is multiplied by --lr-gamma, for every architecture "
+                        "of this pool (default: the authors' MultiStepLR, Conv4 at 70, ResNets at 30 50 80); "
+                        "'none': a constant rate, as pools from before the schedule trained (grow one with it)")
+    p.add_argument("--lr-gamma", type=float, help="the schedule's factor at each milestone (default 0.2)")
     p.add_argument("--seed", type=int, help="seed of the teachers' classes, inits and data order")
     p.add_argument("--group-size", type=_positive, help="teachers trained together in one vmapped step")
     p.add_argument("--resume", action="store_true",

@@ -19,10 +19,17 @@ def pretrain_config(args, base: PretrainConfig) -> PretrainConfig:
     if args.arch is not None and args.archs is not None:
         raise FastFreeError("--arch and --archs both name the teachers' architectures: pass one of them")
     archs = (args.arch,) if args.arch is not None else args.archs
+    milestones = getattr(args, "lr_milestones", None)
+    if milestones is not None:
+        if None in milestones and len(milestones) > 1:
+            raise FastFreeError(f"--lr-milestones takes epochs or 'none' alone, got "
+                                f"{' '.join('none' if m is None else str(m) for m in milestones)}")
+        milestones = tuple(m for m in milestones if m is not None)
     fields = {
         "teachers": args.teachers, "ways": args.ways, "archs": archs, "width": args.width,
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "group_size": args.group_size,
+        "group_size": args.group_size, "lr_gamma": getattr(args, "lr_gamma", None),
+        "conv4_milestones": milestones, "resnet_milestones": milestones,
     }
     return replace(base, **{k: v for k, v in fields.items() if v is not None})
 

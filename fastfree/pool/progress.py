@@ -140,9 +140,12 @@ class PretrainProgress:
             have.update({k: prov[k] for k in PROVENANCE})
             want.update(self.provenance())
         if _json(have) != want:
+            differs = settings_diff(_json(have), want)
+            hint = (" (a pool trained before the learning-rate schedule existed grows with --lr-milestones none)"
+                    if "milestones: []" in differs else "")
             raise FastFreeError(
-                f"--resume: the pool at {self.out} was trained with other settings ({settings_diff(_json(have), want)}): "
-                f"grow it with the flags it was trained with, or choose another --out")
+                f"--resume: the pool at {self.out} was trained with other settings ({differs}): "
+                f"grow it with the flags it was trained with{hint}, or choose another --out")
         by_index = {s.index: s for s in specs}
         dropped = [r.index for r in pool.records if r.index not in by_index]
         if dropped:

@@ -226,3 +226,34 @@ def test_a_pool_from_before_the_learning_rate_schedule_still_grows(tmp_path):
     assert _pretrain(tmp_path / "old", 3, "--resume") == 0
     a, b = _weights(tmp_path / "three"), _weights(tmp_path / "old")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lr_milestones_set_the_schedule_and_none_grows_a_pool_from_before_it(tmp_path, capsys):
+    """--lr-milestones sets every architecture's schedule (recorded in the manifest); a pool from before
+    the schedule, asked to grow under one that takes effect, is refused with the fix, and grows with
+    --lr-milestones none exactly as a pool trained in one go without a schedule."""
+    from fastfree.pool.progress import LEGACY_PRETRAIN
+    from fastfree.pool.store import save_pool
+
+    assert _pretrain(tmp_path / "decayed", 2, "--lr-milestones", "1", "--lr-gamma", "0.5") == 0
+    assert _pretrain(tmp_path / "plain", 2) == 0
+    manifest = load_pool(tmp_path / "decayed").manifest["pretrain"]
+    assert (manifest["conv4_milestones"], manifest["lr_gamma"]) == ([1], 0.5)
+    a, b = _weights(tmp_path / "decayed"), _weights(tmp_path / "plain")
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the second epoch ran at half the rate
+
+    assert _pretrain(tmp_path / "three", 3, "--lr-milestones", "none") == 0
+    pool = load_pool(tmp_path / "plain")
+    legacy = {k: v for k, v in pool.manifest["pretrain"].items() if k not in LEGACY_PRETRAIN}
+    save_pool(tmp_path / "plain", pool.records, pool.state_dicts, pool.dataset, pool.normalization, legacy,
+              pool.manifest["provenance"])
+    capsys.readouterr()
+    assert _pretrain(tmp_path / "plain", 3, "--resume", "--lr-milestones", "1") == 2
+    err = capsys.readouterr().err
+    assert "conv4_milestones: [] there, [1] now" in err and "grows with --lr-milestones none" in err
+    assert _pretrain(tmp_path / "plain", 3, "--resume", "--lr-milestones", "none") == 0
+    a, b = _weights(tmp_path / "three"), _weights(tmp_path / "plain")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert _pretrain(tmp_path / "x", 2, "--lr-milestones", "none", "1") == 2
+    assert "epochs or 'none' alone" in capsys.readouterr().err
