@@ -19,6 +19,7 @@ from fastfree.metatest.domains import metatest_data
 from fastfree.metatest.initializations import average_init, best_model_init, random_init
 from fastfree.metatest.protocol import MetaTestConfig, ShotResult, run_metatest
 from fastfree.models import build_model
+from fastfree.pool.fit import check_pool_fits
 from fastfree.pool.store import load_pool
 
 
@@ -114,11 +115,8 @@ def run(args) -> dict:
         pool = load_pool(args.pool or preset.pool_dir)
     dataset, _ = load_on_device(dcfg, device)
     if pool is not None:
-        if pool.dataset != dataset.name:
-            raise FastFreeError(
-                f"the pool at {pool.path} was trained on {pool.dataset!r} but this evaluation uses "
-                f"{dataset.name!r}: pass --data matching the pool, or a pool trained on {dataset.name!r}"
-            )
+        check_pool_fits(pool, dataset, "this evaluation", f"pass --data matching the pool, or a pool trained on "
+                        f"{dataset.name!r}", "pass --image-size {size} (the pool's)")
         pool_info = {"path": str(pool.path), "teachers": len(pool)}
     if args.method == "random":
         arch = args.arch or preset.learner_arch

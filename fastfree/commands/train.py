@@ -18,6 +18,7 @@ from fastfree.free.config import FreeConfig
 from fastfree.free.run import RunContext, final_results, results_markdown, train_free
 from fastfree.metatest.initializations import random_init
 from fastfree.models import build_model
+from fastfree.pool.fit import check_pool_fits
 from fastfree.pool.store import load_pool
 from fastfree.settings_diff import settings_diff
 
@@ -106,9 +107,8 @@ def run(args) -> dict:
         dataset, _ = load_on_device(dcfg, device)
         pool = load_pool(args.pool[0]) if args.pool else \
             pool_in_run_dir(run_dir / "pool", dataset, preset.pretrain, dtype, "no --pool given")
-        if pool.dataset != dataset.name:
-            raise FastFreeError(f"the pool at {pool.path} was trained on {pool.dataset!r} but this run uses "
-                                f"{dataset.name!r}: pass a matching --data or --pool")
+        check_pool_fits(pool, dataset, "this run", "pass a matching --data or --pool",
+                        "pass --image-size {size} (the pool's)")
         if len({r.num_classes for r in pool.records}) != 1:
             raise FastFreeError("all teachers of the pool must solve tasks with the same number of classes")
         teachers = [m.to(dtype).requires_grad_(False) for m in pool.models(device)]

@@ -18,9 +18,9 @@ from fastfree.config import Preset
 from fastfree.data.domain_spec import parse_domain
 from fastfree.data.domains import MultiDomainData, combine_domains
 from fastfree.data.sources import DataConfig
-from fastfree.data.split import FewShotDataset
 from fastfree.errors import FastFreeError
 from fastfree.free.domains import adapt_teacher
+from fastfree.pool.fit import check_pool_fits
 from fastfree.pool.store import Pool, load_pool
 
 
@@ -46,19 +46,6 @@ def load_domains(configs: list[DataConfig], device: torch.device) -> MultiDomain
     return combine_domains([load_on_device(c, device)[0] for c in configs])
 
 
-def _check_fits(pool: Pool, dataset: FewShotDataset, label: str) -> None:
-    if pool.dataset != dataset.name:
-        raise FastFreeError(f"the pool at {pool.path} was trained on {pool.dataset!r} but domain {label} is "
-                            f"{dataset.name!r}: give the pools in the order of the --domain flags")
-    sizes = {r.image_size for r in pool.records}
-    if sizes != {dataset.image_size}:
-        raise FastFreeError(f"the pool at {pool.path} holds teachers of {sorted(sizes)} px but domain {label}'s "
-                            f"images are {dataset.image_size} px: set the domain's size=... to the pool's")
-    if pool.normalization != dataset.normalization:
-        raise FastFreeError(f"the pool at {pool.path} was trained with another normalisation than domain {label}'s "
-                            "data: use the data config (source, seed, size) the pool was trained with")
-
-
 def domain_pools(args, preset: Preset, data: MultiDomainData, run_dir: Path, dtype: torch.dtype) -> list[Pool]:
     given = args.pool or []
     if given and len(given) != len(data.domains):
@@ -71,7 +58,8 @@ def domain_pools(args, preset: Preset, data: MultiDomainData, run_dir: Path, dty
         else:  # domain i's teachers drawn from the preset's seed + i
             cfg = replace(preset.pretrain, seed=preset.pretrain.seed + i)
             pool = pool_in_run_dir(run_dir / f"pool-{i}-{label}", dataset, cfg, dtype, f"domain {label}")
-        _check_fits(pool, dataset, label)
+        check_pool_fits(pool, dataset, f"domain {label}", "give the pools in the order of the --domain flags",
+                        "set the domain's size={size} (the pool's)")
         pools.append(pool)
     ways = {label: sorted({r.num_classes for r in p.records}) for label, p in zip(data.labels, pools)}
     if len({w for ws in ways.values() for w in ws}) != 1:
