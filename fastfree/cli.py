@@ -111,6 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batched: vmap over teachers; reference: one teacher at a time; "
                         "auto (default): batched on CUDA, reference on a CPU (faster there)")
 
+    im = sub.add_parser("import-pool", help="models trained elsewhere (safetensors or state-dict checkpoints) as a pool",
+                        description="Write a pool from classifiers trained elsewhere: fastfree's own layout or the "
+                                    "FREE authors' Conv-4 (their network.py). The data flags name the data set the "
+                                    "models learned from (its name, image size and normalisation are recorded).")
+    add_common_flags(im)
+    im.add_argument("models", nargs="+", metavar="MODEL",
+                    help="model files (.safetensors, .pt, .pth, .bin: one state dict each) or folders of them")
+    im.add_argument("--out", required=True, metavar="DIR", help="pool directory to write")
+    im.add_argument("--arch", default="conv4", choices=list(ARCHITECTURES), help="the models' architecture")
+    im.add_argument("--classes", metavar="JSON",
+                    help="each model's class ids in the data's meta-train split: a list in the files' order or "
+                         "{file name: ids}; lets replay merge shared classes and measures held-out accuracy")
+    im.add_argument("--overwrite", action="store_true", help="replace a pool already in --out")
+
     e = sub.add_parser("eval", help="meta-test a method on N-way K-shot tasks",
                        description="Adapt each task's copy with SGD on the support set, predict the "
                                    "query set, report mean +- 1.96 std/sqrt(n) per shot count.")
@@ -242,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
             from fastfree.commands import pretrain
 
             pretrain.run(args)
+        elif args.command == "import-pool":
+            from fastfree.commands import import_pool
+
+            import_pool.run(args)
         elif args.command == "eval":
             from fastfree.commands import evaluate
 

@@ -125,7 +125,12 @@ def run(args) -> dict:
     elif args.method == "average":
         init = average_init(pool.models())
     else:
-        init = best_model_init(pool.models(), [r.heldout_accuracy for r in pool.records])
+        accs = [r.heldout_accuracy for r in pool.records]
+        if None in accs:
+            raise FastFreeError(f"Best-Model picks the teacher of highest held-out accuracy, and the pool at {pool.path} "
+                                "does not know it for some teachers (imported without --classes): re-import them "
+                                "with --classes so it can be measured, or use --method average")
+        init = best_model_init(pool.models(), accs)
     split = dataset.split(args.split)
     t0 = time.perf_counter()
     engine = resolve_engine(cfg.engine, device)

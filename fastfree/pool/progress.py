@@ -126,6 +126,10 @@ class PretrainProgress:
 
     def _from_pool(self, specs: list[TeacherSpec]) -> dict[int, TrainedTeacher]:
         pool = load_pool(self.out)
+        if "imported" in pool.manifest:
+            raise FastFreeError(f"--resume: the pool at {self.out} was imported (fastfree import-pool), not "
+                                "pretrained here, so pretraining cannot grow it: import all the models into one "
+                                "pool, or pretrain into another --out")
         have = {
             "pretrain": _with_legacy({k: v for k, v in pool.manifest.get("pretrain", {}).items() if k != "teachers"},
                                      self.fp["pretrain"]),

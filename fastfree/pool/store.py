@@ -40,7 +40,7 @@ class TeacherRecord:
     num_classes: int
     image_size: int
     classes: tuple[int, ...]
-    heldout_accuracy: float
+    heldout_accuracy: float | None  # None: unknown (an imported model whose classes were not given)
     seed: int
     best_epoch: int = -1
 
@@ -74,7 +74,7 @@ class Pool:
         return [self.model(i, device) for i in range(len(self))]
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -90,12 +90,13 @@ def _manifest_digest(manifest: dict) -> str:
 def save_pool(
     path: str | Path, records: list[TeacherRecord], state_dicts: list[dict[str, torch.Tensor]],
     dataset: str, normalization: Normalization, pretrain_config: dict | None = None,
-    provenance: dict | None = None,
+    provenance: dict | None = None, imported: dict | None = None,
 ) -> Path:
     """Write the pool atomically: both files go to temporary names first, the manifest last.
 
     `provenance` ({"data", "dtype", "engine"}) lets a later `pretrain --resume` grow the pool
-    only with teachers trained the same way."""
+    only with teachers trained the same way; `imported` describes models trained elsewhere
+    (`fastfree import-pool`: their files, checksums and layouts)."""
     path = Path(path)
     if len(records) != len(state_dicts) or not records:
         raise FastFreeError("save_pool needs one state dict per teacher record, and at least one teacher")
@@ -114,9 +115,10 @@ def save_pool(
         "dataset": {"name": dataset, "split": "train", "normalization": normalization.to_dict()},
         "pretrain": pretrain_config or {},
         **({"provenance": provenance} if provenance is not None else {}),
+        **({"imported": imported} if imported is not None else {}),
         "teachers": [r.to_dict() for r in records],
         "weights_file": WEIGHTS,
-        "weights_sha256": _sha256_file(tmp_weights),
+        "weights_sha256": sha256_file(tmp_weights),
     }
     manifest["manifest_sha256"] = _manifest_digest(manifest)
     tmp_manifest = path / (MANIFEST + ".tmp")
@@ -153,7 +155,7 @@ def load_pool(path: str | Path) -> Pool:
     wpath = path / WEIGHTS
     if not wpath.is_file():
         raise _fail(path, f"{WEIGHTS} is missing", regen)
-    if _sha256_file(wpath) != manifest.get("weights_sha256"):
+    if sha256_file(wpath) != manifest.get("weights_sha256"):
         raise _fail(path, f"{WEIGHTS} does not match the manifest (SHA-256 differs): the weights were "
                           "replaced or corrupted", regen)
     try:
@@ -164,7 +166,8 @@ def load_pool(path: str | Path) -> Pool:
         records = [
             TeacherRecord(int(t["index"]), str(t["arch"]), int(t["width"]), int(t["num_classes"]),
                           int(t["image_size"]), tuple(int(c) for c in t["classes"]),
-                          float(t["heldout_accuracy"]), int(t["seed"]), int(t.get("best_epoch", -1)))
+                          None if t["heldout_accuracy"] is None else float(t["heldout_accuracy"]), int(t["seed"]),
+                          int(t.get("best_epoch", -1)))
             for t in manifest["teachers"]
         ]
         normalization = Normalization.from_dict(manifest["dataset"]["normalization"])
