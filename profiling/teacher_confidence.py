@@ -43,10 +43,13 @@ def teacher_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float
 def pool_confidence(pool: Pool, split: ImageSplit, batch: int = 512) -> dict:
     """Each teacher's stats on its held-out images, their means, and the largest difference between
     the recomputed held-out accuracy and the manifest's (0 when `split` is the pool's data)."""
-    fraction = float(pool.manifest["pretrain"]["heldout_fraction"])
+    fraction = pool.manifest["pretrain"].get("heldout_fraction", pool.manifest.get("imported", {}).get("heldout_fraction"))
+    if fraction is None:  # an imported pool without --classes: which images each teacher learned is unknown
+        raise FastFreeError(f"{pool.path}: the teachers' classes are unknown (imported without --classes), so they "
+                         "have no held-out images to measure on")
     per_teacher = []
     for i, r in enumerate(pool.records):
-        data = teacher_data(split, TeacherSpec(r.index, tuple(r.classes), r.seed, r.arch), fraction)
+        data = teacher_data(split, TeacherSpec(r.index, tuple(r.classes), r.seed, r.arch), float(fraction))
         model = pool.model(i, split.device)
         with torch.no_grad():
             logits = torch.cat([model(pool.normalization(split.images[idx])) for idx in data.heldout_idx.split(batch)])

@@ -102,6 +102,7 @@ def run(args) -> dict:
     provenance = {
         "files": [f.name for f in files], "sha256": [sha256_file(f) for f in files],
         "layouts": sorted({layout for *_, layout in imported}), "classes_given": bool(args.classes),
+        "heldout_fraction": fraction if args.classes else None,
         "heldout": (f"measured on the last {fraction:.0%} of each class's meta-train images, which the models may "
                     "have trained on" if args.classes else "unknown (no --classes)"),
     }

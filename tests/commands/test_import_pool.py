@@ -47,6 +47,12 @@ def test_an_exported_pool_imports_back_as_the_same_pool(exported, capsys):
     assert report["imported"]["files"] == ["teacher0.pt", "teacher1.pt", "teacher2.pt"]
     assert report["imported"]["layouts"] == ["fastfree"] and len(report["imported"]["sha256"][0]) == 64
     assert "pool of 3 imported conv4 teachers (5-way, width 8, fastfree layout)" in capsys.readouterr().out
+    assert report["imported"]["heldout_fraction"] == 0.2
+    from fastfree.commands.common import load_on_device
+    from fastfree.data.sources import DataConfig
+    from fastfree.profiling import teacher_confidence
+    data, _ = load_on_device(DataConfig(images_per_class=25), torch.device("cpu"))
+    assert teacher_confidence.pool_confidence(back, data.train)["accuracy_vs_manifest_max_abs_diff"] < 1e-6
 
 
 def test_without_classes_each_model_has_its_own_and_best_model_says_why_not(exported, capsys):
@@ -57,6 +63,10 @@ def test_without_classes_each_model_has_its_own_and_best_model_says_why_not(expo
     data_ids = {c for r in pool.records for c in r.classes}
     assert len(set(ids)) == 15 and min(ids) > max(data_ids)  # past the data's ids (all three splits')
     assert all(r.heldout_accuracy is None for r in bare.records)
+    from fastfree.errors import FastFreeError
+    from fastfree.profiling import teacher_confidence
+    with pytest.raises(FastFreeError, match="imported without --classes"):
+        teacher_confidence.pool_confidence(bare, None)
     ev = ["eval", "--pool", str(root / "bare"), "--tasks", "2", *SMALL]
     capsys.readouterr()
     assert main([*ev, "--method", "best-model"]) == 2
