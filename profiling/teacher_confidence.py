@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         r = pool_confidence(pool, dataset.train)
         result["pools"].append(r)
         m = r["mean"]
-        print(f"{path}: {r['teachers']} teachers, {r['epochs']} epochs: held-out accuracy {100 * m['heldout_accuracy']:.2f}%"
+        trained = "imported" if r["epochs"] is None else f"{r['epochs']} epochs"
+        print(f"{path}: {r['teachers']} teachers, {trained}: held-out accuracy {100 * m['heldout_accuracy']:.2f}%"
               f", top softmax {m['mean_max_softmax']:.3f}, entropy {m['mean_entropy_nats']:.3f} nats, "
               f"NLL {m['heldout_nll']:.3f}", flush=True)
         if r["accuracy_vs_manifest_max_abs_diff"] > 0.01:

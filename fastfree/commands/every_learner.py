@@ -8,7 +8,10 @@ read off one table: per shot count, the best learner on the split tested ("best 
 the published code's selection), the learner meta-val selected, and the last, each with its
 meta-test accuracy on the same tasks. Because every learner meets the same tasks, the gap between
 two of them is measured per task (a paired difference), whose interval is far narrower than the
-two accuracies' own: it says whether a selection's gain is more than the tasks' sampling noise.
+two accuracies' own. It describes these tasks: "best" was picked on them, so its gain over any other
+learner is never negative and its interval is too narrow as a test (of ~48 learners equal in
+expectation, the best's interval excludes zero far more often than 5 % of the time). Whether a
+pick generalises needs fresh tasks (another --seed).
 """
 
 from __future__ import annotations

@@ -32,18 +32,22 @@ def read_classes(path: str | Path, files: list[Path], ways: int, known: set[int]
     except (OSError, json.JSONDecodeError) as e:
         raise FastFreeError(f"--classes {path}: not a readable JSON file ({e})") from e
     if isinstance(given, dict):
-        missing = [f.name for f in files if f.name not in given]
-        if missing:
-            raise FastFreeError(f"--classes {path} names no classes for {', '.join(missing)}: key it by every "
-                                "model file's name")
-        given = [given[f.name] for f in files]
+        names = [f.name for f in files]
+        if len(set(names)) != len(names):
+            raise FastFreeError(f"--classes {path} is keyed by file name, but two model files share a name: give a "
+                                "list in the files' order instead")
+        missing, unknown = [n for n in names if n not in given], sorted(set(given) - set(names))
+        if missing or unknown:
+            raise FastFreeError(f"--classes {path}: key it by every model file's name and nothing else (no classes "
+                                f"for: {', '.join(missing) or '-'}; no such model file: {', '.join(unknown) or '-'})")
+        given = [given[n] for n in names]
     if not isinstance(given, list) or len(given) != len(files):
         raise FastFreeError(f"--classes {path}: expected one list of class ids per model ({len(files)}, in the "
                             "order the files are listed), or an object keyed by file name")
     out = []
     for f, ids in zip(files, given):
         if (not isinstance(ids, list) or len(ids) != ways or len(set(ids)) != ways
-                or not all(isinstance(c, int) for c in ids)):
+                or not all(isinstance(c, int) and not isinstance(c, bool) for c in ids)):
             raise FastFreeError(f"--classes: {f.name} needs {ways} distinct integer class ids (its classifier has "
                                 f"{ways} outputs, in that order), got {ids!r}")
         unknown = sorted(set(ids) - known)

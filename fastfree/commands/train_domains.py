@@ -70,12 +70,25 @@ def domain_pools(args, preset: Preset, data: MultiDomainData, run_dir: Path, dty
 
 def domain_teachers(pools: list[Pool], data: MultiDomainData, device: torch.device, dtype: torch.dtype
                     ) -> tuple[list[nn.Module], list[tuple[int, ...]]]:
-    """All pools' teachers in the learner's input space, and their classes shifted into one id space."""
+    """All pools' teachers in the learner's input space, and their classes shifted into one id space.
+
+    A class that is not one of its domain's (an imported model's own, `import-pool` without
+    --classes) gets an id past every domain's, so it never shares an id with another domain's class."""
     teachers, classes = [], []
-    for pool, offset in zip(pools, data.offsets):
+    spare = data.offsets[-1] + 1 + max(max(s.classes) for s in (data.domains[-1].train, data.domains[-1].val,
+                                                                 data.domains[-1].test))
+    for pool, offset, domain in zip(pools, data.offsets, data.domains):
+        own = set(domain.train.classes)
         for record, model in zip(pool.records, pool.models(device)):
             model = model.to(dtype).requires_grad_(False)
             teachers.append(adapt_teacher(model, record.image_size, pool.normalization, data.image_size,
                                           data.normalization).eval())
-            classes.append(tuple(c + offset for c in record.classes))
+            shifted = []
+            for c in record.classes:
+                if c in own:
+                    shifted.append(c + offset)
+                else:
+                    shifted.append(spare)
+                    spare += 1
+            classes.append(tuple(shifted))
     return teachers, classes

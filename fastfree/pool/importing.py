@@ -3,7 +3,8 @@ classifiers, no training data).
 
 A model file holds one classifier's weights: safetensors, or a torch checkpoint (`.pt`, `.pth`,
 `.bin`; read with `weights_only=True`, so no code in it runs) holding a state dict, possibly under
-"state_dict" / "model" / "model_state_dict" and with DataParallel's "module." prefix. Two layouts
+"state_dict" / "model" / "model_state_dict" / "teacher" (the authors' tools.py saves each teacher as
+{"teacher": state dict, "specific": class indices}) and with DataParallel's "module." prefix. Two layouts
 are understood:
 
 - fastfree's own (`features.*` / `classifier.*` for Conv4, `conv1` / `layer1..4` / `classifier`
@@ -31,9 +32,14 @@ from fastfree.errors import FastFreeError
 from fastfree.models import ARCHITECTURES, build_model
 
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-_WRAPPERS = ("state_dict", "model_state_dict", "model")
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "teacher")
 _AUTHORS_CONV4 = re.compile(r"^trunk\.(\d+)\.(C|BN)\.(.+)$")
 _AUTHORS_DUPLICATE = re.compile(r"^trunk\.\d+\.trunk\.\d+\.")
+
+
+def _natural(path: Path) -> list:
+    """Name order with numbers compared as numbers: model_2 before model_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
 def model_files(paths: list[str | Path]) -> list[Path]:
@@ -41,7 +47,8 @@ def model_files(paths: list[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix in MODEL_SUFFIXES)
+            found = sorted((f for f in p.iterdir() if f.is_file() and f.suffix.lower() in MODEL_SUFFIXES),
+                           key=_natural)
             if not found:
                 raise FastFreeError(f"{p} holds no model files ({', '.join(MODEL_SUFFIXES)})")
             out += found
@@ -55,7 +62,7 @@ def model_files(paths: list[str | Path]) -> list[Path]:
 
 
 def _tensors_only(obj, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         return obj
     if isinstance(obj, dict):
         for key in _WRAPPERS:
@@ -69,7 +76,7 @@ def _tensors_only(obj, path: Path) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """One model file's tensors on the CPU, unwrapped and without DataParallel's 'module.' prefix."""
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         try:
             sd = load_file(str(path))
         except (SafetensorError, OSError) as e:
@@ -112,7 +119,7 @@ def to_fastfree_layout(sd: dict[str, torch.Tensor], arch: str, path: Path) -> tu
 def shape_of(sd: dict[str, torch.Tensor], arch: str, path: Path) -> tuple[int, int]:
     """(width, classes) read off the weights: the first convolution's filters, the classifier's rows."""
     first = "features.0.weight" if arch == "conv4" else "conv1.weight"
-    if first not in sd or "classifier.weight" not in sd:
+    if first not in sd or "classifier.weight" not in sd or sd[first].dim() != 4 or sd["classifier.weight"].dim() != 2:
         raise FastFreeError(f"{path}: no {first} / classifier.weight among its tensors ({sorted(sd)[:4]} ...): not a "
                             f"fastfree {arch} state dict nor the authors' Conv-4; pass the --arch it was built as")
     return int(sd[first].shape[0]), int(sd["classifier.weight"].shape[0])
@@ -123,6 +130,10 @@ def import_model(path: Path, arch: str, image_size: int) -> tuple[dict[str, torc
     if arch not in ARCHITECTURES:
         raise FastFreeError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}")
     sd, layout = to_fastfree_layout(read_state_dict(path), arch, path)
+    odd = [k for k, v in sd.items() if not v.is_floating_point() and not k.endswith("num_batches_tracked")]
+    if odd:  # load_state_dict would cast them silently
+        raise FastFreeError(f"{path}: {len(odd)} tensors are not floating point ({odd[0]}: {sd[odd[0]].dtype}): "
+                            "weights and BatchNorm statistics must be float tensors")
     width, classes = shape_of(sd, arch, path)
     model = build_model(arch, classes, width, image_size)
     try:

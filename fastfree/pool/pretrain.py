@@ -62,8 +62,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "archs", tuple(self.archs))  # a list from the command line or JSON
-        for name in ("conv4_milestones", "resnet_milestones"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("conv4_milestones", "resnet_milestones"):  # sorted: the order never matters to MultiStepLR
+            object.__setattr__(self, name, tuple(sorted(getattr(self, name))))
         problems = []
         unknown = [a for a in self.archs if a not in ARCHITECTURES]
         if not self.archs or unknown or len(set(self.archs)) != len(self.archs):

@@ -60,7 +60,10 @@ def test_without_classes_each_model_has_its_own_and_best_model_says_why_not(expo
     assert _import(root, "bare") == 0
     bare = load_pool(root / "bare")
     ids = [c for r in bare.records for c in r.classes]
-    data_ids = {c for r in pool.records for c in r.classes}
+    from fastfree.commands.common import load_on_device
+    from fastfree.data.sources import DataConfig
+    data, _ = load_on_device(DataConfig(images_per_class=25), torch.device("cpu"))
+    data_ids = {c for s in (data.train, data.val, data.test) for c in s.classes}
     assert len(set(ids)) == 15 and min(ids) > max(data_ids)  # past the data's ids (all three splits')
     assert all(r.heldout_accuracy is None for r in bare.records)
     from fastfree.errors import FastFreeError
@@ -91,6 +94,10 @@ def test_import_refusals(exported, capsys):
     good = list(pool.records[0].classes)
     (root / "bad.json").write_text(json.dumps([good, good[:4] + good[:1], good]))
     cases.append((["--classes", str(root / "bad.json")], "teacher1.pt needs 5 distinct integer class ids"))
+    (root / "bools.json").write_text(json.dumps([good, good, [True] + good[1:]]))
+    cases.append((["--classes", str(root / "bools.json")], "teacher2.pt needs 5 distinct integer class ids"))
+    (root / "typo.json").write_text(json.dumps({"teacher0.pt": good, "teacher1.pt": good, "teacher_2.pt": good}))
+    cases.append((["--classes", str(root / "typo.json")], "no classes for: teacher2.pt; no such model file: teacher_2.pt"))
     (root / "val.json").write_text(json.dumps([good, good, good[:4] + [1000]]))
     cases.append((["--classes", str(root / "val.json")], "classes [1000] are not classes of the data's meta-train"))
     for extra, message in cases:

@@ -101,3 +101,31 @@ def test_fast_engine_equals_the_reference_on_two_domains(tiny_dataset, small_dat
         torch.testing.assert_close(dict(fast.generator.named_parameters())[n], p, rtol=1e-9, atol=1e-12, msg=n)
     assert_same_learner(fast.learner, ref.learner, image_size=32)
     assert fast.bank.classes() == ref.bank.classes()
+
+
+def test_classes_not_of_their_domain_get_ids_past_every_domain(tiny_dataset, small_dataset, tmp_path):
+    """An imported pool's own class ids (import-pool without --classes: past its data's ids) would
+    otherwise land on the next domain's shifted ids; they get fresh ids past all domains'."""
+    from pathlib import Path
+
+    from fastfree.commands.train_domains import domain_teachers
+    from fastfree.pool.store import Pool, TeacherRecord
+
+    data = combine_domains([tiny_dataset, small_dataset])
+    first_own = 1 + max(max(s.classes) for s in (tiny_dataset.train, tiny_dataset.val, tiny_dataset.test))
+    assert first_own == data.offsets[1]  # where import-pool starts tiny's placeholder ids: small's first id
+
+    def pool(dataset, classes, norm):
+        size = dataset.image_size
+        models = [Conv4(5, 4, size) for _ in classes]
+        return Pool(Path("P"), dataset.name, norm, [TeacherRecord(i, "conv4", 4, 5, size, c, None, -1)
+                                                    for i, c in enumerate(classes)],
+                    [m.state_dict() for m in models], {})
+
+    imported = pool(tiny_dataset, [tuple(range(first_own, first_own + 5))], CIFAR100_NORM)
+    given = tuple(small_dataset.train.classes[:5])
+    native = pool(small_dataset, [given], IMAGENET_NORM)
+    _, classes = domain_teachers([imported, native], data, torch.device("cpu"), torch.float32)
+    past = data.offsets[1] + 1 + max(max(s.classes) for s in (small_dataset.train, small_dataset.val, small_dataset.test))
+    assert classes[0] == tuple(range(past, past + 5))
+    assert classes[1] == tuple(c + data.offsets[1] for c in given)  # a domain's own classes: shifted as before

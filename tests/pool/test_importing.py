@@ -40,11 +40,15 @@ def test_fastfree_layout_in_every_container(tmp_path):
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "a.safetensors"))
     torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "b.pt")  # a training checkpoint
     torch.save({f"module.{k}": v for k, v in sd.items()}, tmp_path / "c.pth")  # DataParallel
-    for name in ("a.safetensors", "b.pt", "c.pth"):
+    torch.save({"teacher": sd, "specific": [3, 1, 4, 0]}, tmp_path / "d10.PTH")  # as the authors' tools.py saves
+    torch.save(sd, tmp_path / "d9.pt")
+    (tmp_path / "notes.txt").write_text("not a model")
+    for name in ("a.safetensors", "b.pt", "c.pth", "d10.PTH"):
         got, width, classes, layout = import_model(tmp_path / name, "conv4", 32)
         assert (width, classes, layout) == (8, 4, "fastfree"), name
         assert all(torch.equal(got[k], sd[k]) for k in sd), name
-    assert [p.name for p in model_files([tmp_path])] == ["a.safetensors", "b.pt", "c.pth"]
+    # a folder: its model files only, numbers in names compared as numbers
+    assert [p.name for p in model_files([tmp_path])] == ["a.safetensors", "b.pt", "c.pth", "d9.pt", "d10.PTH"]
 
 
 def test_refusals_name_the_problem(tmp_path):
@@ -60,6 +64,13 @@ def test_refusals_name_the_problem(tmp_path):
     torch.save(build_model("conv4", 5, 8, 32).state_dict(), tmp_path / "small.pt")
     assert "do not fit a conv4 of width 8, 5 classes, 48 px" in refused(tmp_path / "small.pt", size=48)
     assert "no conv1.weight / classifier.weight" in refused(tmp_path / "small.pt", "resnet10")
+    sd = build_model("conv4", 5, 8, 32).state_dict()
+    torch.save({**sd, "features.0.weight": sd["features.0.weight"].to(torch.int32)}, tmp_path / "ints.pt")
+    assert "not floating point (features.0.weight: torch.int32)" in refused(tmp_path / "ints.pt")
+    torch.save({**sd, "features.0.weight": torch.tensor(1.0)}, tmp_path / "scalar.pt")
+    assert "no features.0.weight / classifier.weight" in refused(tmp_path / "scalar.pt")
+    torch.save({0: torch.zeros(1)}, tmp_path / "intkeys.pt")
+    assert "expected a state dict" in refused(tmp_path / "intkeys.pt")
     torch.save({"epoch": 3, "optimizer": {}}, tmp_path / "junk.pt")
     assert "expected a state dict" in refused(tmp_path / "junk.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
