@@ -30,16 +30,21 @@ def _milestone(value: str) -> int | None:
     return None if value.lower() == "none" else _positive(value)
 
 
-def add_common_flags(p: argparse.ArgumentParser) -> None:
-    """Every command's flags: preset, device, dtype, JSON output, threads and the data set (also used by
-    the profiling scripts, so they read data as the commands do)."""
-    presets = "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
-    p.add_argument("--preset", default="demo", choices=list(PRESETS), help=f"base configuration ({presets})")
+def add_machine_flags(p: argparse.ArgumentParser) -> None:
+    """Where and how a command computes, and where its JSON goes (every command)."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available; default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="compute precision (float64 is for equivalence checks)")
     p.add_argument("--json", metavar="PATH", help="write machine-readable results to PATH")
     p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
+
+
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+    """Every command's flags: preset, device, dtype, JSON output, threads and the data set (also used by
+    the profiling scripts, so they read data as the commands do)."""
+    presets = "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
+    p.add_argument("--preset", default="demo", choices=list(PRESETS), help=f"base configuration ({presets})")
+    add_machine_flags(p)
     g = p.add_argument_group("data (override the preset)")
     g.add_argument("--data", choices=SOURCES, help="builtin (embedded, default), cifar-fs (pickles) or folder")
     g.add_argument("--data-root", metavar="PATH", help="folder of the cifar-fs pickles or of images/ + CSVs")
@@ -159,6 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--per-task", action="store_true", help="also write every task's accuracy to --json "
                    "(with --learner every: of every learner, keyed by iteration)")
 
+    ad = sub.add_parser("adapt", help="a run's meta-learner on a task of your own: folders of images",
+                        description="Adapt a `fastfree train` run's meta-learner to a few labelled images per class "
+                                    "(--support: one sub-folder per class) as the meta-test adapts, and classify "
+                                    "--query's images (a folder of images, or of class sub-folders: accuracy too).")
+    ad.add_argument("--run", required=True, metavar="RUN_DIR", help="a `fastfree train` run directory")
+    ad.add_argument("--support", required=True, metavar="DIR", help="one sub-folder of images per class")
+    ad.add_argument("--query", required=True, metavar="DIR",
+                    help="images to classify, or sub-folders named as the support's classes (labelled)")
+    ad.add_argument("--learner", default="selected", choices=["selected", "last"],
+                    help="the learner selected on meta-val for the shot count nearest the support's (default), or "
+                         "the last one")
+    ad.add_argument("--out", metavar="CSV", help="write every query image's prediction and class probabilities")
+    ad.add_argument("--steps", type=int, help="SGD steps on the support set (default: the run's protocol, 10)")
+    ad.add_argument("--lr", type=float, help="adaptation learning rate (default: the run's protocol, 0.01)")
+    ad.add_argument("--bn-stats", default="query", choices=["query", "support"],
+                    help="BatchNorm statistics for the prediction: the query images' together (default; the "
+                         "meta-test protocol: predictions depend on the other query images) or the support set's "
+                         "(each image predicted on its own)")
+    ad.add_argument("--compare-random", action="store_true",
+                    help="also adapt a Random learner of the same shape on the task (the tables' baseline)")
+    ad.add_argument("--seed", type=int, default=0, help="--compare-random: the Random learner's seed")
+    add_machine_flags(ad)
+
     t = sub.add_parser("train", help="run FREE end to end (pool if needed, Algorithm 3, meta-test)",
                        description="FREE (CVPR 2024): FIVE + BELL + cross-task replay, model selection on "
                                    "meta-val, meta-test of the selected and the last meta-learner. Writes a run "
@@ -260,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
             from fastfree.commands import import_pool
 
             import_pool.run(args)
+        elif args.command == "adapt":
+            from fastfree.commands import adapt
+
+            adapt.run(args)
         elif args.command == "eval":
             from fastfree.commands import evaluate
 

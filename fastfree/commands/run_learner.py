@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastfree.commands.common import load_on_device
+from fastfree.commands.common import load_on_device, write_json
 from fastfree.commands.train_domains import load_domains
 from fastfree.config import get_preset
 from fastfree.data.domains import MultiDomainData
@@ -31,6 +31,7 @@ from fastfree.metatest.protocol import MetaTestConfig
 from fastfree.models.conv4 import Conv4
 
 WHICH = ("selected", "last", "every")  # every: commands/every_learner.py
+INPUT_SPACE = "input_space.json"  # the learner's image size and normalisation, written by `train`
 
 
 @dataclass
@@ -73,7 +74,24 @@ def run_data(config: dict, device: torch.device) -> FewShotDataset | MultiDomain
     return load_on_device(DataConfig(**config["data"]), device)[0]
 
 
-def _last_learner(run_dir: Path, device: torch.device) -> tuple[dict, int]:
+def write_input_space(run_dir: Path, data: FewShotDataset | MultiDomainData) -> None:
+    """Record the learner's input space beside config.json, so its learners can be used without the
+    run's data (`fastfree adapt`). Derived from the loaded data, so it is what training used."""
+    write_json(run_dir / INPUT_SPACE, {"image_size": data.image_size, **data.normalization.to_dict()})
+
+
+def run_input_space(run_dir: Path, config: dict, device: torch.device) -> tuple[int, Normalization]:
+    """The image size and normalisation the run's learner was trained in: from input_space.json, or
+    for a run from before it, from the run's data (which must then be where training found it)."""
+    path = run_dir / INPUT_SPACE
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        return int(recorded["image_size"]), Normalization.from_dict(recorded)
+    data = run_data(config, device)
+    return data.image_size, data.normalization
+
+
+def last_learner(run_dir: Path, device: torch.device) -> tuple[dict, int]:
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise FastFreeError(f"{run_dir} has no {CHECKPOINT}: the run has not completed a checkpointed iteration")
@@ -97,7 +115,7 @@ def load_run_learner(run_dir: str | Path, which: str | None, device: torch.devic
                                 "warm-up): evaluate the last learner with --learner last, or train further")
         state, label, it = next(iter(selected.values())).learner, selected_label(selected), None
     elif which == "last":
-        state, it = _last_learner(run_dir, device)
+        state, it = last_learner(run_dir, device)
         label = f"FREE (last, iteration {it})"
     data = run_data(config, device)
     shots = tuple(config["shots"]) if config.get("shots") else None
@@ -123,4 +141,5 @@ def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initializati
     return learner_init(target.learner)
 
 
-__all__ = ["WHICH", "RunLearner", "learner_module", "load_run_learner", "read_run_config", "run_data", "run_learner_init"]
+__all__ = ["INPUT_SPACE", "WHICH", "RunLearner", "last_learner", "learner_module", "load_run_learner", "read_run_config",
+           "run_data", "run_input_space", "run_learner_init", "write_input_space"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
+from fastfree.commands.run_learner import write_input_space
 from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
 from fastfree.errors import FastFreeError
@@ -116,6 +117,7 @@ def run(args) -> dict:
         ways = pool.records[0].num_classes
     if not args.resume or not config_path.is_file():
         write_json(config_path, resolved)
+    write_input_space(run_dir, dataset)  # what `fastfree adapt` needs without the data
     shots = (args.shots,) if args.shots is not None else preset.metatest.shots
     val_cfg = replace(preset.metatest, tasks=cfg.val_tasks, shots=shots, engine="auto")
     test_cfg = replace(preset.metatest, tasks=args.test_tasks or preset.metatest.tasks, shots=shots, ways=ways,

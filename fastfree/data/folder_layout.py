@@ -134,10 +134,14 @@ def read_folder_splits(root: str | Path) -> dict[str, list[tuple[str, str]]]:
     return rows
 
 
+CSV_ROW = "its row from the split CSV"  # how to drop a broken image of the image-folder layout
+
+
 def _decode_into(
-    out: np.ndarray, start: int, paths: Sequence[Path], image_size: int
+    out: np.ndarray, start: int, paths: Sequence[Path], image_size: int, drop: str = CSV_ROW
 ) -> int:
-    """Decode ``paths`` into ``out[start:start+len(paths)]`` (uint8 [N, 3, S, S]); returns the count."""
+    """Decode ``paths`` into ``out[start:start+len(paths)]`` (uint8 [N, 3, S, S]); returns the count.
+    ``drop`` says how to leave a missing or broken file out, in the error that names it."""
     from PIL import Image, UnidentifiedImageError
 
     size = (image_size, image_size)
@@ -149,11 +153,11 @@ def _decode_into(
                     im = im.resize(size, Image.Resampling.BILINEAR)
                 arr = np.asarray(im)
         except FileNotFoundError as e:
-            raise FastFreeError(f"image file {path} is missing; restore it or remove its CSV row") from e
+            raise FastFreeError(f"image file {path} is missing; restore it or remove {drop}") from e
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise FastFreeError(
                 f"cannot decode image {path} ({type(e).__name__}: {e}); replace the file with a valid "
-                "image or remove its row from the split CSV"
+                f"image or remove {drop}"
             ) from e
         out[start + k] = arr.transpose(2, 0, 1)
     return len(paths)
@@ -164,11 +168,12 @@ def _decode_split(
     image_size: int,
     pool: ThreadPoolExecutor,
     progress: Callable[[int], None] | None,
+    drop: str = CSV_ROW,
 ) -> torch.Tensor:
     images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
     out = images.numpy()  # shares memory: workers write straight into the tensor
     futures = {
-        pool.submit(_decode_into, out, s, paths[s : s + _CHUNK], image_size)
+        pool.submit(_decode_into, out, s, paths[s : s + _CHUNK], image_size, drop)
         for s in range(0, len(paths), _CHUNK)
     }
     pending = futures
@@ -295,3 +300,11 @@ def load_image_folder(
     return FewShotDataset(
         name or root.resolve().name, splits["train"], splits["val"], splits["test"], normalization
     )
+
+
+def decode_images(paths: Sequence[Path], image_size: int, drop: str, workers: int | None = None) -> torch.Tensor:
+    """Decode image files with Pillow as this layout does (RGB, bilinear to ``image_size``): uint8
+    ``[N, 3, S, S]``. ``drop`` says how to leave a broken file out (named in the error)."""
+    n_workers = workers or min(32, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="fastfree-decode") as pool:
+        return _decode_split(list(paths), image_size, pool, None, drop)

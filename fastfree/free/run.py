@@ -3,6 +3,7 @@ meta-val model selection, grids of recovered tasks and the final results table.
 
     run_dir/
       config.json          everything needed to re-create the run
+      input_space.json     the learner's image size and normalisation (commands/run_learner.py)
       metrics.jsonl        one line per iteration (+ "eval" lines for meta-val)
       checkpoint.pt        the whole state after the last checkpointed iteration (atomic)
       best_learner.pt      the meta-learners selected on meta-val, per shot count (free/selection.py)

@@ -25,19 +25,27 @@ def functional_template(model: nn.Module) -> nn.Module:
     return template.train()
 
 
+def adapted_copy(template: nn.Module, params: dict[str, torch.Tensor], support: torch.Tensor,
+                 support_labels: torch.Tensor, steps: int, lr: float) -> nn.Module:
+    """One task's adaptation: a deep copy of `template` holding `params`, `steps` torch.optim.SGD steps."""
+    model = copy.deepcopy(template)
+    model.load_state_dict(params, strict=False)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(support), support_labels).backward()
+        opt.step()
+    return model
+
+
 def adapted_query_logits_reference(
     template: nn.Module, init: dict[str, torch.Tensor], batch: EpisodeBatch, steps: int, lr: float
 ) -> torch.Tensor:
     """The oracle: one task at a time, a deep copy, torch.optim.SGD. Returns [T, ways*queries, ways]."""
     out = []
     for t in range(len(batch)):
-        model = copy.deepcopy(template)
-        model.load_state_dict({k: v[t] for k, v in init.items()}, strict=False)
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(batch.support[t]), batch.support_labels[t]).backward()
-            opt.step()
+        model = adapted_copy(template, {k: v[t] for k, v in init.items()}, batch.support[t], batch.support_labels[t],
+                             steps, lr)
         with torch.no_grad():
             out.append(model(batch.query[t]))
     return torch.stack(out)

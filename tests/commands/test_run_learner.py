@@ -6,22 +6,6 @@ import json
 import pytest
 
 from fastfree.cli import main
-from tests.test_cli import SMALL
-
-TRAIN = ["--iterations", "3", "--warmup", "1", "--eval-every", "2", "--val-tasks", "2", "--test-tasks", "3",
-         "--teachers-per-iteration", "2", "--k", "1", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    pool = root / "pool"
-    assert main(["pretrain", "--teachers", "2", "--epochs", "1", "--batch-size", "32", "--out", str(pool),
-                 "--device", "cpu", *SMALL]) == 0
-    out = root / "t.json"
-    assert main(["train", "--pool", str(pool), "--run-dir", str(root / "run"), "--json", str(out), *TRAIN,
-                 *SMALL]) == 0
-    return root / "run", json.loads(out.read_text())["results"]
 
 
 def _eval(tmp_path, run_dir, *extra) -> dict:

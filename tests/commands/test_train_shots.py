@@ -7,7 +7,7 @@ import pytest
 
 from fastfree.cli import main
 from fastfree.free import memory
-from tests.commands.test_run_learner import TRAIN
+from tests.commands.small_run import TRAIN
 from tests.test_cli import SMALL
 
 

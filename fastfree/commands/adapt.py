@@ -1,0 +1,172 @@
+"""`fastfree adapt --run RUN --support DIR --query DIR`: a run's meta-learner on a task of one's own.
+
+What meta-learning is for: a few labelled images per class (`--support`, one folder per class)
+and the meta-learner adapts to them as the meta-test adapts (the run's protocol: its SGD steps
+and learning rate, BatchNorm on batch statistics), then classifies `--query`'s images. A query
+folder split by class is scored too, and `--compare-random` adapts a Random learner of the same
+shape on the same task, the baseline every table here reports beside FREE.
+
+The images are decoded as the image-folder data set is (Pillow, RGB, bilinear to the learner's
+size) and normalised as the run's data was (input_space.json, written by `train`; a run from
+before it reads its data once). A task of fewer classes than the learner's N uses the first
+outputs of its classifier (`fastfree.metatest.own_task.head_for_ways`).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from fastfree.commands.common import DTYPES, run_metadata, write_json
+from fastfree.commands.run_learner import last_learner, learner_module, read_run_config, run_input_space
+from fastfree.config import get_preset
+from fastfree.data.task_folder import TaskFiles, decode_task, read_task
+from fastfree.device import resolve_device
+from fastfree.errors import FastFreeError
+from fastfree.free.run import learner_init
+from fastfree.free.selection import BEST, read_selected
+from fastfree.metatest.initializations import random_init
+from fastfree.metatest.own_task import adapted_probabilities, head_for_ways, nearest_shots
+from fastfree.models import build_model
+
+PREVIEW = 20  # predictions printed when there is no --out
+
+
+def _learner_state(run_dir: Path, which: str, shots: float, device: torch.device) -> tuple[dict, str, int]:
+    """The state, a label and the iteration of the run's learner for a task of `shots` per class."""
+    if which == "last":
+        state, iteration = last_learner(run_dir, device)
+        return state, f"FREE (last, iteration {iteration})", iteration
+    selected = read_selected(run_dir / BEST, device)
+    if not selected:
+        raise FastFreeError(f"{run_dir} has no {BEST} yet (it is written at the first meta-val evaluation after "
+                            "warm-up): use its last learner with --learner last, or train further")
+    key = nearest_shots(selected, shots)
+    pick = selected[key]
+    what = "" if key is None else f" for {key}-shot tasks"
+    return pick.learner, f"FREE (selected on meta-val{what}, iteration {pick.iteration})", pick.iteration
+
+
+def _accuracy(predicted: list[int], labels: tuple[int, ...] | None, classes: tuple[str, ...]) -> dict | None:
+    if labels is None:
+        return None
+    hits = [p == y for p, y in zip(predicted, labels)]
+    per_class = {}
+    for c, name in enumerate(classes):
+        mine = [h for h, y in zip(hits, labels) if y == c]
+        if mine:
+            per_class[name] = 100.0 * sum(mine) / len(mine)
+    return {"accuracy": 100.0 * sum(hits) / len(hits), "per_class": per_class}
+
+
+def _write_csv(path: Path, task: TaskFiles, probs: torch.Tensor) -> None:
+    """One row per query image: file, predicted class, each class's probability (and the label)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "predicted", *(f"p({c})" for c in task.classes),
+                    *(["label"] if task.query_labels is not None else [])])
+        for i, (file, p) in enumerate(zip(task.query, probs.tolist())):
+            row = [str(file), task.classes[max(range(len(p)), key=p.__getitem__)], *(f"{v:.6f}" for v in p)]
+            if task.query_labels is not None:
+                row.append(task.classes[task.query_labels[i]])
+            w.writerow(row)
+    os.replace(tmp, path)
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    run_dir = Path(args.run)
+    config = read_run_config(run_dir)
+    task = read_task(args.support, args.query)
+    ways = len(task.classes)
+    protocol = get_preset(config["preset"]).metatest
+    protocol = replace(protocol, steps=protocol.steps if args.steps is None else args.steps,
+                       lr=protocol.lr if args.lr is None else args.lr)  # validates them
+    t0 = time.perf_counter()
+    image_size, normalization = run_input_space(run_dir, config, device)
+    width = int(config["free"]["learner_width"])
+    shots = sum(task.shots) / ways
+    state, label, iteration = _learner_state(run_dir, args.learner, shots, device)
+    head = int(state["classifier.weight"].shape[0])
+    learner = learner_module(head_for_ways(state, ways), width, image_size, device, dtype)
+
+    support_u8, query_u8 = decode_task(task, image_size)
+    support = normalization(support_u8.to(device), dtype)
+    query = normalization(query_u8.to(device), dtype)
+    support_labels = torch.tensor(task.support_labels, device=device)
+    adapt = partial(adapted_probabilities, support=support, support_labels=support_labels, query=query,
+                    steps=protocol.steps, lr=protocol.lr, bn_stats=args.bn_stats)
+    probs = adapt(learner_init(learner)).cpu()
+    predicted = probs.argmax(-1).tolist()
+    scores = _accuracy(predicted, task.query_labels, task.classes)
+    random = None
+    if args.compare_random:
+        builder = partial(build_model, "conv4", ways, width, image_size)
+        random_probs = adapt(random_init(builder, args.seed)).cpu()
+        random = {"seed": args.seed, "probabilities": random_probs.tolist(),
+                  **(_accuracy(random_probs.argmax(-1).tolist(), task.query_labels, task.classes) or {})}
+    seconds = time.perf_counter() - t0
+
+    if args.out:
+        _write_csv(Path(args.out), task, probs)
+    _print(task, label, run_dir, protocol.steps, protocol.lr, head, scores, random, predicted, probs, args.out,
+           args.bn_stats, protocol.queries)
+    payload = {
+        "command": "adapt", "run": str(run_dir), "learner": label, "learner_iteration": iteration,
+        "classes": list(task.classes), "ways": ways, "learner_ways": head, "shots_per_class": list(task.shots),
+        "support": [str(p) for p in task.support], "steps": protocol.steps, "lr": protocol.lr,
+        "bn_stats": args.bn_stats, "image_size": image_size, "normalization": normalization.to_dict(),
+        "dtype": args.dtype,
+        "predictions": [{"file": str(f), "predicted": task.classes[c], "probabilities": p,
+                         **({"label": task.classes[task.query_labels[i]]} if task.query_labels else {})}
+                        for i, (f, c, p) in enumerate(zip(task.query, predicted, probs.tolist()))],
+        "accuracy": None if scores is None else scores["accuracy"],
+        "per_class_accuracy": None if scores is None else scores["per_class"],
+        "random": random, "csv": args.out, "seconds": seconds, **run_metadata(device),
+    }
+    write_json(args.json, payload)
+    return payload
+
+
+def _print(task: TaskFiles, label: str, run_dir: Path, steps: int, lr: float, head: int, scores: dict | None,
+           random: dict | None, predicted: list[int], probs: torch.Tensor, out: str | None, bn_stats: str,
+           queries: int) -> None:
+    ways = len(task.classes)
+    shots = sorted(set(task.shots))
+    per_class = f"{shots[0]}" if len(shots) == 1 else f"{min(shots)}-{max(shots)}"
+    print(f"{label} of {run_dir}, adapted to {ways} classes x {per_class} support image(s) each with {steps} SGD "
+          f"steps (lr {lr})" + (f", its classifier's first {ways} of {head} outputs" if ways < head else ""))
+    line = f"query: {len(task.query)} image(s)"
+    if scores is not None:
+        line += f", accuracy {scores['accuracy']:.2f} %"
+        if random is not None:
+            line += f" (Random, adapted the same way: {random['accuracy']:.2f} %)"
+    print(line)
+    if bn_stats == "query" and len(task.query) < ways * queries:
+        print(f"note: BatchNorm normalised with these {len(task.query)} query images' own statistics (the meta-test "
+              f"protocol, measured on {ways * queries} at a time; one image alone scores far lower: README, Your own "
+              "task); --bn-stats support predicts each image on its own")
+    if out:
+        print(f"predictions: {out}")
+        return
+    shown = range(min(PREVIEW, len(task.query)))
+    for i in shown:
+        file = task.query[i]
+        name = file.name if task.query_labels is None else f"{file.parent.name}/{file.name}"  # its label's folder
+        print(f"  {name}: {task.classes[predicted[i]]} ({100 * float(probs[i].max()):.1f} %)")
+    if len(task.query) > len(shown):
+        print(f"  ... {len(task.query) - len(shown)} more: --out FILE.csv writes them all")
+
+
+__all__ = ["run"]
