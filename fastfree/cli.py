@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="BatchNorm statistics for the prediction: the query images' together (default; the "
                          "meta-test protocol: predictions depend on the other query images) or the support set's "
                          "(each image predicted on its own)")
+    ad.add_argument("--chunk", type=_positive, default=512,
+                    help="query images per forward pass (bounds memory); a larger query set under --bn-stats query "
+                         "gets the whole set's statistics a chunk at a time (default 512)")
     ad.add_argument("--compare-random", action="store_true",
                     help="also adapt a Random learner of the same shape on the task (the tables' baseline)")
     ad.add_argument("--seed", type=int, default=0, help="--compare-random: the Random learner's seed")

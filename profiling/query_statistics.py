@@ -22,7 +22,7 @@ from fastfree.commands.common import run_metadata, write_json
 from fastfree.commands.run_learner import load_run_learner, run_learner_init
 from fastfree.data.episodes import EpisodeSampler, EpisodeSpec
 from fastfree.metatest.adapt import adapted_copy
-from fastfree.metatest.own_task import on_support_statistics
+from fastfree.metatest.own_task import on_batch_statistics
 from fastfree.metatest.protocol import confidence_interval
 
 MODES = ("query", "query_one_at_a_time", "support")
@@ -30,7 +30,7 @@ MODES = ("query", "query_one_at_a_time", "support")
 
 @torch.no_grad()
 def _predictions(model: torch.nn.Module, support: torch.Tensor, query: torch.Tensor) -> dict[str, torch.Tensor]:
-    frozen = on_support_statistics(model, support)
+    frozen = on_batch_statistics(model, support)
     return {"query": model(query).argmax(-1),
             "query_one_at_a_time": torch.cat([model(query[i:i + 1]) for i in range(len(query))]).argmax(-1),
             "support": frozen(query).argmax(-1),

@@ -15,7 +15,9 @@ outputs of its classifier (`fastfree.metatest.own_task.head_for_ways`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
+import sys
 import time
 from dataclasses import replace
 from functools import partial
@@ -51,6 +53,12 @@ def _learner_state(run_dir: Path, which: str, shots: float, device: torch.device
     pick = selected[key]
     what = "" if key is None else f" for {key}-shot tasks"
     return pick.learner, f"FREE (selected on meta-val{what}, iteration {pick.iteration})", pick.iteration
+
+
+def _shared_files(task: TaskFiles) -> list[Path]:
+    """Query files whose bytes are a support file's (the same file, or a copy)."""
+    support = {hashlib.sha256(p.read_bytes()).digest() for p in task.support}
+    return [p for p in task.query if hashlib.sha256(p.read_bytes()).digest() in support]
 
 
 def _accuracy(predicted: list[int], labels: tuple[int, ...] | None, classes: tuple[str, ...]) -> dict | None:
@@ -89,15 +97,19 @@ def run(args) -> dict:
     run_dir = Path(args.run)
     config = read_run_config(run_dir)
     task = read_task(args.support, args.query)
+    shared = _shared_files(task)
+    if shared:  # allowed (it may be meant), but an accuracy measured on the support images says little
+        print(f"warning: {len(shared)} query image(s) are also support images (the same bytes; e.g. {shared[0]}): "
+              "predictions on them do not measure how the learner generalises", file=sys.stderr)
     ways = len(task.classes)
     protocol = get_preset(config["preset"]).metatest
     protocol = replace(protocol, steps=protocol.steps if args.steps is None else args.steps,
                        lr=protocol.lr if args.lr is None else args.lr)  # validates them
     t0 = time.perf_counter()
-    image_size, normalization = run_input_space(run_dir, config, device)
-    width = int(config["free"]["learner_width"])
     shots = sum(task.shots) / ways
     state, label, iteration = _learner_state(run_dir, args.learner, shots, device)
+    image_size, normalization = run_input_space(run_dir, config, device)
+    width = int(config["free"]["learner_width"])
     head = int(state["classifier.weight"].shape[0])
     learner = learner_module(head_for_ways(state, ways), width, image_size, device, dtype)
 
@@ -106,7 +118,7 @@ def run(args) -> dict:
     query = normalization(query_u8.to(device), dtype)
     support_labels = torch.tensor(task.support_labels, device=device)
     adapt = partial(adapted_probabilities, support=support, support_labels=support_labels, query=query,
-                    steps=protocol.steps, lr=protocol.lr, bn_stats=args.bn_stats)
+                    steps=protocol.steps, lr=protocol.lr, bn_stats=args.bn_stats, chunk=args.chunk)
     probs = adapt(learner_init(learner)).cpu()
     predicted = probs.argmax(-1).tolist()
     scores = _accuracy(predicted, task.query_labels, task.classes)
@@ -126,7 +138,8 @@ def run(args) -> dict:
         "command": "adapt", "run": str(run_dir), "learner": label, "learner_iteration": iteration,
         "classes": list(task.classes), "ways": ways, "learner_ways": head, "shots_per_class": list(task.shots),
         "support": [str(p) for p in task.support], "steps": protocol.steps, "lr": protocol.lr,
-        "bn_stats": args.bn_stats, "image_size": image_size, "normalization": normalization.to_dict(),
+        "bn_stats": args.bn_stats, "chunk": args.chunk, "shared_with_support": [str(p) for p in shared],
+        "image_size": image_size, "normalization": normalization.to_dict(),
         "dtype": args.dtype,
         "predictions": [{"file": str(f), "predicted": task.classes[c], "probabilities": p,
                          **({"label": task.classes[task.query_labels[i]]} if task.query_labels else {})}

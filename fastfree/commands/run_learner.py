@@ -87,14 +87,21 @@ def run_input_space(run_dir: Path, config: dict, device: torch.device) -> tuple[
     if path.is_file():
         recorded = json.loads(path.read_text())
         return int(recorded["image_size"]), Normalization.from_dict(recorded)
-    data = run_data(config, device)
+    try:
+        data = run_data(config, device)
+    except FastFreeError as e:
+        raise FastFreeError(f"{run_dir} has no {INPUT_SPACE} (it predates it), so its learner's image size and "
+                            f"normalisation come from its data, which could not be read ({e}); restore the data where "
+                            f"config.json names it, or write {path} as {{\"image_size\": S, \"mean\": [r, g, b], "
+                            f"\"std\": [r, g, b]}} (the data's)") from e
     return data.image_size, data.normalization
 
 
 def last_learner(run_dir: Path, device: torch.device) -> tuple[dict, int]:
     path = run_dir / CHECKPOINT
     if not path.is_file():
-        raise FastFreeError(f"{run_dir} has no {CHECKPOINT}: the run has not completed a checkpointed iteration")
+        raise FastFreeError(f"{run_dir} has no {CHECKPOINT}: the run has not completed a checkpointed iteration; "
+                            "train it further, or use the learner selected on meta-val (--learner selected)")
     saved = torch.load(path, map_location=device, weights_only=True)
     return saved["learner"], int(saved["iteration"])
 

@@ -137,18 +137,31 @@ def read_folder_splits(root: str | Path) -> dict[str, list[tuple[str, str]]]:
 CSV_ROW = "its row from the split CSV"  # how to drop a broken image of the image-folder layout
 
 
+def _photo_rgb(im):
+    """A photo as its viewer shows it: turned by its EXIF orientation, transparency over white."""
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
+    return im.convert("RGB")
+
+
 def _decode_into(
-    out: np.ndarray, start: int, paths: Sequence[Path], image_size: int, drop: str = CSV_ROW
+    out: np.ndarray, start: int, paths: Sequence[Path], image_size: int, drop: str = CSV_ROW, photos: bool = False
 ) -> int:
     """Decode ``paths`` into ``out[start:start+len(paths)]`` (uint8 [N, 3, S, S]); returns the count.
-    ``drop`` says how to leave a missing or broken file out, in the error that names it."""
+    ``drop`` says how to leave a missing or broken file out, in the error that names it; ``photos``:
+    apply EXIF orientation and put transparency over white (a user's own images; the data sets'
+    images are decoded as their loaders always have)."""
     from PIL import Image, UnidentifiedImageError
 
     size = (image_size, image_size)
     for k, path in enumerate(paths):
         try:
             with Image.open(path) as im:
-                im = im.convert("RGB")
+                im = _photo_rgb(im) if photos else im.convert("RGB")
                 if im.size != size:
                     im = im.resize(size, Image.Resampling.BILINEAR)
                 arr = np.asarray(im)
@@ -169,11 +182,12 @@ def _decode_split(
     pool: ThreadPoolExecutor,
     progress: Callable[[int], None] | None,
     drop: str = CSV_ROW,
+    photos: bool = False,
 ) -> torch.Tensor:
     images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
     out = images.numpy()  # shares memory: workers write straight into the tensor
     futures = {
-        pool.submit(_decode_into, out, s, paths[s : s + _CHUNK], image_size, drop)
+        pool.submit(_decode_into, out, s, paths[s : s + _CHUNK], image_size, drop, photos)
         for s in range(0, len(paths), _CHUNK)
     }
     pending = futures
@@ -302,9 +316,10 @@ def load_image_folder(
     )
 
 
-def decode_images(paths: Sequence[Path], image_size: int, drop: str, workers: int | None = None) -> torch.Tensor:
-    """Decode image files with Pillow as this layout does (RGB, bilinear to ``image_size``): uint8
+def decode_photos(paths: Sequence[Path], image_size: int, drop: str, workers: int | None = None) -> torch.Tensor:
+    """A user's own image files with Pillow, as this layout decodes (RGB, bilinear to ``image_size``,
+    not cropped) and turned by their EXIF orientation, transparency over white: uint8
     ``[N, 3, S, S]``. ``drop`` says how to leave a broken file out (named in the error)."""
     n_workers = workers or min(32, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="fastfree-decode") as pool:
-        return _decode_split(list(paths), image_size, pool, None, drop)
+        return _decode_split(list(paths), image_size, pool, None, drop, photos=True)

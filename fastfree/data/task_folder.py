@@ -7,8 +7,10 @@
     query/<class name>/<image>        labelled ones (their accuracy is reported too)
 
 Class names are the support folders' names, in sorted order (that order is the label order).
-Hidden files (a leading dot) are skipped; any other file that is not an image is refused rather
-than silently left out, so that no example is lost without notice.
+Hidden files (a leading dot) are skipped; any other file that is not an image, a nested folder or a
+broken link is refused rather than silently left out, so that no example is lost without notice.
+Images are decoded as the image-folder data sets are (Pillow, RGB, bilinear to the learner's size,
+not cropped), turned by their EXIF orientation, transparency over white.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fastfree.data.folder_layout import decode_images
+from fastfree.data.folder_layout import decode_photos
 from fastfree.errors import FastFreeError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"})
@@ -46,17 +48,26 @@ def _visible(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
 
-def _images_in(folder: Path, what: str) -> list[Path]:
+def _images_in(folder: Path, what: str, empty_fix: str = "add images to it or remove it") -> list[Path]:
     """The image files directly in `folder` (sorted); anything else there is an error."""
     entries = _visible(folder)
-    odd = [p.name for p in entries if not (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)]
+    broken = [p.name for p in entries if p.is_symlink() and not p.exists()]
+    if broken:
+        raise FastFreeError(f"{folder} ({what}): broken link(s) {', '.join(broken[:3])} point to nothing; restore "
+                            "their targets or remove the links")
+    nested = [p.name for p in entries if p.is_dir()]
+    if nested:
+        raise FastFreeError(f"{folder} ({what}) holds sub-folder(s) {', '.join(nested[:3])}: images are read from "
+                            "the class folder itself, not below it; move them up or out")
+    odd = [p.name for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
     if odd:
-        raise FastFreeError(f"{folder} ({what}) holds {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} that "
-                            f"{'is' if len(odd) == 1 else 'are'} not an image file, e.g. {', '.join(odd[:3])} "
-                            f"(images end in {', '.join(sorted(IMAGE_SUFFIXES))}): move {'it' if len(odd) == 1 else 'them'} "
-                            "out of the folder")
+        one = len(odd) == 1
+        raise FastFreeError(f"{folder} ({what}) holds {len(odd)} file{'' if one else 's'} that "
+                            f"{'is' if one else 'are'} not named as an image, e.g. {', '.join(odd[:3])} (images end "
+                            f"in {', '.join(sorted(IMAGE_SUFFIXES))}): move {'it' if one else 'them'} out of the "
+                            "folder")
     if not entries:
-        raise FastFreeError(f"{folder} ({what}) holds no images: add some, or remove the folder")
+        raise FastFreeError(f"{folder} ({what}) holds no images: {empty_fix}")
     return entries
 
 
@@ -95,7 +106,7 @@ def read_query(path: str | Path, classes: tuple[str, ...]) -> tuple[list[Path], 
     entries = _visible(root)
     folders = [p for p in entries if p.is_dir()]
     if not folders:
-        return _images_in(root, "query images"), None
+        return _images_in(root, "query images", "add the images to classify"), None
     if len(folders) != len(entries):
         raise FastFreeError(f"--query {root} mixes class folders and loose files: either put every image in its "
                             "class's folder (labelled: accuracy is reported) or none (unlabelled)")
@@ -120,7 +131,7 @@ def read_task(support: str | Path, query: str | Path) -> TaskFiles:
 
 def decode_task(task: TaskFiles, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Support and query images as uint8 [N, 3, S, S], decoded as the image-folder data set is."""
-    return decode_images(task.support, image_size, DROP), decode_images(task.query, image_size, DROP)
+    return decode_photos(task.support, image_size, DROP), decode_photos(task.query, image_size, DROP)
 
 
 __all__ = ["IMAGE_SUFFIXES", "TaskFiles", "decode_task", "read_query", "read_support", "read_task"]

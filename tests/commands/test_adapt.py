@@ -157,12 +157,20 @@ def test_bad_tasks_name_the_fix(run, tmp_path, capsys):
     fails("move each image into its class's folder", loose)
     (loose / "stray.png").unlink()
     (loose / classes[1] / "notes.txt").write_text("x")
-    fails("not an image file, e.g. notes.txt", loose)
+    fails("not named as an image, e.g. notes.txt", loose)
     (loose / classes[1] / "notes.txt").unlink()
     (loose / classes[1] / ".DS_Store").write_text("x")  # hidden files are skipped
     (loose / classes[2] / "broken.png").write_bytes(b"not a png")
     fails("cannot decode image", loose)
     (loose / classes[2] / "broken.png").unlink()
+    (loose / classes[2] / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    fails("broken link(s) gone.png point to nothing", loose)
+    (loose / classes[2] / "gone.png").unlink()
+    (loose / classes[2] / "deeper").mkdir()
+    fails("images are read from the class folder itself", loose)
+    (loose / classes[2] / "deeper").rmdir()
+    (tmp_path / "noquery").mkdir()
+    fails("holds no images: add the images to classify", sup, tmp_path / "noquery")
     empty = tmp_path / "empty"
     shutil.copytree(sup, empty)
     shutil.rmtree(empty / classes[3])
@@ -176,3 +184,71 @@ def test_bad_tasks_name_the_fix(run, tmp_path, capsys):
     fails("mixes class folders and loose files", sup, odd)
     assert main(["adapt", "--run", str(run_dir), "--support", str(loose), "--query", str(query), "--device",
                  "cpu"]) == 0  # the hidden file did not matter
+
+
+def test_the_learner_selected_for_the_nearest_shot_count(run, tmp_path):
+    """Per shot count its own pick: a 5-shot task gets the 5-shot learner, a 3-shot task the 1-shot one
+    (ties go to the smaller), judged by the weights the probabilities come from."""
+    run_dir, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    saved = torch.load(copy / "best_learner.pt", weights_only=True)
+    one = saved["shots"]["1"]["learner"]
+    five = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in one.items()}
+    saved["shots"]["5"] = {**saved["shots"]["5"], "learner": five}
+    torch.save(saved, copy / "best_learner.pt")
+    for shots, state, other in ((5, five, one), (3, one, five)):
+        task = tmp_path / f"task{shots}"
+        sampler = _write_task(copy, task, shots)
+        got = _adapt(task, copy, "--dtype", "float64")
+        assert f"for {1 if shots == 3 else 5}-shot tasks" in got["learner"]
+        b = sampler.batch([0], torch.float64)
+        target = load_run_learner(copy, "last", CPU, torch.float64)
+        probs = {}
+        for name, st in (("picked", state), ("other", other)):
+            target.learner.load_state_dict(st)
+            init = run_learner_init(target, (shots,))
+            probs[name] = adapted_query_logits_reference(init.template, init.for_tasks([0], CPU, torch.float64), b,
+                                                         10, 0.01)[0].softmax(-1)
+        got_probs = torch.tensor([p["probabilities"] for p in got["predictions"]], dtype=torch.float64)
+        assert torch.allclose(got_probs, probs["picked"], rtol=0, atol=1e-10)
+        assert not torch.allclose(got_probs, probs["other"], rtol=0, atol=1e-4)
+
+
+def test_options_change_what_they_say(run, tmp_path, capsys):
+    run_dir, _ = run
+    _write_task(run_dir, tmp_path, 1)
+    base = _adapt(tmp_path, run_dir, "--dtype", "float64", "--compare-random", "--out", str(tmp_path / "p.csv"))
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert [r["label"] for r in rows] == [p["label"] for p in base["predictions"]]
+    assert base["random"]["accuracy"] is not None and base["dtype"] == "float64"
+    probs = [p["probabilities"] for p in base["predictions"]]
+    chunked = _adapt(tmp_path, run_dir, "--dtype", "float64", "--chunk", "7")
+    assert torch.allclose(torch.tensor([p["probabilities"] for p in chunked["predictions"]]), torch.tensor(probs),
+                          rtol=0, atol=1e-10)
+    fewer = _adapt(tmp_path, run_dir, "--dtype", "float64", "--steps", "2", "--lr", "0.05")
+    assert fewer["steps"] == 2 and fewer["lr"] == 0.05 and [p["probabilities"] for p in fewer["predictions"]] != probs
+    assert base["shared_with_support"] == [] and "warning" not in capsys.readouterr().err
+    shutil.copy(next((tmp_path / "support").rglob("*.png")), tmp_path / "query" / next(
+        (tmp_path / "query").iterdir()).name / "copied.png")
+    assert len(_adapt(tmp_path, run_dir)["shared_with_support"]) == 1
+    assert "1 query image(s) are also support images" in capsys.readouterr().err
+
+
+def test_runs_without_what_adapt_reads_name_the_fix(run, tmp_path, capsys):
+    run_dir, _ = run
+    _write_task(run_dir, tmp_path, 1)
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir, bare)
+    (bare / "checkpoint.pt").unlink()
+    (bare / INPUT_SPACE).unlink()
+    config = json.loads((bare / "config.json").read_text())
+    config["data"] = {**config["data"], "source": "cifar-fs", "root": str(tmp_path / "gone")}
+    (bare / "config.json").write_text(json.dumps(config))
+    args = ["adapt", "--run", str(bare), "--support", str(tmp_path / "support"), "--query", str(tmp_path / "query"),
+            "--device", "cpu"]
+    assert main([*args, "--learner", "last"]) == 2
+    assert "use the learner selected on meta-val (--learner selected)" in capsys.readouterr().err
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "has no input_space.json" in err and "restore the data where config.json names it" in err

@@ -7,7 +7,7 @@ import torch
 from fastfree.errors import FastFreeError
 from fastfree.free.run import learner_init
 from fastfree.metatest.adapt import functional_template
-from fastfree.metatest.own_task import adapted_probabilities, head_for_ways, nearest_shots, on_support_statistics
+from fastfree.metatest.own_task import adapted_probabilities, head_for_ways, nearest_shots, on_batch_statistics
 from fastfree.models.conv4 import Conv4
 
 
@@ -47,7 +47,7 @@ def test_support_statistics_are_the_ones_adaptation_trained_with():
     """The frozen copy gives the support set exactly what the training-mode model gives it."""
     support, _, query = _task()
     model = _init().template
-    frozen = on_support_statistics(model, support)
+    frozen = on_batch_statistics(model, support)
     with torch.no_grad():
         assert torch.allclose(frozen(support), model(support), rtol=0, atol=1e-12)
         assert not torch.allclose(frozen(query), model(query))  # the query's own statistics differ
@@ -65,3 +65,19 @@ def test_with_support_statistics_each_query_image_is_predicted_on_its_own():
         assert torch.allclose(together.sum(-1), torch.ones(len(query), dtype=torch.float64))
     with pytest.raises(FastFreeError, match="use one of query, support"):
         adapted_probabilities(init, support, labels, query, 3, 0.1, "running")
+
+
+def test_a_large_query_set_gets_the_whole_batchs_statistics_a_chunk_at_a_time():
+    """Under the protocol's rule (the query batch's statistics) and the support's, predicting 12 query
+    images 5 at a time (statistics gathered per layer over the chunks) gives what one batch gives."""
+    support, labels, query = _task(queries=4)
+    init = _init()
+    for bn in ("query", "support"):
+        whole = adapted_probabilities(init, support, labels, query, 3, 0.1, bn)
+        chunked = adapted_probabilities(init, support, labels, query, 3, 0.1, bn, chunk=5)
+        assert torch.allclose(whole, chunked, rtol=0, atol=1e-10), bn
+    model = init.template
+    with torch.no_grad():
+        assert torch.allclose(on_batch_statistics(model, query, chunk=5)(query), model(query), rtol=0, atol=1e-10)
+    with pytest.raises(FastFreeError, match="chunk must be a positive"):
+        adapted_probabilities(init, support, labels, query, 3, 0.1, "query", chunk=0)
