@@ -25,11 +25,10 @@ from pathlib import Path
 
 import torch
 
-from fastfree.commands.common import DTYPES, run_metadata, write_json
+from fastfree.commands.common import machine, run_metadata, write_json
 from fastfree.commands.run_learner import last_learner, learner_module, read_run_config, run_input_space
 from fastfree.config import get_preset
 from fastfree.data.task_folder import TaskFiles, decode_task, read_task
-from fastfree.device import resolve_device
 from fastfree.errors import FastFreeError
 from fastfree.free.run import learner_init
 from fastfree.free.selection import BEST, read_selected
@@ -73,7 +72,7 @@ def _accuracy(predicted: list[int], labels: tuple[int, ...] | None, classes: tup
     return {"accuracy": 100.0 * sum(hits) / len(hits), "per_class": per_class}
 
 
-def _write_csv(path: Path, task: TaskFiles, probs: torch.Tensor) -> None:
+def _write_csv(path: Path, task: TaskFiles, probs: torch.Tensor, predicted: list[int]) -> None:
     """One row per query image: file, predicted class, each class's probability (and the label)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -81,8 +80,8 @@ def _write_csv(path: Path, task: TaskFiles, probs: torch.Tensor) -> None:
         w = csv.writer(f)
         w.writerow(["file", "predicted", *(f"p({c})" for c in task.classes),
                     *(["label"] if task.query_labels is not None else [])])
-        for i, (file, p) in enumerate(zip(task.query, probs.tolist())):
-            row = [str(file), task.classes[max(range(len(p)), key=p.__getitem__)], *(f"{v:.6f}" for v in p)]
+        for i, (file, p, c) in enumerate(zip(task.query, probs.tolist(), predicted)):
+            row = [str(file), task.classes[c], *(f"{v:.6f}" for v in p)]
             if task.query_labels is not None:
                 row.append(task.classes[task.query_labels[i]])
             w.writerow(row)
@@ -90,10 +89,7 @@ def _write_csv(path: Path, task: TaskFiles, probs: torch.Tensor) -> None:
 
 
 def run(args) -> dict:
-    device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype]
+    device, dtype = machine(args)
     run_dir = Path(args.run)
     config = read_run_config(run_dir)
     task = read_task(args.support, args.query)
@@ -131,7 +127,7 @@ def run(args) -> dict:
     seconds = time.perf_counter() - t0
 
     if args.out:
-        _write_csv(Path(args.out), task, probs)
+        _write_csv(Path(args.out), task, probs, predicted)
     _print(task, label, run_dir, protocol.steps, protocol.lr, head, scores, random, predicted, probs, args.out,
            args.bn_stats, protocol.queries)
     payload = {

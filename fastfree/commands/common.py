@@ -99,9 +99,14 @@ def write_json(path: str | os.PathLike | None, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def setup(args) -> tuple[Preset, torch.device, torch.dtype]:
-    preset = get_preset(args.preset)
+def machine(args) -> tuple[torch.device, torch.dtype]:
+    """The device, threads and dtype of a command (cli.add_machine_flags)."""
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return preset, device, DTYPES[args.dtype]
+    return device, DTYPES[args.dtype]
+
+
+def setup(args) -> tuple[Preset, torch.device, torch.dtype]:
+    preset = get_preset(args.preset)
+    return preset, *machine(args)
