@@ -18,12 +18,13 @@ import shutil
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fastfree.errors import FastFreeError
 from fastfree.pool.pretrain import TrainedTeacher
 from fastfree.pool.store import MANIFEST, load_pool
 from fastfree.pool.teachers import TeacherSpec
+from fastfree.safetensors_io import save_readable
 from fastfree.settings_diff import settings_diff
 
 PROGRESS = ".progress"
@@ -188,8 +189,8 @@ class PretrainProgress:
         for t in trained:
             path = self.dir / f"teacher{t.spec.index:04d}.safetensors"
             tmp = path.with_name(path.name + ".tmp")
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in t.state_dict.items()}, str(tmp),
-                      metadata=_spec_meta(t))
+            save_readable({k: v.detach().to("cpu").contiguous() for k, v in t.state_dict.items()}, tmp,
+                          metadata=_spec_meta(t))
             os.replace(tmp, path)
 
     def finish(self) -> None:

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from fastfree import __version__
 from fastfree.data.split import Normalization
 from fastfree.errors import FastFreeError
 from fastfree.models import ARCHITECTURES, build_model, default_width
+from fastfree.safetensors_io import save_readable
 
 FORMAT = "fastfree-pool"
 FORMAT_VERSION = 1
@@ -106,7 +107,7 @@ def save_pool(
         for r, sd in zip(records, state_dicts) for k, v in sd.items()
     }
     tmp_weights = path / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp_weights), metadata={"format": FORMAT})
+    save_readable(tensors, tmp_weights, metadata={"format": FORMAT})
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
