@@ -168,13 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Adapt a `fastfree train` run's meta-learner to a few labelled images per class "
                                     "(--support: one sub-folder per class) as the meta-test adapts, and classify "
                                     "--query's images (a folder of images, or of class sub-folders: accuracy too).")
-    ad.add_argument("--run", required=True, metavar="RUN_DIR", help="a `fastfree train` run directory")
+    src = ad.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", metavar="RUN_DIR", help="a `fastfree train` run directory")
+    src.add_argument("--learner-file", metavar="FILE",
+                     help="a learner file written by `fastfree export` (no run directory needed)")
     ad.add_argument("--support", required=True, metavar="DIR", help="one sub-folder of images per class")
     ad.add_argument("--query", required=True, metavar="DIR",
                     help="images to classify, or sub-folders named as the support's classes (labelled)")
-    ad.add_argument("--learner", default="selected", choices=["selected", "last"],
-                    help="the learner selected on meta-val for the shot count nearest the support's (default), or "
-                         "the last one")
+    ad.add_argument("--learner", choices=["selected", "last"],
+                    help="--run: the learner selected on meta-val for the shot count nearest the support's (default), "
+                         "or the last one")
     ad.add_argument("--out", metavar="CSV", help="write every query image's prediction and class probabilities")
     ad.add_argument("--steps", type=int, help="SGD steps on the support set (default: the run's protocol, 10)")
     ad.add_argument("--lr", type=float, help="adaptation learning rate (default: the run's protocol, 0.01)")
@@ -189,6 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also adapt a Random learner of the same shape on the task (the tables' baseline)")
     ad.add_argument("--seed", type=int, default=0, help="--compare-random: the Random learner's seed")
     add_machine_flags(ad)
+
+    ex = sub.add_parser("export", help="a run's meta-learner as one portable safetensors file",
+                        description="Write a `fastfree train` run's meta-learner (selected on meta-val, or the last) "
+                                    "as safetensors, with a card in its metadata (shape, input space, the run's "
+                                    "adaptation): `fastfree adapt --learner-file` and "
+                                    "`fastfree.free.learner_file.load_learner` use it without the run directory.")
+    ex.add_argument("--run", required=True, metavar="RUN_DIR", help="a `fastfree train` run directory")
+    ex.add_argument("--out", required=True, metavar="FILE.safetensors", help="the file to write")
+    ex.add_argument("--learner", default="selected", choices=["selected", "last"],
+                    help="the learner selected on meta-val (default) or the last one")
+    ex.add_argument("--shots", type=_positive,
+                    help="the shot count whose meta-val pick to export (needed when the picks differ)")
+    ex.add_argument("--json", metavar="PATH", help="write machine-readable results to PATH")
 
     t = sub.add_parser("train", help="run FREE end to end (pool if needed, Algorithm 3, meta-test)",
                        description="FREE (CVPR 2024): FIVE + BELL + cross-task replay, model selection on "
@@ -295,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
             from fastfree.commands import adapt
 
             adapt.run(args)
+        elif args.command == "export":
+            from fastfree.commands import export
+
+            export.run(args)
         elif args.command == "eval":
             from fastfree.commands import evaluate
 

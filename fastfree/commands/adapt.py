@@ -1,4 +1,5 @@
-"""`fastfree adapt --run RUN --support DIR --query DIR`: a run's meta-learner on a task of one's own.
+"""`fastfree adapt --run RUN --support DIR --query DIR`: a run's meta-learner on a task of one's own
+(or `--learner-file FILE`: one `fastfree export` wrote, which carries what the run directory would).
 
 What meta-learning is for: a few labelled images per class (`--support`, one folder per class)
 and the meta-learner adapts to them as the meta-test adapts (the run's protocol: its SGD steps
@@ -19,39 +20,72 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from fastfree.commands.common import machine, run_metadata, write_json
-from fastfree.commands.run_learner import last_learner, learner_module, read_run_config, run_input_space
+from fastfree.commands.run_learner import last_learner, read_run_config, run_input_space
+from fastfree.free.learner_file import learner_from_state, learner_module, read_learner_file
 from fastfree.config import get_preset
+from fastfree.data.split import Normalization
 from fastfree.data.task_folder import TaskFiles, decode_task, read_task
 from fastfree.errors import FastFreeError
 from fastfree.free.run import learner_init
 from fastfree.free.selection import BEST, read_selected
 from fastfree.metatest.initializations import random_init
+from fastfree.metatest.protocol import MetaTestConfig
 from fastfree.metatest.own_task import adapted_probabilities, head_for_ways, nearest_shots
 from fastfree.models import build_model
 
 PREVIEW = 20  # predictions printed when there is no --out
 
 
-def _learner_state(run_dir: Path, which: str, shots: float, device: torch.device) -> tuple[dict, str, int]:
-    """The state, a label and the iteration of the run's learner for a task of `shots` per class."""
+@dataclass(frozen=True)
+class _Learner:
+    """The meta-learner to adapt and how its run adapted it, from a run directory or a learner file."""
+
+    state: dict
+    label: str
+    iteration: int | None
+    origin: str  # the run directory or the learner file
+    width: int
+    image_size: int
+    normalization: Normalization
+    steps: int
+    lr: float
+    queries: int
+
+
+def _from_run(run_dir: Path, which: str, shots: float, device: torch.device) -> _Learner:
+    """The run's last learner, or the one selected on meta-val for the shot count nearest `shots`."""
+    config = read_run_config(run_dir)
     if which == "last":
         state, iteration = last_learner(run_dir, device)
-        return state, f"FREE (last, iteration {iteration})", iteration
-    selected = read_selected(run_dir / BEST, device)
-    if not selected:
-        raise FastFreeError(f"{run_dir} has no {BEST} yet (it is written at the first meta-val evaluation after "
-                            "warm-up): use its last learner with --learner last, or train further")
-    key = nearest_shots(selected, shots)
-    pick = selected[key]
-    what = "" if key is None else f" for {key}-shot tasks"
-    return pick.learner, f"FREE (selected on meta-val{what}, iteration {pick.iteration})", pick.iteration
+        label = f"FREE (last, iteration {iteration})"
+    else:
+        selected = read_selected(run_dir / BEST, device)
+        if not selected:
+            raise FastFreeError(f"{run_dir} has no {BEST} yet (it is written at the first meta-val evaluation after "
+                                "warm-up): use its last learner with --learner last, or train further")
+        key = nearest_shots(selected, shots)
+        pick = selected[key]
+        what = "" if key is None else f" for {key}-shot tasks"
+        state, iteration = pick.learner, pick.iteration
+        label = f"FREE (selected on meta-val{what}, iteration {iteration})"
+    protocol = get_preset(config["preset"]).metatest
+    image_size, normalization = run_input_space(run_dir, config, device)
+    return _Learner(state, label, iteration, str(run_dir), int(config["free"]["learner_width"]), image_size,
+                    normalization, protocol.steps, protocol.lr, protocol.queries)
+
+
+def _from_file(path: str, device: torch.device) -> _Learner:
+    state, card = read_learner_file(path)
+    learner_from_state(state, card)  # refuses a file whose tensors do not fit its card, before any image is read
+    return _Learner({k: v.to(device) for k, v in state.items()}, card.label(), card.iteration, str(path), card.width,
+                    card.image_size, card.normalization, card.steps, card.lr, card.queries)
 
 
 def _shared_files(task: TaskFiles) -> list[Path]:
@@ -90,22 +124,24 @@ def _write_csv(path: Path, task: TaskFiles, probs: torch.Tensor, predicted: list
 
 def run(args) -> dict:
     device, dtype = machine(args)
-    run_dir = Path(args.run)
-    config = read_run_config(run_dir)
+    if args.learner_file and args.learner:
+        raise FastFreeError("--learner chooses among a run directory's learners; a learner file holds one: drop "
+                            "--learner, or export the other one (`fastfree export --learner last`)")
     task = read_task(args.support, args.query)
     shared = _shared_files(task)
     if shared:  # allowed (it may be meant), but an accuracy measured on the support images says little
         print(f"warning: {len(shared)} query image(s) are also support images (the same bytes; e.g. {shared[0]}): "
               "predictions on them do not measure how the learner generalises", file=sys.stderr)
     ways = len(task.classes)
-    protocol = get_preset(config["preset"]).metatest
-    protocol = replace(protocol, steps=protocol.steps if args.steps is None else args.steps,
-                       lr=protocol.lr if args.lr is None else args.lr)  # validates them
     t0 = time.perf_counter()
     shots = sum(task.shots) / ways
-    state, label, iteration = _learner_state(run_dir, args.learner, shots, device)
-    image_size, normalization = run_input_space(run_dir, config, device)
-    width = int(config["free"]["learner_width"])
+    source = (_from_file(args.learner_file, device) if args.learner_file
+              else _from_run(Path(args.run), args.learner or "selected", shots, device))
+    # the run's protocol, or --steps / --lr (validated as the meta-test validates them)
+    protocol = replace(MetaTestConfig(), steps=source.steps if args.steps is None else args.steps,
+                       lr=source.lr if args.lr is None else args.lr, queries=source.queries)
+    state, label, iteration, width = source.state, source.label, source.iteration, source.width
+    image_size, normalization = source.image_size, source.normalization
     head = int(state["classifier.weight"].shape[0])
     learner = learner_module(head_for_ways(state, ways), width, image_size, device, dtype)
 
@@ -128,10 +164,10 @@ def run(args) -> dict:
 
     if args.out:
         _write_csv(Path(args.out), task, probs, predicted)
-    _print(task, label, run_dir, protocol.steps, protocol.lr, head, scores, random, predicted, probs, args.out,
+    _print(task, label, source.origin, protocol.steps, protocol.lr, head, scores, random, predicted, probs, args.out,
            args.bn_stats, protocol.queries)
     payload = {
-        "command": "adapt", "run": str(run_dir), "learner": label, "learner_iteration": iteration,
+        "command": "adapt", "run": args.run, "learner_file": args.learner_file, "learner": label, "learner_iteration": iteration,
         "classes": list(task.classes), "ways": ways, "learner_ways": head, "shots_per_class": list(task.shots),
         "support": [str(p) for p in task.support], "steps": protocol.steps, "lr": protocol.lr,
         "bn_stats": args.bn_stats, "chunk": args.chunk, "shared_with_support": [str(p) for p in shared],
@@ -148,13 +184,13 @@ def run(args) -> dict:
     return payload
 
 
-def _print(task: TaskFiles, label: str, run_dir: Path, steps: int, lr: float, head: int, scores: dict | None,
+def _print(task: TaskFiles, label: str, origin: str, steps: int, lr: float, head: int, scores: dict | None,
            random: dict | None, predicted: list[int], probs: torch.Tensor, out: str | None, bn_stats: str,
            queries: int) -> None:
     ways = len(task.classes)
     shots = sorted(set(task.shots))
     per_class = f"{shots[0]}" if len(shots) == 1 else f"{min(shots)}-{max(shots)}"
-    print(f"{label} of {run_dir}, adapted to {ways} classes x {per_class} support image(s) each with {steps} SGD "
+    print(f"{label} of {origin}, adapted to {ways} classes x {per_class} support image(s) each with {steps} SGD "
           f"steps (lr {lr})" + (f", its classifier's first {ways} of {head} outputs" if ways < head else ""))
     line = f"query: {len(task.query)} image(s)"
     if scores is not None:

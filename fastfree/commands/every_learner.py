@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from fastfree.commands.common import progress_bar, run_metadata, write_json
-from fastfree.commands.run_learner import learner_module, load_run_learner
+from fastfree.commands.run_learner import load_run_learner
+from fastfree.free.learner_file import learner_module
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
 from fastfree.free.kept import read_kept

@@ -23,12 +23,11 @@ from fastfree.data.domains import MultiDomainData
 from fastfree.data.sources import DataConfig
 from fastfree.data.split import FewShotDataset, Normalization
 from fastfree.errors import FastFreeError
+from fastfree.free.learner_file import learner_module
 from fastfree.free.run import CHECKPOINT, learner_init, selected_inits
 from fastfree.free.selection import BEST, read_selected, selected_label
 from fastfree.metatest.initializations import Initialization
-from fastfree.metatest.adapt import functional_template
 from fastfree.metatest.protocol import MetaTestConfig
-from fastfree.models.conv4 import Conv4
 
 WHICH = ("selected", "last", "every")  # every: commands/every_learner.py
 INPUT_SPACE = "input_space.json"  # the learner's image size and normalisation, written by `train`
@@ -132,15 +131,6 @@ def load_run_learner(run_dir: str | Path, which: str | None, device: torch.devic
                       selected, label, it, shots)
 
 
-def learner_module(state: dict, width: int, image_size: int, device: torch.device,
-                   dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A run's meta-learner (Conv4, its class count read off the state) holding `state`."""
-    ways = int(state["classifier.weight"].shape[0])
-    learner = functional_template(Conv4(ways, width, image_size)).to(device=device, dtype=dtype)
-    learner.load_state_dict(state)
-    return learner
-
-
 def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initialization | dict[int, Initialization]:
     """The meta-test start: the last learner, or per shot count the one selected for it."""
     if target.selected:
@@ -148,5 +138,5 @@ def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initializati
     return learner_init(target.learner)
 
 
-__all__ = ["INPUT_SPACE", "WHICH", "RunLearner", "last_learner", "learner_module", "load_run_learner", "read_run_config",
+__all__ = ["INPUT_SPACE", "WHICH", "RunLearner", "last_learner", "load_run_learner", "read_run_config",
            "run_data", "run_input_space", "run_learner_init", "write_input_space"]

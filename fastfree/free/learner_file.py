@@ -1,0 +1,179 @@
+"""A meta-learner as one portable file: safetensors weights + a card saying how to use them.
+
+A run directory's learners (`best_learner.pt`, `checkpoint.pt`) are torch pickles beside the
+run's config; to hand a meta-learner to someone else, or keep it after the run directory is gone,
+`fastfree export` writes one `.safetensors` file (no pickle, so loading it runs no code). Its
+tensors are the learner's state dict, named as `Conv4`'s; its metadata holds, under "fastfree",
+JSON {"format": "fastfree-learner/1", "card": {...}}, the card saying the architecture and shape, the input space (image size, normalisation), the
+meta-test adaptation it was selected with (SGD steps, learning rate), which learner it is and
+where it came from. `fastfree adapt --learner-file FILE` adapts it with no run directory, and
+`load_learner` gives it back as a module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from fastfree.data.split import Normalization
+from fastfree.errors import FastFreeError
+from fastfree.metatest.adapt import functional_template
+from fastfree.models.conv4 import Conv4
+from fastfree.safetensors_io import save_readable
+
+FORMAT = "fastfree-learner/1"
+SUFFIX = ".safetensors"
+WHICH = ("selected", "last")
+
+
+@dataclass(frozen=True)
+class LearnerCard:
+    """What a learner file says about its learner (all of it needed to adapt it as its run did)."""
+
+    architecture: str  # the learner's network (a meta-learner is a Conv4)
+    width: int  # filters per layer
+    ways: int  # classifier outputs: the N of the N-way tasks it was meta-trained on
+    image_size: int  # side of the square images it takes
+    mean: tuple[float, float, float]  # per-channel normalisation of images in [0, 1]
+    std: tuple[float, float, float]
+    steps: int  # the meta-test adaptation: SGD steps on the support set ...
+    lr: float  # ... at this learning rate
+    queries: int  # query images per class in the protocol's tasks (BatchNorm uses their statistics)
+    which: str  # "selected" (on meta-val) or "last"
+    shots: tuple[int, ...] | None  # the shot counts it was selected for; None: the last learner or one pick for all
+    iteration: int  # of Algorithm 3 at which it was taken
+    meta_val: dict[str, float] | None  # its meta-val accuracy (%) per shot count, where it was selected
+    preset: str  # the run's preset
+    source: str  # the run directory it was exported from
+    fastfree_version: str
+
+    def __post_init__(self) -> None:
+        if self.architecture != "conv4":
+            raise FastFreeError(f"learner card: architecture {self.architecture!r} is not a meta-learner's (conv4)")
+        for name in ("width", "ways", "image_size", "steps", "queries"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "steps" else 1):
+                raise FastFreeError(f"learner card: {name} must be a {'non-negative' if name == 'steps' else 'positive'}"
+                                    f" integer, got {value!r}")
+        Normalization(self.mean, self.std)  # validates them
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise FastFreeError(f"learner card: lr must be a positive number, got {self.lr!r}")
+        if self.which not in WHICH:
+            raise FastFreeError(f"learner card: which must be one of {', '.join(WHICH)}, got {self.which!r}")
+        if self.shots is not None and (not self.shots or any(not isinstance(s, int) or s < 1 for s in self.shots)):
+            raise FastFreeError(f"learner card: shots must be positive integers, got {self.shots!r}")
+
+    @property
+    def normalization(self) -> Normalization:
+        return Normalization(self.mean, self.std)
+
+    def label(self) -> str:
+        """How outputs name this learner, e.g. "FREE (selected on meta-val for 1-shot tasks, iteration 100)"."""
+        if self.which == "last":
+            return f"FREE (last, iteration {self.iteration})"
+        what = "" if self.shots is None else f" for {'- and '.join(str(s) for s in self.shots)}-shot tasks"
+        return f"FREE (selected on meta-val{what}, iteration {self.iteration})"
+
+    @staticmethod
+    def from_dict(raw: dict) -> "LearnerCard":
+        names = {f.name for f in fields(LearnerCard)}
+        if not isinstance(raw, dict) or set(raw) != names:
+            have = set(raw) if isinstance(raw, dict) else set()
+            raise FastFreeError(f"learner card: expected the fields {', '.join(sorted(names))}; missing "
+                                f"{sorted(names - have)}, unknown {sorted(have - names)}")
+        raw = {**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"]),
+               "shots": None if raw["shots"] is None else tuple(raw["shots"])}
+        return LearnerCard(**raw)
+
+
+def write_learner_file(path: str | os.PathLike, state: dict[str, torch.Tensor], card: LearnerCard) -> Path:
+    """Write `state` and `card` to `path` atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise FastFreeError(f"{path}: a learner file is safetensors; name it with the {SUFFIX} suffix")
+    if path.is_dir():
+        raise FastFreeError(f"{path} is a directory: give the file to write, e.g. {path / ('learner' + SUFFIX)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    # one metadata entry: safetensors writes several in no fixed order, and the same learner should give
+    # the same bytes (a checksum then identifies it)
+    save_readable(tensors, tmp, metadata={"fastfree": json.dumps({"format": FORMAT, "card": asdict(card)},
+                                                                 sort_keys=True)})
+    os.replace(tmp, path)
+    return path
+
+
+def read_learner_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], LearnerCard]:
+    """The state dict and card of a learner file; refuses files that are not one, naming why."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastFreeError(f"no learner file at {path}: write one with `fastfree export --run RUN_DIR --out {path}`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise FastFreeError(f"{path}: not a readable safetensors file ({e})") from e
+    if "fastfree" not in metadata:
+        raise FastFreeError(f"{path} is a safetensors file but not a fastfree learner file (no card in its metadata): "
+                            "export one with `fastfree export --run RUN_DIR`; a teacher's weights go into a pool "
+                            "with `fastfree import-pool`")
+    try:
+        entry = json.loads(metadata["fastfree"])
+    except json.JSONDecodeError as e:
+        raise FastFreeError(f"{path}: its learner card is not valid JSON ({e}): export it again") from e
+    found = entry.get("format") if isinstance(entry, dict) else None
+    if found != FORMAT:
+        raise FastFreeError(f"{path}: learner file format {found!r}, this fastfree reads {FORMAT!r}: export it again "
+                            "with this version")
+    try:
+        card = LearnerCard.from_dict(entry.get("card"))
+    except (TypeError, ValueError) as e:
+        raise FastFreeError(f"{path}: its learner card does not parse ({e}): export it again") from e
+    except FastFreeError as e:
+        raise FastFreeError(f"{path}: {e}: export it again") from e
+    return state, card
+
+
+def learner_module(state: dict, width: int, image_size: int, device: torch.device,
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A meta-learner (Conv4, its class count read off the state) holding `state`, its BatchNorm on
+    batch statistics as the meta-test adapts it (also how `eval --run` and `adapt --run` build a run's)."""
+    ways = int(state["classifier.weight"].shape[0])
+    learner = functional_template(Conv4(ways, width, image_size)).to(device=device, dtype=dtype)
+    learner.load_state_dict(state)
+    return learner
+
+
+def learner_from_state(state: dict[str, torch.Tensor], card: LearnerCard, device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The card's learner holding a learner file's `state`; a state that does not fit the card is refused."""
+    head = state.get("classifier.weight")
+    if head is None or head.ndim != 2 or int(head.shape[0]) != card.ways:
+        raise FastFreeError(f"learner file: its classifier does not have the card's {card.ways} outputs: the file was "
+                            "altered after export; export it again")
+    try:
+        return learner_module(state, card.width, card.image_size, torch.device(device), dtype)
+    except RuntimeError as e:  # load_state_dict: missing, unexpected or mis-shaped tensors
+        raise FastFreeError(f"learner file: its tensors are not a {card.width}-wide Conv4's at {card.image_size} px "
+                            f"({' '.join(str(e).split())}): the file was altered after export; export it "
+                            "again") from e
+
+
+def load_learner(path: str | os.PathLike, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> tuple[nn.Module, LearnerCard]:
+    """A learner file as (module, card): the meta-learner to adapt, and how (card.steps, card.lr,
+    card.normalization, card.image_size)."""
+    state, card = read_learner_file(path)
+    return learner_from_state(state, card, device, dtype), card
+
+
+__all__ = ["FORMAT", "SUFFIX", "LearnerCard", "learner_from_state", "learner_module", "load_learner", "read_learner_file",
+           "write_learner_file"]
