@@ -137,11 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--method", required=True, choices=[*METHODS, "learner"],
                    help="random: a classifier from scratch per task; average: mean of the pool's "
                         "weights, fine-tuned; best-model: the pool's best held-out teacher, fine-tuned; "
-                        "learner: the meta-learner of a `fastfree train` run (--run)")
-    e.add_argument("--run", metavar="RUN_DIR",
-                   help="a `fastfree train` run directory: test its meta-learner (--method learner) or a Random "
-                        "learner of its shape (--method random) on the run's data (all its domains; --data: one data "
-                        "set) in the input space it was trained in, with the run's preset's protocol")
+                        "learner: the meta-learner of a `fastfree train` run (--run) or of a learner file "
+                        "(--learner-file)")
+    trained = e.add_mutually_exclusive_group()
+    trained.add_argument("--run", metavar="RUN_DIR",
+                         help="a `fastfree train` run directory: test its meta-learner (--method learner) or a Random "
+                              "learner of its shape (--method random) on the run's data (all its domains; --data: one "
+                              "data set) in the input space it was trained in, with the run's preset's protocol")
+    trained.add_argument("--learner-file", metavar="FILE",
+                         help="--method learner: the meta-learner of a `fastfree export` file, on the data the preset "
+                              "and data flags name, seen in its input space, adapted as its run adapted")
     e.add_argument("--learner", choices=list(WHICH),
                    help="with --run: the learner selected on meta-val (default), the last one, or every one kept at a "
                         "meta-val evaluation, all on the same tasks (the best on meta-test is the published code's "

@@ -20,72 +20,40 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from fastfree.commands.common import machine, run_metadata, write_json
-from fastfree.commands.run_learner import last_learner, read_run_config, run_input_space
-from fastfree.free.learner_file import learner_from_state, learner_module, read_learner_file
-from fastfree.config import get_preset
-from fastfree.data.split import Normalization
+from fastfree.commands.run_learner import read_run_config, run_learner_card
 from fastfree.data.task_folder import TaskFiles, decode_task, read_task
 from fastfree.errors import FastFreeError
+from fastfree.free.learner_file import LearnerCard, learner_from_state, learner_module, read_learner_file
 from fastfree.free.run import learner_init
-from fastfree.free.selection import BEST, read_selected
 from fastfree.metatest.initializations import random_init
-from fastfree.metatest.protocol import MetaTestConfig
 from fastfree.metatest.own_task import adapted_probabilities, head_for_ways, nearest_shots
+from fastfree.metatest.protocol import MetaTestConfig
 from fastfree.models import build_model
 
 PREVIEW = 20  # predictions printed when there is no --out
 
 
-@dataclass(frozen=True)
-class _Learner:
-    """The meta-learner to adapt and how its run adapted it, from a run directory or a learner file."""
-
-    state: dict
-    label: str
-    iteration: int | None
-    origin: str  # the run directory or the learner file
-    width: int
-    image_size: int
-    normalization: Normalization
-    steps: int
-    lr: float
-    queries: int
-
-
-def _from_run(run_dir: Path, which: str, shots: float, device: torch.device) -> _Learner:
-    """The run's last learner, or the one selected on meta-val for the shot count nearest `shots`."""
-    config = read_run_config(run_dir)
-    if which == "last":
-        state, iteration = last_learner(run_dir, device)
-        label = f"FREE (last, iteration {iteration})"
-    else:
-        selected = read_selected(run_dir / BEST, device)
-        if not selected:
-            raise FastFreeError(f"{run_dir} has no {BEST} yet (it is written at the first meta-val evaluation after "
-                                "warm-up): use its last learner with --learner last, or train further")
-        key = nearest_shots(selected, shots)
-        pick = selected[key]
-        what = "" if key is None else f" for {key}-shot tasks"
-        state, iteration = pick.learner, pick.iteration
-        label = f"FREE (selected on meta-val{what}, iteration {iteration})"
-    protocol = get_preset(config["preset"]).metatest
-    image_size, normalization = run_input_space(run_dir, config, device)
-    return _Learner(state, label, iteration, str(run_dir), int(config["free"]["learner_width"]), image_size,
-                    normalization, protocol.steps, protocol.lr, protocol.queries)
-
-
-def _from_file(path: str, device: torch.device) -> _Learner:
+def _from_file(path: str, device: torch.device) -> tuple[dict, LearnerCard]:
     state, card = read_learner_file(path)
     learner_from_state(state, card)  # refuses a file whose tensors do not fit its card, before any image is read
-    return _Learner({k: v.to(device) for k, v in state.items()}, card.label(), card.iteration, str(path), card.width,
-                    card.image_size, card.normalization, card.steps, card.lr, card.queries)
+    return {k: v.to(device) for k, v in state.items()}, card
+
+
+def _shot_note(card: LearnerCard, shots: float) -> str | None:
+    """A note when a learner file's pick was selected for other shot counts than the task's (`adapt --run`
+    would take the run's pick for the nearest shot count, which may be another learner)."""
+    if card.shots is None or round(shots) in card.shots:
+        return None
+    return (f"note: this learner was selected on meta-val for {'- and '.join(map(str, card.shots))}-shot tasks and "
+            f"the support has {shots:g} image(s) per class; its run may have selected another learner for that "
+            "(export it with --shots)")
 
 
 def _shared_files(task: TaskFiles) -> list[Path]:
@@ -126,7 +94,15 @@ def run(args) -> dict:
     device, dtype = machine(args)
     if args.learner_file and args.learner:
         raise FastFreeError("--learner chooses among a run directory's learners; a learner file holds one: drop "
-                            "--learner, or export the other one (`fastfree export --learner last`)")
+                            f"--learner, or export that one (`fastfree export --run RUN_DIR --learner {args.learner} "
+                            "--out FILE.safetensors`)")
+    # what can be refused without reading an image is checked first: the flags, then the learner's source
+    replace(MetaTestConfig(), **{k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None})
+    run_dir = Path(args.run) if args.run else None
+    if run_dir is not None:
+        config = read_run_config(run_dir)
+    else:
+        state, card = _from_file(args.learner_file, device)
     task = read_task(args.support, args.query)
     shared = _shared_files(task)
     if shared:  # allowed (it may be meant), but an accuracy measured on the support images says little
@@ -135,13 +111,16 @@ def run(args) -> dict:
     ways = len(task.classes)
     t0 = time.perf_counter()
     shots = sum(task.shots) / ways
-    source = (_from_file(args.learner_file, device) if args.learner_file
-              else _from_run(Path(args.run), args.learner or "selected", shots, device))
-    # the run's protocol, or --steps / --lr (validated as the meta-test validates them)
-    protocol = replace(MetaTestConfig(), steps=source.steps if args.steps is None else args.steps,
-                       lr=source.lr if args.lr is None else args.lr, queries=source.queries)
-    state, label, iteration, width = source.state, source.label, source.iteration, source.width
-    image_size, normalization = source.image_size, source.normalization
+    if run_dir is not None:  # the last learner, or the pick for the nearest shot count
+        state, card = run_learner_card(run_dir, config, args.learner or "selected",
+                                       lambda selected: nearest_shots(selected, shots), device)
+    elif note := _shot_note(card, shots):
+        print(note, file=sys.stderr)
+    # the run's adaptation, or --steps / --lr
+    protocol = replace(MetaTestConfig(), steps=card.steps if args.steps is None else args.steps,
+                       lr=card.lr if args.lr is None else args.lr, queries=card.queries)
+    label, iteration, width = card.label(), card.iteration, card.width
+    image_size, normalization = card.image_size, card.normalization
     head = int(state["classifier.weight"].shape[0])
     learner = learner_module(head_for_ways(state, ways), width, image_size, device, dtype)
 
@@ -164,10 +143,11 @@ def run(args) -> dict:
 
     if args.out:
         _write_csv(Path(args.out), task, probs, predicted)
-    _print(task, label, source.origin, protocol.steps, protocol.lr, head, scores, random, predicted, probs, args.out,
-           args.bn_stats, protocol.queries)
+    _print(task, label, args.run or args.learner_file, protocol.steps, protocol.lr, head, scores, random, predicted,
+           probs, args.out, args.bn_stats, protocol.queries)
     payload = {
-        "command": "adapt", "run": args.run, "learner_file": args.learner_file, "learner": label, "learner_iteration": iteration,
+        "command": "adapt", "run": None if run_dir is None else str(run_dir), "learner_file": args.learner_file,
+        "learner": label, "card": asdict(card), "learner_iteration": iteration,
         "classes": list(task.classes), "ways": ways, "learner_ways": head, "shots_per_class": list(task.shots),
         "support": [str(p) for p in task.support], "steps": protocol.steps, "lr": protocol.lr,
         "bn_stats": args.bn_stats, "chunk": args.chunk, "shared_with_support": [str(p) for p in shared],

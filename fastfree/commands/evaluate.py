@@ -1,13 +1,13 @@
 """`fastfree eval`: meta-test an initialisation: Table 2's data-free baselines (random, average,
 best-model) or, with --run, a `fastfree train` run's meta-learner (or a Random learner of its
-shape) in the input space the run trained it in."""
+shape) in the input space the run trained it in; with --learner-file, an exported meta-learner
+(`fastfree export`) in its input space on the data the flags name."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
-
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
 from fastfree.commands.every_learner import run_every_learner
@@ -15,6 +15,8 @@ from fastfree.commands.run_learner import RunLearner, load_run_learner, run_lear
 from fastfree.config import get_preset
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
+from fastfree.free.learner_file import load_learner
+from fastfree.free.run import learner_init
 from fastfree.metatest.domains import metatest_data
 from fastfree.metatest.initializations import average_init, best_model_init, random_init
 from fastfree.metatest.protocol import MetaTestConfig, ShotResult, run_metatest
@@ -33,9 +35,16 @@ def metatest_config(args, base: MetaTestConfig) -> MetaTestConfig:
 
 
 def _check_method(args) -> None:
-    if args.method == "learner" and not args.run:
+    if args.method == "learner" and not (args.run or args.learner_file):
         raise FastFreeError("--method learner meta-tests a trained meta-learner: name its run with --run RUN_DIR "
-                            "(the --run-dir of `fastfree train`, by default runs/<preset>)")
+                            "(the --run-dir of `fastfree train`, by default runs/<preset>) or its file with "
+                            "--learner-file FILE (`fastfree export`)")
+    if args.learner_file and args.method != "learner":
+        raise FastFreeError(f"--learner-file goes with --method learner; {args.method} does not start from a "
+                            "meta-learner: drop --learner-file")
+    if args.learner_file and args.learner is not None:
+        raise FastFreeError("--learner chooses among a run directory's learners; a learner file holds one: drop "
+                            "--learner, or export the other one (`fastfree export --learner last`)")
     if args.run and args.method not in ("learner", "random"):
         raise FastFreeError(f"--run goes with --method learner (the run's meta-learner) or random (a fresh learner of "
                             f"its shape); {args.method} starts from a pool: drop --run and pass --pool")
@@ -102,11 +111,43 @@ def run_of_training(args, device, dtype) -> dict:
     return payload
 
 
+def learner_file(args, preset, device, dtype) -> dict:
+    """`eval --learner-file FILE`: the file's learner on the data the flags name, in the learner's input
+    space (its image size, its normalisation), adapted with its run's steps and learning rate."""
+    module, card = load_learner(args.learner_file, device, dtype)
+    cfg = metatest_config(args, replace(preset.metatest, steps=card.steps, lr=card.lr, queries=card.queries))
+    dataset, _ = load_on_device(data_config(args, preset), device)
+    if dataset.name not in card.data:
+        print(f"note: the learner's run learned from {', '.join(card.data)}; these tasks are {dataset.name}'s "
+              "(a cross-domain test)")
+    name = card.label()
+    t0 = time.perf_counter()
+    with progress_bar(total=cfg.tasks * len(cfg.shots), desc=f"meta-test {name}", unit="task") as bar:
+        results = run_metatest(learner_init(module), dataset.split(args.split), card.normalization, cfg, dtype,
+                               progress=bar.update, image_size=card.image_size)
+    seconds = time.perf_counter() - t0
+    payload = {
+        "command": "eval", "method": args.method, "learner_file": str(args.learner_file), "learner": name,
+        "card": asdict(card), "iteration": card.iteration, "preset": preset.name, "dataset": dataset.name,
+        "split": args.split, "config": cfg.__dict__, "engine": resolve_engine(cfg.engine, device), "dtype": args.dtype,
+        "results": [r.summary() for r in results],
+        "per_task_accuracy": {str(r.shots): r.accuracies for r in results} if args.per_task else None,
+        "seconds": seconds, **run_metadata(device),
+    }
+    _print_results(f"{name} of {args.learner_file} on {dataset.name} meta-{args.split} ({cfg.tasks} tasks, "
+                   f"{cfg.ways}-way, {cfg.queries} queries, {seconds:.1f} s on {payload['device_name']}):", results,
+                   cfg.ways)
+    write_json(args.json, payload)
+    return payload
+
+
 def run(args) -> dict:
     _check_method(args)
     preset, device, dtype = setup(args)
     if args.run:
         return run_of_training(args, device, dtype)
+    if args.learner_file:
+        return learner_file(args, preset, device, dtype)
     dcfg = data_config(args, preset)
     cfg = metatest_config(args, preset.metatest)
     pool_info = None

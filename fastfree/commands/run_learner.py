@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
+from fastfree import __version__
 from fastfree.commands.common import load_on_device, write_json
 from fastfree.commands.train_domains import load_domains
 from fastfree.config import get_preset
@@ -23,9 +25,9 @@ from fastfree.data.domains import MultiDomainData
 from fastfree.data.sources import DataConfig
 from fastfree.data.split import FewShotDataset, Normalization
 from fastfree.errors import FastFreeError
-from fastfree.free.learner_file import learner_module
+from fastfree.free.learner_file import LearnerCard, learner_module
 from fastfree.free.run import CHECKPOINT, learner_init, selected_inits
-from fastfree.free.selection import BEST, read_selected, selected_label
+from fastfree.free.selection import BEST, Selected, read_selected, selected_label
 from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.protocol import MetaTestConfig
 
@@ -105,6 +107,62 @@ def last_learner(run_dir: Path, device: torch.device) -> tuple[dict, int]:
     return saved["learner"], int(saved["iteration"])
 
 
+def read_run_selected(run_dir: Path, device: torch.device | str) -> dict[int | None, Selected]:
+    """The run's learners selected on meta-val, per shot count; refused when there are none yet."""
+    selected = read_selected(run_dir / BEST, device)
+    if not selected:
+        raise FastFreeError(f"{run_dir} has no {BEST} yet (it is written at the first meta-val evaluation after "
+                            "warm-up): use its last learner (--learner last), or train further")
+    return selected
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def shots_of_pick(selected: dict[int | None, Selected], key: int | None) -> tuple[int, ...] | None:
+    """The shot counts whose pick is `key`'s learner (the same weights: one evaluation can win several);
+    None for a legacy single pick, which serves every shot count."""
+    if key is None:
+        return None
+    mine = selected[key].learner
+    return tuple(sorted(k for k, v in selected.items() if _same_weights(v.learner, mine)))
+
+
+def data_names(config: dict) -> tuple[str, ...]:
+    """The names the run's data sets load under (an image folder's: its folder's), without loading them."""
+    def name(d: dict) -> str:
+        return Path(d["root"]).name if d["source"] == "folder" and d.get("root") else d["source"]
+
+    return tuple(name(d) for d in (config.get("domains") or [config["data"]]))
+
+
+def run_learner_card(run_dir: Path, config: dict, which: str, choose: Callable[[dict], int | None],
+                     device: torch.device | str) -> tuple[dict, LearnerCard]:
+    """A run's learner and its card: the last one, or the pick `choose(selected)` names among those
+    selected on meta-val. The card says how the run adapts it (its protocol, its input space), so
+    `adapt --run`, `export` and a learner file use one description."""
+    if which == "last":
+        state, iteration = last_learner(run_dir, device)
+        shots, meta_val = None, None
+    else:
+        selected = read_run_selected(run_dir, device)
+        key = choose(selected)
+        pick = selected[key]
+        state, iteration, shots = pick.learner, pick.iteration, shots_of_pick(selected, key)
+        meta_val = ({"all shot counts (their mean)": pick.val} if shots is None
+                    else {str(k): selected[k].val for k in shots})
+    protocol = get_preset(config["preset"]).metatest
+    image_size, normalization = run_input_space(run_dir, config, device)
+    card = LearnerCard(
+        architecture="conv4", width=int(config["free"]["learner_width"]),
+        ways=int(state["classifier.weight"].shape[0]), image_size=image_size, mean=normalization.mean,
+        std=normalization.std, steps=protocol.steps, lr=protocol.lr, queries=protocol.queries, which=which,
+        shots=shots, iteration=iteration, meta_val=meta_val, preset=config["preset"], data=data_names(config),
+        source=Path(run_dir).resolve().name, fastfree_version=__version__)
+    return state, card
+
+
 def load_run_learner(run_dir: str | Path, which: str | None, device: torch.device,
                      dtype: torch.dtype = torch.float32) -> RunLearner:
     """The run's data and, unless `which` is None, its selected (per shot count) or last meta-learner."""
@@ -115,10 +173,7 @@ def load_run_learner(run_dir: str | Path, which: str | None, device: torch.devic
     width = int(config["free"]["learner_width"])
     selected: dict = {}
     if which == "selected":
-        selected = read_selected(run_dir / BEST, device)
-        if not selected:
-            raise FastFreeError(f"{run_dir} has no {BEST} yet (it is written at the first meta-val evaluation after "
-                                "warm-up): evaluate the last learner with --learner last, or train further")
+        selected = read_run_selected(run_dir, device)
         state, label, it = next(iter(selected.values())).learner, selected_label(selected), None
     elif which == "last":
         state, it = last_learner(run_dir, device)
@@ -138,5 +193,6 @@ def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initializati
     return learner_init(target.learner)
 
 
-__all__ = ["INPUT_SPACE", "WHICH", "RunLearner", "last_learner", "load_run_learner", "read_run_config",
+__all__ = ["INPUT_SPACE", "WHICH", "RunLearner", "data_names", "last_learner", "read_run_selected", "run_learner_card",
+           "shots_of_pick", "load_run_learner", "read_run_config",
            "run_data", "run_input_space", "run_learner_init", "write_input_space"]

@@ -4,15 +4,17 @@ A run directory's learners (`best_learner.pt`, `checkpoint.pt`) are torch pickle
 run's config; to hand a meta-learner to someone else, or keep it after the run directory is gone,
 `fastfree export` writes one `.safetensors` file (no pickle, so loading it runs no code). Its
 tensors are the learner's state dict, named as `Conv4`'s; its metadata holds, under "fastfree",
-JSON {"format": "fastfree-learner/1", "card": {...}}, the card saying the architecture and shape, the input space (image size, normalisation), the
-meta-test adaptation it was selected with (SGD steps, learning rate), which learner it is and
-where it came from. `fastfree adapt --learner-file FILE` adapts it with no run directory, and
-`load_learner` gives it back as a module.
+JSON {"format": "fastfree-learner/1", "card": {...}}. The card says the architecture and shape,
+the input space (image size, normalisation), the meta-test adaptation its run used (SGD steps,
+learning rate), which learner it is and where it came from. `fastfree adapt --learner-file FILE`
+and `fastfree eval --learner-file FILE` use it with no run directory, and `load_learner` gives it
+back as a module.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -25,11 +27,19 @@ from fastfree.data.split import Normalization
 from fastfree.errors import FastFreeError
 from fastfree.metatest.adapt import functional_template
 from fastfree.models.conv4 import Conv4
-from fastfree.safetensors_io import save_readable
+from fastfree.safetensors_io import atomic_save_readable
 
 FORMAT = "fastfree-learner/1"
 SUFFIX = ".safetensors"
 WHICH = ("selected", "last")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -50,24 +60,41 @@ class LearnerCard:
     iteration: int  # of Algorithm 3 at which it was taken
     meta_val: dict[str, float] | None  # its meta-val accuracy (%) per shot count, where it was selected
     preset: str  # the run's preset
+    data: tuple[str, ...]  # the data set(s) of its run: its teachers', meta-val's (one per domain)
     source: str  # the run directory it was exported from
     fastfree_version: str
 
     def __post_init__(self) -> None:
+        # a card may come from a hand-edited file: every field is checked here, so a bad one is refused with
+        # its name rather than failing later inside the adaptation
         if self.architecture != "conv4":
             raise FastFreeError(f"learner card: architecture {self.architecture!r} is not a meta-learner's (conv4)")
-        for name in ("width", "ways", "image_size", "steps", "queries"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "steps" else 1):
-                raise FastFreeError(f"learner card: {name} must be a {'non-negative' if name == 'steps' else 'positive'}"
-                                    f" integer, got {value!r}")
-        Normalization(self.mean, self.std)  # validates them
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+        for name, least in (("width", 1), ("ways", 1), ("image_size", 16), ("steps", 0), ("queries", 1),
+                            ("iteration", 0)):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < least:
+                raise FastFreeError(f"learner card: {name} must be an integer >= {least}, got {getattr(self, name)!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or len(values) != 3 or not all(_is_real(v) for v in values):
+                raise FastFreeError(f"learner card: {name} must be 3 finite numbers, got {values!r}")
+        Normalization(self.mean, self.std)  # std > 0
+        if not _is_real(self.lr) or self.lr <= 0:
             raise FastFreeError(f"learner card: lr must be a positive number, got {self.lr!r}")
         if self.which not in WHICH:
             raise FastFreeError(f"learner card: which must be one of {', '.join(WHICH)}, got {self.which!r}")
-        if self.shots is not None and (not self.shots or any(not isinstance(s, int) or s < 1 for s in self.shots)):
-            raise FastFreeError(f"learner card: shots must be positive integers, got {self.shots!r}")
+        if self.shots is not None and (not isinstance(self.shots, tuple) or not self.shots
+                                       or not all(_is_int(k) and k >= 1 for k in self.shots)
+                                       or list(self.shots) != sorted(set(self.shots))):
+            raise FastFreeError(f"learner card: shots must be increasing positive integers, got {self.shots!r}")
+        if self.meta_val is not None and (not isinstance(self.meta_val, dict)
+                                          or not all(isinstance(k, str) and _is_real(v)
+                                                     for k, v in self.meta_val.items())):
+            raise FastFreeError(f"learner card: meta_val must map shot counts to accuracies, got {self.meta_val!r}")
+        if not isinstance(self.data, tuple) or not self.data or not all(isinstance(d, str) and d for d in self.data):
+            raise FastFreeError(f"learner card: data must name the run's data sets, got {self.data!r}")
+        for name in ("preset", "source", "fastfree_version"):
+            if not isinstance(getattr(self, name), str):
+                raise FastFreeError(f"learner card: {name} must be a string, got {getattr(self, name)!r}")
 
     @property
     def normalization(self) -> Normalization:
@@ -87,8 +114,12 @@ class LearnerCard:
             have = set(raw) if isinstance(raw, dict) else set()
             raise FastFreeError(f"learner card: expected the fields {', '.join(sorted(names))}; missing "
                                 f"{sorted(names - have)}, unknown {sorted(have - names)}")
-        raw = {**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"]),
-               "shots": None if raw["shots"] is None else tuple(raw["shots"])}
+        def as_tuple(v):  # JSON has lists; a card holds tuples (a non-list stays as it is, to be refused)
+            return tuple(v) if isinstance(v, list) else v
+
+        raw = {**raw, **{k: as_tuple(raw[k]) for k in ("mean", "std", "data", "shots")}}
+        raw["mean"], raw["std"] = (tuple(float(v) if _is_real(v) else v for v in raw[k]) if isinstance(raw[k], tuple)
+                                   else raw[k] for k in ("mean", "std"))
         return LearnerCard(**raw)
 
 
@@ -101,12 +132,10 @@ def write_learner_file(path: str | os.PathLike, state: dict[str, torch.Tensor], 
         raise FastFreeError(f"{path} is a directory: give the file to write, e.g. {path / ('learner' + SUFFIX)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    # one metadata entry: safetensors writes several in no fixed order, and the same learner should give
-    # the same bytes (a checksum then identifies it)
-    save_readable(tensors, tmp, metadata={"fastfree": json.dumps({"format": FORMAT, "card": asdict(card)},
-                                                                 sort_keys=True)})
-    os.replace(tmp, path)
+    # one metadata entry: safetensors writes several in no fixed order, and the same learner and card
+    # should give the same bytes
+    entry = json.dumps({"format": FORMAT, "card": asdict(card)}, sort_keys=True)
+    atomic_save_readable(tensors, path, metadata={"fastfree": entry})
     return path
 
 
@@ -175,5 +204,5 @@ def load_learner(path: str | os.PathLike, device: torch.device | str = "cpu",
     return learner_from_state(state, card, device, dtype), card
 
 
-__all__ = ["FORMAT", "SUFFIX", "LearnerCard", "learner_from_state", "learner_module", "load_learner", "read_learner_file",
-           "write_learner_file"]
+__all__ = ["FORMAT", "SUFFIX", "LearnerCard", "learner_from_state", "learner_module", "load_learner",
+           "read_learner_file", "write_learner_file"]

@@ -24,7 +24,7 @@ from fastfree.errors import FastFreeError
 from fastfree.pool.pretrain import TrainedTeacher
 from fastfree.pool.store import MANIFEST, load_pool
 from fastfree.pool.teachers import TeacherSpec
-from fastfree.safetensors_io import save_readable
+from fastfree.safetensors_io import atomic_save_readable
 from fastfree.settings_diff import settings_diff
 
 PROGRESS = ".progress"
@@ -188,10 +188,8 @@ class PretrainProgress:
         """Each teacher atomically: a kill leaves it whole or absent."""
         for t in trained:
             path = self.dir / f"teacher{t.spec.index:04d}.safetensors"
-            tmp = path.with_name(path.name + ".tmp")
-            save_readable({k: v.detach().to("cpu").contiguous() for k, v in t.state_dict.items()}, tmp,
-                          metadata=_spec_meta(t))
-            os.replace(tmp, path)
+            atomic_save_readable({k: v.detach().to("cpu").contiguous() for k, v in t.state_dict.items()}, path,
+                                 metadata=_spec_meta(t))
 
     def finish(self) -> None:
         """After the pool is written: the progress is in it."""

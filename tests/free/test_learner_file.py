@@ -2,6 +2,7 @@
 was altered, is refused with the fix named."""
 
 import json
+import os
 from dataclasses import asdict, replace
 
 import pytest
@@ -14,10 +15,11 @@ from fastfree.free.learner_file import FORMAT, LearnerCard, learner_module, load
     write_learner_file
 from fastfree.metatest.adapt import functional_template
 from fastfree.models.conv4 import Conv4
+from fastfree.safetensors_io import umask
 
 CARD = LearnerCard(architecture="conv4", width=8, ways=5, image_size=32, mean=(0.5, 0.4, 0.3),
                    std=(0.25, 0.2, 0.3), steps=10, lr=0.01, queries=15, which="selected", shots=(1, 5),
-                   iteration=40, meta_val={"1": 31.5, "5": 40.25}, preset="demo", source="runs/demo",
+                   iteration=40, meta_val={"1": 31.5, "5": 40.25}, preset="demo", data=("builtin",), source="runs/demo",
                    fastfree_version="0.1.0")
 
 
@@ -40,6 +42,7 @@ def test_weights_and_card_round_trip_exactly(tmp_path):
     expected = learner_module(state, 8, 32, torch.device("cpu"), torch.float64)
     assert torch.equal(module(x), expected(x))  # BatchNorm on batch statistics, as the meta-test adapts it
     assert not list(tmp_path.rglob("*.tmp"))
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask()  # readable as the files beside it
     again = write_learner_file(tmp_path / "again.safetensors", state, CARD)
     assert again.read_bytes() == path.read_bytes()  # deterministic: no timestamp
 
@@ -53,13 +56,24 @@ def test_labels_say_which_learner():
 
 @pytest.mark.parametrize("change, message", [
     ({"architecture": "resnet10"}, "not a meta-learner's"),
-    ({"width": 0}, "width must be a positive integer"),
-    ({"ways": True}, "ways must be a positive integer"),
-    ({"steps": -1}, "steps must be a non-negative integer"),
+    ({"width": 0}, "width must be an integer >= 1"),
+    ({"ways": True}, "ways must be an integer >= 1"),
+    ({"image_size": 8}, "image_size must be an integer >= 16"),
+    ({"steps": -1}, "steps must be an integer >= 0"),
+    ({"iteration": "40"}, "iteration must be an integer >= 0"),
+    ({"mean": ("a", "b", "c")}, "mean must be 3 finite numbers"),
+    ({"mean": (None, 0.0, 0.0)}, "mean must be 3 finite numbers"),
+    ({"std": (0.2, float("nan"), 0.2)}, "std must be 3 finite numbers"),
     ({"std": (0.2, 0.0, 0.2)}, "std must be positive"),
     ({"lr": 0.0}, "lr must be a positive number"),
+    ({"lr": float("inf")}, "lr must be a positive number"),
     ({"which": "best"}, "which must be one of selected, last"),
-    ({"shots": (0,)}, "shots must be positive integers"),
+    ({"shots": (0,)}, "shots must be increasing positive integers"),
+    ({"shots": (True,)}, "shots must be increasing positive integers"),
+    ({"shots": (5, 1)}, "shots must be increasing positive integers"),
+    ({"meta_val": [1]}, "meta_val must map shot counts to accuracies"),
+    ({"data": ()}, "data must name the run's data sets"),
+    ({"source": 3}, "source must be a string"),
 ])
 def test_cards_are_validated(change, message):
     with pytest.raises(FastFreeError, match=message):
