@@ -44,7 +44,8 @@ def _check_method(args) -> None:
                             "meta-learner: drop --learner-file")
     if args.learner_file and args.learner is not None:
         raise FastFreeError("--learner chooses among a run directory's learners; a learner file holds one: drop "
-                            "--learner, or export the other one (`fastfree export --learner last`)")
+                            f"--learner, or export that one (`fastfree export --run RUN_DIR --learner {args.learner} "
+                            "--out FILE.safetensors`)")
     if args.run and args.method not in ("learner", "random"):
         raise FastFreeError(f"--run goes with --method learner (the run's meta-learner) or random (a fresh learner of "
                             f"its shape); {args.method} starts from a pool: drop --run and pass --pool")
