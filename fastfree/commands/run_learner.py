@@ -27,7 +27,7 @@ from fastfree.data.split import FewShotDataset, Normalization
 from fastfree.errors import FastFreeError
 from fastfree.free.learner_file import LearnerCard, learner_module
 from fastfree.free.run import CHECKPOINT, learner_init, selected_inits
-from fastfree.free.selection import BEST, Selected, read_selected, selected_label
+from fastfree.free.selection import BEST, Selected, last_label, read_selected, selected_label
 from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.protocol import MetaTestConfig
 
@@ -177,7 +177,7 @@ def load_run_learner(run_dir: str | Path, which: str | None, device: torch.devic
         state, label, it = next(iter(selected.values())).learner, selected_label(selected), None
     elif which == "last":
         state, it = last_learner(run_dir, device)
-        label = f"FREE (last, iteration {it})"
+        label = last_label(it)
     data = run_data(config, device)
     shots = tuple(config["shots"]) if config.get("shots") else None
     if which is None:

@@ -8,7 +8,6 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-import torch
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
 from fastfree.commands.run_learner import write_input_space

@@ -25,6 +25,7 @@ from torch import nn
 
 from fastfree.data.split import Normalization
 from fastfree.errors import FastFreeError
+from fastfree.free.selection import last_label
 from fastfree.metatest.adapt import functional_template
 from fastfree.models.conv4 import Conv4
 from fastfree.safetensors_io import atomic_save_readable
@@ -103,7 +104,7 @@ class LearnerCard:
     def label(self) -> str:
         """How outputs name this learner, e.g. "FREE (selected on meta-val for 1-shot tasks, iteration 100)"."""
         if self.which == "last":
-            return f"FREE (last, iteration {self.iteration})"
+            return last_label(self.iteration)
         what = "" if self.shots is None else f" for {'- and '.join(str(s) for s in self.shots)}-shot tasks"
         return f"FREE (selected on meta-val{what}, iteration {self.iteration})"
 

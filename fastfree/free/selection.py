@@ -65,6 +65,11 @@ def read_selected(path: Path, device: torch.device | str = "cpu") -> dict[int | 
     return {int(k): Selected(int(v["iteration"]), float(v["val"]), v["learner"]) for k, v in saved["shots"].items()}
 
 
+def last_label(iteration: int) -> str:
+    """How outputs name a run's last learner (run_learner, learner files)."""
+    return f"FREE (last, iteration {iteration})"
+
+
 def selected_label(selected: dict[int | None, Selected]) -> str:
     its = {s.iteration for s in selected.values()}
     if len(its) == 1:
@@ -84,5 +89,5 @@ def for_shots(selected: dict, shots: int):
                         "last learner (--learner last)")
 
 
-__all__ = ["BEST", "Selected", "for_shots", "improved_shots", "is_legacy", "read_selected", "selected_label",
+__all__ = ["BEST", "Selected", "for_shots", "improved_shots", "is_legacy", "last_label", "read_selected", "selected_label",
            "write_selected"]

@@ -33,7 +33,7 @@ from fastfree.errors import FastFreeError
 from fastfree.models import ARCHITECTURES, build_model
 from fastfree.optim import clip_grad_norm_stacked
 from fastfree.pool.optimizers import OPTIMIZERS, OptimizerSpec
-from fastfree.pool.teachers import TeacherData, TeacherSpec, epoch_order, teacher_data
+from fastfree.pool.teachers import TeacherSpec, epoch_order, teacher_data
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from fastfree.errors import FastFreeError
 from fastfree.free.augment import crop_flip, draw_crop_flip
 from fastfree.free.five import FiveConfig, five_reference, task_labels
 from fastfree.models import Conv4
-from tests.conftest import DEVICES
 from tests.free.helpers import tiny_models
 
 CPU = torch.device("cpu")
