@@ -61,6 +61,24 @@ def _print_results(title: str, results: list[ShotResult], ways: int, per_domain=
         print(f"  {label}: " + ", ".join(f"{r.shots}-shot {r.mean:.2f} +- {r.ci95:.2f} %" for r in rs))
 
 
+def _report(args, what: str, cfg: MetaTestConfig, results: list[ShotResult], seconds: float, device,
+            fields: dict, per_domain: dict | None = None) -> dict:
+    """The payload every `eval` path writes (`fields`: what it tested), printed and written to --json."""
+    payload = {
+        "command": "eval", "method": args.method, **fields, "split": args.split, "config": cfg.__dict__,
+        "engine": resolve_engine(cfg.engine, device), "dtype": args.dtype,
+        "results": [r.summary() for r in results],
+        "per_task_accuracy": {str(r.shots): r.accuracies for r in results} if args.per_task else None,
+        "seconds": seconds, **run_metadata(device),
+    }
+    if per_domain:  # a multi-domain run: each domain's tasks too
+        payload["domains"] = {d: [r.summary() for r in rs] for d, rs in per_domain.items()}
+    _print_results(f"{what} meta-{args.split} ({cfg.tasks} tasks, {cfg.ways}-way, {cfg.queries} queries, "
+                   f"{seconds:.1f} s on {payload['device_name']}):", results, cfg.ways, per_domain)
+    write_json(args.json, payload)
+    return payload
+
+
 def run_of_training(args, device, dtype) -> dict:
     """`eval --run RUN_DIR`: the run's data (every domain) unless --data names one data set, seen in the
     learner's input space (its size and normalisation); the run's preset gives the protocol."""
@@ -87,29 +105,9 @@ def run_of_training(args, device, dtype) -> dict:
             data_name = target.data.name
             results, per_domain = metatest_data(init, target.data, args.split, cfg, dtype, bar.update)
     seconds = time.perf_counter() - t0
-    payload = {
-        "command": "eval",
-        "method": args.method,
-        "run": str(args.run),
-        "learner": name,
-        "iteration": target.iteration,
-        "preset": target.preset,
-        "dataset": data_name,
-        "split": args.split,
-        "config": cfg.__dict__,
-        "engine": resolve_engine(cfg.engine, device),
-        "dtype": args.dtype,
-        "results": [r.summary() for r in results],
-        "domains": {d: [r.summary() for r in rs] for d, rs in per_domain.items()} if per_domain else None,
-        "per_task_accuracy": {str(r.shots): r.accuracies for r in results} if args.per_task else None,
-        "seconds": seconds,
-        **run_metadata(device),
-    }
-    _print_results(f"{name} of {args.run} on {data_name} meta-{args.split} ({cfg.tasks} tasks, {cfg.ways}-way, "
-                   f"{cfg.queries} queries, {seconds:.1f} s on {payload['device_name']}):", results, cfg.ways,
-                   per_domain)
-    write_json(args.json, payload)
-    return payload
+    return _report(args, f"{name} of {args.run} on {data_name}", cfg, results, seconds, device,
+                   {"run": str(args.run), "learner": name, "iteration": target.iteration, "preset": target.preset,
+                    "dataset": data_name, "domains": None}, per_domain)
 
 
 def learner_file(args, preset, device, dtype) -> dict:
@@ -127,19 +125,9 @@ def learner_file(args, preset, device, dtype) -> dict:
         results = run_metatest(learner_init(module), dataset.split(args.split), card.normalization, cfg, dtype,
                                progress=bar.update, image_size=card.image_size)
     seconds = time.perf_counter() - t0
-    payload = {
-        "command": "eval", "method": args.method, "learner_file": str(args.learner_file), "learner": name,
-        "card": asdict(card), "iteration": card.iteration, "preset": preset.name, "dataset": dataset.name,
-        "split": args.split, "config": cfg.__dict__, "engine": resolve_engine(cfg.engine, device), "dtype": args.dtype,
-        "results": [r.summary() for r in results],
-        "per_task_accuracy": {str(r.shots): r.accuracies for r in results} if args.per_task else None,
-        "seconds": seconds, **run_metadata(device),
-    }
-    _print_results(f"{name} of {args.learner_file} on {dataset.name} meta-{args.split} ({cfg.tasks} tasks, "
-                   f"{cfg.ways}-way, {cfg.queries} queries, {seconds:.1f} s on {payload['device_name']}):", results,
-                   cfg.ways)
-    write_json(args.json, payload)
-    return payload
+    return _report(args, f"{name} of {args.learner_file} on {dataset.name}", cfg, results, seconds, device,
+                   {"learner_file": str(args.learner_file), "learner": name, "card": asdict(card),
+                    "iteration": card.iteration, "preset": preset.name, "dataset": dataset.name})
 
 
 def run(args) -> dict:
@@ -180,22 +168,5 @@ def run(args) -> dict:
                       unit="task") as bar:
         results = run_metatest(init, split, dataset.normalization, cfg, dtype, progress=bar.update)
     seconds = time.perf_counter() - t0
-    payload = {
-        "command": "eval",
-        "method": args.method,
-        "preset": preset.name,
-        "dataset": dataset.name,
-        "split": args.split,
-        "pool": pool_info,
-        "config": cfg.__dict__,
-        "engine": engine,
-        "dtype": args.dtype,
-        "results": [r.summary() for r in results],
-        "per_task_accuracy": {str(r.shots): r.accuracies for r in results} if args.per_task else None,
-        "seconds": seconds,
-        **run_metadata(device),
-    }
-    _print_results(f"{args.method} on {dataset.name} meta-{args.split} ({cfg.tasks} tasks, {cfg.ways}-way, "
-                   f"{cfg.queries} queries, {seconds:.1f} s on {payload['device_name']}):", results, cfg.ways)
-    write_json(args.json, payload)
-    return payload
+    return _report(args, f"{args.method} on {dataset.name}", cfg, results, seconds, device,
+                   {"preset": preset.name, "dataset": dataset.name, "pool": pool_info})
