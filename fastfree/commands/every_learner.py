@@ -16,7 +16,6 @@ pick generalises needs fresh tasks (another --seed).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from fastfree.free.learner_file import learner_module
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
 from fastfree.free.kept import read_kept
-from fastfree.free.run import METRICS, learner_init
+from fastfree.free.run import learner_init, meta_val_log
 from fastfree.free.selection import BEST, for_shots, read_selected
 from fastfree.metatest.domains import metatest_data
 from fastfree.metatest.protocol import confidence_interval
@@ -77,10 +76,8 @@ def summarize(rows: list[dict], split: str, selected_iterations: dict[str, int],
 
 
 def _logged_evaluations(run_dir: Path) -> list[int]:
-    """The iterations whose meta-val evaluation metrics.jsonl records (a line's iteration is 0-based)."""
-    path = run_dir / METRICS
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return [m["iteration"] + 1 for m in map(json.loads, lines) if "val" in m]
+    """The iterations whose meta-val evaluation metrics.jsonl records."""
+    return [e["iteration"] for e in meta_val_log(run_dir)]
 
 
 def _selected_iterations(run_dir: Path, shots: tuple[int, ...]) -> dict[str, int]:

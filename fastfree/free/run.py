@@ -41,6 +41,16 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
+def meta_val_log(run_dir: Path) -> list[dict]:
+    """Every meta-val evaluation metrics.jsonl records, in order: {"iteration": N (1-based, as the
+    labels count), "val": {shots: {"mean", "ci95"}}}, the curve model selection read."""
+    path = run_dir / METRICS
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [{"iteration": m["iteration"] + 1,  # metrics.jsonl counts iterations from 0
+             "val": {s: {"mean": v[0], "ci95": v[1]} for s, v in m["val"].items()}}
+            for m in map(json.loads, lines) if "val" in m]
+
+
 def learner_init(learner: nn.Module) -> Initialization:
     """The meta-learner as a meta-test starting point (its BN already uses batch statistics).
 
@@ -196,11 +206,21 @@ def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig
         "data_recovery_setup_seconds": state.setup_seconds,
         "iterations": state.iteration,
         "warmup": ctx.cfg.warmup,
+        "meta_val": meta_val_log(ctx.run_dir),
     }
 
 
 def _cells(table: dict, shots: tuple[int, ...]) -> list[str]:
     return [f"{table[str(s)]['mean']:.2f} +- {table[str(s)]['ci95']:.2f}" if str(s) in table else "-" for s in shots]
+
+
+def _meta_val_lines(log: list[dict], shots: tuple[int, ...]) -> list[str]:
+    """The meta-val curve model selection read (a shot count it did not measure: "-")."""
+    if not log:
+        return []
+    lines = ["", "Meta-val (the selection above picked, per shot count, the best of these):", "",
+             "| iteration | " + " | ".join(f"{s}-shot" for s in shots) + " |", "|---|" + "---|" * len(shots)]
+    return lines + [f"| {e['iteration']} | " + " | ".join(_cells(e["val"], shots)) + " |" for e in log]
 
 
 def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], ways: int,
@@ -223,6 +243,7 @@ def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], wa
     if other:
         lines += ["", f"{', '.join(f'{s}-shot' for s in other)}: the meta-learner replayed {replay_shots}-shot tasks; "
                       f"the paper runs each shot setting on its own (`fastfree train --shots K`)."]
+    lines += _meta_val_lines(summary.get("meta_val") or [], shots)
     lines += [
         "",
         f"Data recovery (FIVE, synchronised, after {summary['warmup']} warm-up iterations): "

@@ -127,3 +127,21 @@ def test_table5_baseline_switches_run(tiny_dataset, tmp_path):
     ctx.cfg = no_replay
     train_free(ctx, resume=False)
     assert all("replay" not in json.loads(x) for x in (tmp_path / "g" / METRICS).read_text().splitlines())
+
+
+def test_meta_val_log_is_the_curve_the_selection_read(tiny_dataset, tmp_path):
+    from fastfree.free.run import meta_val_log, results_markdown
+    from fastfree.free.selection import BEST, read_selected
+
+    train_free(_ctx(tmp_path, tiny_dataset), resume=False)
+    log = meta_val_log(tmp_path)
+    assert [e["iteration"] for e in log] == [k.iteration for k in read_kept(tmp_path)] == [2, 4, 5]
+    for shots, pick in read_selected(tmp_path / BEST).items():
+        curve = {e["iteration"]: e["val"][str(shots)]["mean"] for e in log}
+        assert curve[pick.iteration] == pytest.approx(pick.val) and pick.val == pytest.approx(max(curve.values()))
+    summary = {"results": {}, "meta_val": log, "warmup": 1, "iterations": 5,
+               "data_recovery_seconds": 1.0, "data_recovery_gpu_hours": 1 / 3600}
+    table = results_markdown(summary, "cpu", (1, 5), 5)
+    first = log[0]["val"]["1"]
+    assert f"| 2 | {first['mean']:.2f} +- {first['ci95']:.2f} | - |" in table  # 5-shot: not measured
+    assert "Meta-val" not in results_markdown({**summary, "meta_val": []}, "cpu", (1,), 5)
