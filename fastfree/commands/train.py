@@ -8,7 +8,6 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
 from fastfree.commands.run_learner import write_input_space
 from fastfree.commands.run_pool import pool_in_run_dir

@@ -1,6 +1,5 @@
 """Multi-domain runs (Table 3): teachers of two image sizes and normalisations in one FREE run."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F
