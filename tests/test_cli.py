@@ -107,6 +107,25 @@ def test_train_end_to_end_and_resume(pool_dir, tmp_path):
     assert main(["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), "--resume", *TINY_FREE, *SMALL]) == 0
 
 
+def test_train_resume_lengthens_a_finished_run_and_keeps_its_old_results(pool_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train = ["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), *TINY_FREE, *SMALL]
+    assert main(train) == 0
+    first = json.loads((run_dir / "results.json").read_text())
+    assert main([*train, "--resume", "--iterations", "4"]) == 0  # the later --iterations wins
+    assert [json.loads(x)["iteration"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+    assert json.loads((run_dir / "results.json").read_text())["iterations"] == 4
+    assert json.loads((run_dir / "results-3it.json").read_text()) == first
+    assert (run_dir / "results-3it.md").is_file()
+    assert json.loads((run_dir / "config.json").read_text())["free"]["iterations"] == 4
+    capsys.readouterr()
+    assert main([*train, "--resume", "--iterations", "2"]) == 2
+    assert "has completed 4 iterations, more than --iterations 2; pass --iterations 4 or more" in capsys.readouterr().err
+    assert json.loads((run_dir / "config.json").read_text())["free"]["iterations"] == 4  # untouched by the refusal
+    assert main([*train, "--resume", "--iterations", "4", "--seed", "9"]) == 2  # any other flag still differs
+    assert "different configuration" in capsys.readouterr().err
+
+
 def test_train_refuses_contradictory_engine_flags(pool_dir, tmp_path, capsys):
     run = ["train", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "x"), *TINY_FREE, *SMALL]
     assert main([*run, "--engine", "reference", "--amp"]) == 2

@@ -14,7 +14,8 @@ from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
 from fastfree.errors import FastFreeError
 from fastfree.free.config import FreeConfig
-from fastfree.free.run import RunContext, final_results, results_markdown, train_free
+from fastfree.free.run import RunContext, completed_iterations, final_results, results_markdown, \
+    train_free
 from fastfree.metatest.initializations import random_init
 from fastfree.models import build_model
 from fastfree.pool.fit import check_pool_fits
@@ -64,6 +65,23 @@ def free_config(args, base: FreeConfig) -> FreeConfig:
     return replace(cfg, bell=replace(cfg.bell, **{k: v for k, v in bell.items() if v is not None}))
 
 
+def change_length(run_dir: Path, iterations: int) -> None:
+    """Before a run is resumed to another --iterations: refuse to cut iterations already done, and
+    keep the results of its old end (results.json / .md become results-<N>it.*) rather than
+    overwrite them."""
+    done = completed_iterations(run_dir)
+    if done > iterations:
+        raise FastFreeError(f"--resume: {run_dir} has completed {done} iterations, more than --iterations "
+                            f"{iterations}; pass --iterations {done} or more")
+    old = run_dir / "results.json"
+    if old.is_file():
+        ended = json.loads(old.read_text()).get("iterations", done)
+        for suffix in (".json", ".md"):
+            path = run_dir / f"results{suffix}"
+            if path.is_file():
+                path.replace(run_dir / f"results-{ended}it{suffix}")
+
+
 def run(args) -> dict:
     preset, device, dtype = setup(args)
     domains = domain_configs(args, preset)
@@ -92,10 +110,17 @@ def run(args) -> dict:
             free.setdefault("bell", {})["augment"] = False  # had none
         free.setdefault("generator_optimizer", "persistent")  # likewise, before the generator's optimiser was
         now = json.loads(json.dumps(resolved))
+        # --iterations may differ: resuming lengthens (or shortens, down to what is done) the run
+        lengthen = free.get("iterations") != cfg.iterations
+        if lengthen:
+            free["iterations"] = cfg.iterations
         if stored != now:
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
                                 f"started with ({config_path}: {settings_diff(stored, now)}); resume with the same "
                                 f"flags")
+        if lengthen:
+            change_length(run_dir, cfg.iterations)
+            write_json(config_path, resolved)
     run_dir.mkdir(parents=True, exist_ok=True)
     if domains:
         dataset = load_domains(domains, device)

@@ -41,6 +41,14 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
+def completed_iterations(run_dir: Path) -> int:
+    """How many iterations the run in run_dir has checkpointed (0 when it has no checkpoint)."""
+    ckpt = run_dir / CHECKPOINT
+    if not ckpt.is_file():
+        return 0
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["iteration"])
+
+
 def meta_val_log(run_dir: Path) -> list[dict]:
     """Every meta-val evaluation metrics.jsonl records, in order: {"iteration": N (1-based, as the
     labels count), "val": {shots: {"mean", "ci95"}}}, the curve model selection read."""
@@ -120,6 +128,9 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
         if not ckpt.is_file():
             raise FastFreeError(f"--resume: no {CHECKPOINT} in {run_dir}; start the run without --resume")
         state.load_state_dict(torch.load(ckpt, map_location=ctx.device, weights_only=True))
+        if state.iteration > cfg.iterations:  # a run is lengthened, never cut (its later learners exist)
+            raise FastFreeError(f"--resume: {run_dir} has completed {state.iteration} iterations, more than "
+                                f"--iterations {cfg.iterations}; pass --iterations {state.iteration} or more")
         if is_legacy(state.best):
             _upgrade_selection(ctx, state)
     elif ckpt.exists():

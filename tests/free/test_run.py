@@ -59,6 +59,28 @@ def test_resume_gives_the_same_final_parameters(tiny_dataset, tmp_path):
     assert all(torch.equal(x.learner[n], y.learner[n]) for x, y in zip(kept_a, kept_b) for n in x.learner)
 
 
+def test_a_finished_run_lengthened_on_resume_ends_where_the_longer_run_does(tiny_dataset, tmp_path):
+    """--resume with a larger --iterations: a 4-iteration run continued to 6 equals a 6-iteration run
+    (its old end, 4, was an evaluation point anyway); fewer iterations than are done is refused."""
+    from dataclasses import replace
+
+    def ctx(run_dir, iterations):
+        return replace(_ctx(run_dir, tiny_dataset), cfg=replace(CFG, iterations=iterations))
+
+    straight = train_free(ctx(tmp_path / "a", 6), resume=False)
+    (tmp_path / "b").mkdir()
+    assert train_free(ctx(tmp_path / "b", 4), resume=False).iteration == 4
+    longer = train_free(ctx(tmp_path / "b", 6), resume=True)
+    assert longer.iteration == 6 and longer.best == straight.best
+    a, b = _params(straight), _params(longer)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [k.iteration for k in read_kept(tmp_path / "b")] == [k.iteration for k in read_kept(tmp_path / "a")] \
+        == [2, 4, 6]
+    with pytest.raises(FastFreeError, match="has completed 6 iterations, more than --iterations 5; pass "
+                                            "--iterations 6 or more"):
+        train_free(ctx(tmp_path / "b", 5), resume=True)
+
+
 def test_a_fresh_start_drops_what_an_attempt_that_never_checkpointed_left(tiny_dataset, tmp_path):
     """Killed after its first evaluation but before any checkpoint (checkpoint_every 4 here): a new run
     in that directory must not report the old attempt's kept learners or meta-val picks as its own."""
