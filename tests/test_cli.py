@@ -114,7 +114,8 @@ def test_train_resume_lengthens_a_finished_run_and_keeps_its_old_results(pool_di
     first = json.loads((run_dir / "results.json").read_text())
     assert main([*train, "--resume", "--iterations", "4"]) == 0  # the later --iterations wins
     assert [json.loads(x)["iteration"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
-    assert json.loads((run_dir / "results.json").read_text())["iterations"] == 4
+    longer = json.loads((run_dir / "results.json").read_text())
+    assert longer["iterations"] == 4 and longer["started_at_iteration"] == 3 and first["started_at_iteration"] == 0
     assert json.loads((run_dir / "results-3it.json").read_text()) == first
     assert (run_dir / "results-3it.md").is_file()
     assert json.loads((run_dir / "config.json").read_text())["free"]["iterations"] == 4

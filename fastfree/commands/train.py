@@ -152,6 +152,7 @@ def run(args) -> dict:
         engine = FastEngine(teachers, options, device)  # a multi-domain pool: groups by (architecture, domain size)
     ctx = RunContext(run_dir, cfg, dataset, teachers, teacher_classes, replace(val_cfg, ways=ways),
                      device, engine, dtype)
+    started_at = completed_iterations(run_dir) if args.resume else 0  # train_seconds counts this call's only
     t0 = time.perf_counter()
     with progress_bar(total=cfg.iterations, desc="FREE", unit="it") as bar:
         def progress(m):
@@ -170,6 +171,7 @@ def run(args) -> dict:
                              cfg.replay.shots if cfg.replay_enabled else None)
     (run_dir / "results.md").write_text(f"# FREE results ({preset.name})\n\n" + table)
     payload = {"command": "train", "run_dir": str(run_dir), **summary, "train_seconds": train_s,
+               "started_at_iteration": started_at,
                "config": resolved, **meta}
     write_json(run_dir / "results.json", payload)
     write_json(args.json, payload)

@@ -1,0 +1,116 @@
+"""Two or more `fastfree train` runs side by side: what differs, meta-val curves, meta-test, time.
+
+Not a test: it reports. An ablation (BELL's rule, the shot protocol, a pool) is a pair of run
+directories that differ in a few flags; this reads what each run wrote (config.json,
+metrics.jsonl, results.json) and puts the answer in one table and one JSON, so a comparison is
+assembled the same way every time instead of by hand:
+
+    python -m fastfree.profiling.compare_runs runs/a runs/b --what "the question" --json out.json
+
+Meta-val is the curve model selection read (never meta-test). Times: `iteration_seconds` sums
+metrics.jsonl's per-iteration wall time over every call of the run (a resumed or lengthened run
+included; meta-val evaluations excluded), `train_seconds` is the last call's wall time only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fastfree.commands.common import write_json
+from fastfree.errors import FastFreeError
+from fastfree.free.run import METRICS, meta_val_log
+from fastfree.settings_diff import settings_diff
+
+
+def read_run(run_dir: Path) -> dict:
+    """What one run directory says about itself (results only once its meta-test has run)."""
+    config = run_dir / "config.json"
+    if not config.is_file():
+        raise FastFreeError(f"{run_dir}: no config.json, not a `fastfree train` run directory")
+    metrics = run_dir / METRICS
+    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.is_file() else []
+    results = run_dir / "results.json"
+    done = json.loads(results.read_text()) if results.is_file() else {}
+    return {
+        "run_dir": str(run_dir),
+        "config": json.loads(config.read_text()),
+        "iterations_done": len(lines),
+        "iteration_seconds": sum(m.get("iteration_s", 0.0) for m in lines),
+        "meta_val": meta_val_log(run_dir),
+        "results": done.get("results"),
+        **{k: done[k] for k in ("train_seconds", "data_recovery_seconds", "device_name", "date") if k in done},
+        "earlier_ends": sorted(p.name for p in run_dir.glob("results-*it.json")),
+    }
+
+
+def differences(runs: list[dict]) -> list[str]:
+    """For every run after the first: its settings that differ from the first run's, in words."""
+    first = runs[0]["config"]
+    return [settings_diff(first, r["config"]) if r["config"] != first else "the same configuration"
+            for r in runs[1:]]
+
+
+def meta_val_table(names: list[str], runs: list[dict], shots: list[str]) -> list[str]:
+    """Rows: the iterations any run evaluated; columns: run x shot count ("-": not evaluated there)."""
+    curves = [{e["iteration"]: e["val"] for e in r["meta_val"]} for r in runs]
+    iterations = sorted({i for c in curves for i in c})
+    head = "| iteration | " + " | ".join(f"{n} {s}-shot" for n in names for s in shots) + " |"
+    rows = [head, "|---|" + "---|" * (len(names) * len(shots))]
+    for i in iterations:
+        cells = [f"{c[i][s]['mean']:.2f}" if i in c and s in c[i] else "-" for c in curves for s in shots]
+        rows.append(f"| {i} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def meta_test_table(names: list[str], runs: list[dict], shots: list[str]) -> list[str]:
+    rows = ["| run | method | " + " | ".join(f"{s}-shot" for s in shots) + " |", "|---|---|" + "---|" * len(shots)]
+    for name, r in zip(names, runs):
+        for method, table in (r["results"] or {}).items():
+            cells = [f"{table[s]['mean']:.2f} +- {table[s]['ci95']:.2f}" if s in table else "-" for s in shots]
+            rows.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def compare(run_dirs: list[Path], names: list[str] | None = None) -> tuple[dict, str]:
+    """The comparison as JSON and as markdown."""
+    if len(run_dirs) < 2:
+        raise FastFreeError("compare at least two run directories")
+    names = names or [p.name for p in run_dirs]
+    if len(names) != len(run_dirs):
+        raise FastFreeError(f"{len(names)} --name for {len(run_dirs)} runs: give one per run, or none")
+    runs = [read_run(p) for p in run_dirs]
+    shots = sorted({s for r in runs for e in r["meta_val"] for s in e["val"]}
+                   | {s for r in runs for t in (r["results"] or {}).values() for s in t if s.isdigit()}, key=int)
+    diff = differences(runs)
+    md = [f"- {n}: {d}" for n, d in zip(names[1:], diff)]
+    md += ["", "Meta-val (model selection reads these):", "", *meta_val_table(names, runs, shots)]
+    if any(r["results"] for r in runs):
+        md += ["", "Meta-test:", "", *meta_test_table(names, runs, shots)]
+    md += ["", "| run | iterations | iteration seconds (all calls) | data recovery s |", "|---|---|---|---|"]
+    md += [f"| {n} | {r['iterations_done']} | {r['iteration_seconds']:.0f} | "
+           + (f"{r['data_recovery_seconds']:.0f} |" if "data_recovery_seconds" in r else "- |")
+           for n, r in zip(names, runs)]
+    payload = {"runs": dict(zip(names, runs)), "differences_from_first": dict(zip(names[1:], diff))}
+    return payload, "\n".join(md) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="`fastfree train` run directories (the first is the baseline)")
+    ap.add_argument("--name", action="append", help="a name per run, in order (default: the folders' names)")
+    ap.add_argument("--what", default="", help="the question the comparison answers (recorded in the JSON)")
+    ap.add_argument("--json", help="write the comparison here")
+    args = ap.parse_args(argv)
+    try:
+        payload, md = compare(args.runs, args.name)
+    except FastFreeError as e:
+        ap.exit(2, f"compare_runs: error: {e}\n")
+    print(md, end="")
+    write_json(args.json, {"what": args.what, **payload})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""compare_runs reads run directories as `fastfree train` writes them and lines them up."""
+
+import json
+
+import pytest
+
+from fastfree.profiling.compare_runs import compare, main
+
+
+def _run(path, outer, curve, results=None, seconds=(10.0, 12.0, 14.0)):
+    """A run directory: config.json, metrics.jsonl (0-based iterations, "val" on evaluations), results.json."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"free": {"iterations": 3, "bell": {"outer": outer}}, "seed": 0}))
+    lines = [{"iteration": i, "iteration_s": s, **({"val": curve[i + 1]} if i + 1 in curve else {})}
+             for i, s in enumerate(seconds)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    if results is not None:
+        (path / "results.json").write_text(json.dumps({"results": results, "data_recovery_seconds": 7.5,
+                                                       "train_seconds": 40.0}))
+    return path
+
+
+def test_two_runs_side_by_side(tmp_path):
+    a = _run(tmp_path / "paper", "interpolate", {2: {"1": [30.0, 1.0], "5": [40.0, 1.0]},
+                                                 3: {"1": [31.5, 1.0], "5": [41.0, 1.0]}},
+             {"FREE (last)": {"1": {"mean": 35.0, "ci95": 0.8, "tasks": 600}}})
+    b = _run(tmp_path / "code", "adam", {3: {"1": [29.25, 1.0], "5": [42.0, 1.0]}})  # no meta-test yet
+    payload, md = compare([a, b])
+    assert payload["differences_from_first"] == {"code": "free.bell.outer: 'interpolate' there, 'adam' now"}
+    runs = payload["runs"]
+    assert runs["paper"]["iteration_seconds"] == 36.0 and runs["paper"]["iterations_done"] == 3
+    assert [e["iteration"] for e in runs["paper"]["meta_val"]] == [2, 3]  # 1-based, as the labels count
+    assert runs["code"]["results"] is None and "data_recovery_seconds" not in runs["code"]
+    assert "| 2 | 30.00 | 40.00 | - | - |" in md  # the other run did not evaluate at 2
+    assert "| 3 | 31.50 | 41.00 | 29.25 | 42.00 |" in md
+    assert "| paper | FREE (last) | 35.00 +- 0.80 | - |" in md
+    assert "| code | 3 | 36 | - |" in md and "| paper | 3 | 36 | 8 |" in md
+
+
+def test_the_command_writes_json_and_refuses_what_is_not_a_run(tmp_path, capsys):
+    a = _run(tmp_path / "a", "interpolate", {3: {"1": [30.0, 1.0]}})
+    b = _run(tmp_path / "b", "interpolate", {3: {"1": [30.0, 1.0]}})
+    out = tmp_path / "c.json"
+    assert main([str(a), str(b), "--name", "x", "--name", "y", "--what", "same", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["what"] == "same" and got["differences_from_first"] == {"y": "the same configuration"}
+    with pytest.raises(SystemExit) as e:
+        main([str(a), str(tmp_path)])
+    assert e.value.code == 2 and "no config.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(a), str(b), "--name", "x"])
+    assert "1 --name for 2 runs" in capsys.readouterr().err
