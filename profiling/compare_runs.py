@@ -7,7 +7,9 @@ assembled the same way every time instead of by hand:
 
     python -m fastfree.profiling.compare_runs runs/a runs/b --what "the question" --json out.json
 
-Meta-val is the curve model selection read (never meta-test). Times: `iteration_seconds` sums
+Meta-val is the curve model selection read (never meta-test). Where both runs stored each
+meta-test task's accuracy (results_per_task.json) on the same tasks, the FREE learners are also
+compared task by task: a paired difference with its own interval. Times: `iteration_seconds` sums
 metrics.jsonl's per-iteration wall time over every call of the run (a resumed or lengthened run
 included; meta-val evaluations excluded), `train_seconds` is the last call's wall time only.
 """
@@ -18,9 +20,13 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from fastfree.commands.common import write_json
+from fastfree.commands.train import PER_TASK
 from fastfree.errors import FastFreeError
 from fastfree.free.run import METRICS, meta_val_log
+from fastfree.metatest.protocol import confidence_interval
 from fastfree.settings_diff import settings_diff
 
 
@@ -31,7 +37,7 @@ def read_run(run_dir: Path) -> dict:
         raise FastFreeError(f"{run_dir}: no config.json, not a `fastfree train` run directory")
     metrics = run_dir / METRICS
     lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.is_file() else []
-    results = run_dir / "results.json"
+    results, per_task = run_dir / "results.json", run_dir / PER_TASK
     done = json.loads(results.read_text()) if results.is_file() else {}
     return {
         "run_dir": str(run_dir),
@@ -40,6 +46,7 @@ def read_run(run_dir: Path) -> dict:
         "iteration_seconds": sum(m.get("iteration_s", 0.0) for m in lines),
         "meta_val": meta_val_log(run_dir),
         "results": done.get("results"),
+        "per_task": json.loads(per_task.read_text()) if done and per_task.is_file() else None,
         **{k: done[k] for k in ("train_seconds", "data_recovery_seconds", "device_name", "date") if k in done},
         "earlier_ends": sorted(p.name for p in run_dir.glob("results-*it.json")),
     }
@@ -50,6 +57,30 @@ def differences(runs: list[dict]) -> list[str]:
     first = runs[0]["config"]
     return [settings_diff(first, r["config"]) if r["config"] != first else "the same configuration"
             for r in runs[1:]]
+
+
+def _method(per_task: dict, prefix: str) -> dict | None:
+    """The method whose name starts with prefix ("FREE (selected" names its pick's iteration)."""
+    return next((v for k, v in per_task.items() if k.startswith(prefix)), None)
+
+
+def paired_differences(base: dict, other: dict) -> dict | None:
+    """Each FREE learner of `other` minus `base`'s, task by task: {method: {shots: {mean, ci95,
+    tasks}}} in points. The meta-test draws the same tasks in every run of a data set and seed, so
+    the difference's interval is much narrower than the two runs' own ones side by side. Paired only
+    when Random, the same seeded start in both, scored exactly alike on every task (the proof the
+    tasks are the same); None otherwise."""
+    if base.get("Random") != other.get("Random") or not base.get("Random"):
+        return None
+    out = {}
+    for prefix in ("FREE (selected", "FREE (last)"):
+        a, b = _method(base, prefix), _method(other, prefix)
+        if a is None or b is None:
+            continue
+        out[prefix + (")" if prefix.endswith("selected") else "")] = {
+            s: dict(zip(("mean", "ci95"), confidence_interval(np.asarray(b[s]) - np.asarray(a[s]))), tasks=len(a[s]))
+            for s in sorted(set(a) & set(b), key=int) if len(a[s]) == len(b[s])}
+    return out
 
 
 def meta_val_table(names: list[str], runs: list[dict], shots: list[str]) -> list[str]:
@@ -88,11 +119,23 @@ def compare(run_dirs: list[Path], names: list[str] | None = None) -> tuple[dict,
     md += ["", "Meta-val (model selection reads these):", "", *meta_val_table(names, runs, shots)]
     if any(r["results"] for r in runs):
         md += ["", "Meta-test:", "", *meta_test_table(names, runs, shots)]
+    paired = {}
+    for name, r in zip(names[1:], runs[1:]):
+        if runs[0]["per_task"] and r["per_task"]:
+            paired[name] = paired_differences(runs[0]["per_task"], r["per_task"])
+    for name, diff_table in paired.items():
+        if diff_table is None:
+            md += ["", f"{name} - {names[0]}: not paired (Random scored differently: not the same meta-test tasks)"]
+            continue
+        md += ["", f"{name} - {names[0]}, task by task on the same meta-test tasks (points, 95% interval):", ""]
+        md += [f"- {m}: " + ", ".join(f"{s}-shot {v['mean']:+.2f} +- {v['ci95']:.2f}" for s, v in t.items())
+               for m, t in diff_table.items()]
     md += ["", "| run | iterations | iteration seconds (all calls) | data recovery s |", "|---|---|---|---|"]
     md += [f"| {n} | {r['iterations_done']} | {r['iteration_seconds']:.0f} | "
            + (f"{r['data_recovery_seconds']:.0f} |" if "data_recovery_seconds" in r else "- |")
            for n, r in zip(names, runs)]
-    payload = {"runs": dict(zip(names, runs)), "differences_from_first": dict(zip(names[1:], diff))}
+    payload = {"runs": dict(zip(names, runs)), "differences_from_first": dict(zip(names[1:], diff)),
+               "paired_minus_first": paired}
     return payload, "\n".join(md) + "\n"
 
 

@@ -117,7 +117,9 @@ def test_train_resume_lengthens_a_finished_run_and_keeps_its_old_results(pool_di
     longer = json.loads((run_dir / "results.json").read_text())
     assert longer["iterations"] == 4 and longer["started_at_iteration"] == 3 and first["started_at_iteration"] == 0
     assert json.loads((run_dir / "results-3it.json").read_text()) == first
-    assert (run_dir / "results-3it.md").is_file()
+    assert (run_dir / "results-3it.md").is_file() and (run_dir / "results_per_task-3it.json").is_file()
+    per_task = json.loads((run_dir / "results_per_task.json").read_text())  # each meta-test task's accuracy
+    assert set(per_task) == set(longer["results"]) and len(per_task["Random"]["1"]) == 3
     assert json.loads((run_dir / "config.json").read_text())["free"]["iterations"] == 4
     capsys.readouterr()
     assert main([*train, "--resume", "--iterations", "2"]) == 2

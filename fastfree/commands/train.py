@@ -65,10 +65,13 @@ def free_config(args, base: FreeConfig) -> FreeConfig:
     return replace(cfg, bell=replace(cfg.bell, **{k: v for k, v in bell.items() if v is not None}))
 
 
+PER_TASK = "results_per_task.json"  # {method: {shots: [each meta-test task's accuracy]}}
+
+
 def change_length(run_dir: Path, iterations: int) -> None:
     """Before a run is resumed to another --iterations: refuse to cut iterations already done, and
-    keep the results of its old end (results.json / .md become results-<N>it.*) rather than
-    overwrite them."""
+    keep the results of its old end rather than overwrite them (results.json, results.md and
+    results_per_task.json become results-<N>it.json, ...)."""
     done = completed_iterations(run_dir)
     if done > iterations:
         raise FastFreeError(f"--resume: {run_dir} has completed {done} iterations, more than --iterations "
@@ -76,10 +79,10 @@ def change_length(run_dir: Path, iterations: int) -> None:
     old = run_dir / "results.json"
     if old.is_file():
         ended = json.loads(old.read_text()).get("iterations", done)
-        for suffix in (".json", ".md"):
-            path = run_dir / f"results{suffix}"
+        for name in ("results.json", "results.md", PER_TASK):
+            path = run_dir / name
             if path.is_file():
-                path.replace(run_dir / f"results-{ended}it{suffix}")
+                path.replace(run_dir / f"{path.stem}-{ended}it{path.suffix}")
 
 
 def run(args) -> dict:
@@ -166,6 +169,7 @@ def run(args) -> dict:
     print(f"meta-test: FREE (selected on meta-val and last) and Random on the same {test_cfg.tasks} tasks "
           f"x {len(test_cfg.shots)} shot counts ...", flush=True)
     summary = final_results(ctx, state, test_cfg, lambda: random_init(builder, test_cfg.seed))
+    write_json(run_dir / PER_TASK, summary.pop("per_task"))  # thousands of numbers: beside results.json
     meta = run_metadata(device)
     table = results_markdown(summary, meta["device_name"], test_cfg.shots, ways,
                              cfg.replay.shots if cfg.replay_enabled else None)

@@ -204,9 +204,11 @@ def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig
         inits = {selected_label(selected): (selected_inits(state.learner, selected, shots),
                                             replace(test_config, shots=shots)), **inits}
     inits["Random"] = (random_init_fn(), test_config)
+    per_task = {}
     for name, (init, config) in inits.items():
         results, per_domain = metatest_data(init, ctx.dataset, "test", config)
         entries[name] = _shot_table(results)
+        per_task[name] = {str(r.shots): r.accuracies for r in results}
         if per_domain is not None:
             entries[name]["domains"] = {d: _shot_table(rs) for d, rs in per_domain.items()}
     return {
@@ -218,6 +220,9 @@ def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig
         "iterations": state.iteration,
         "warmup": ctx.cfg.warmup,
         "meta_val": meta_val_log(ctx.run_dir),
+        # each task's accuracy, in the tasks' order (the same tasks for every method): paired
+        # comparisons between methods or runs (profiling/compare_runs.py); the caller stores it apart
+        "per_task": per_task,
     }
 
 

@@ -80,6 +80,11 @@ def test_two_domain_run_trains_checkpoints_and_resumes(tiny_dataset, small_datas
         # meta-val measured 1 shot only (the context's val config): no 5-shot pick to report
         assert all(per.get("5", {"tasks": 2})["tasks"] == 2 for per in res["domains"].values())
         assert ("5" in res) == (not name.startswith("FREE (selected")), name
+        # each task's accuracy, for paired comparisons: the same tasks, so the same count, and their mean
+        per_task = summary["per_task"][name]
+        assert set(per_task) == set(res) - {"domains"}
+        assert all(len(per_task[s]) == res[s]["tasks"] for s in per_task)
+        assert all(sum(per_task[s]) / len(per_task[s]) == pytest.approx(res[s]["mean"]) for s in per_task)
     table = results_markdown(summary, "cpu", (1, 5), 5)
     assert "| Random | small |" in table and " | - |" in table and "replayed" not in table
     # a run that replayed 1-shot tasks says so under its 5-shot column (the paper runs each setting alone)

@@ -7,7 +7,7 @@ import pytest
 from fastfree.profiling.compare_runs import compare, main
 
 
-def _run(path, outer, curve, results=None, seconds=(10.0, 12.0, 14.0)):
+def _run(path, outer, curve, results=None, seconds=(10.0, 12.0, 14.0), per_task=None):
     """A run directory: config.json, metrics.jsonl (0-based iterations, "val" on evaluations), results.json."""
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"free": {"iterations": 3, "bell": {"outer": outer}}, "seed": 0}))
@@ -17,6 +17,8 @@ def _run(path, outer, curve, results=None, seconds=(10.0, 12.0, 14.0)):
     if results is not None:
         (path / "results.json").write_text(json.dumps({"results": results, "data_recovery_seconds": 7.5,
                                                        "train_seconds": 40.0}))
+    if per_task is not None:
+        (path / "results_per_task.json").write_text(json.dumps(per_task))
     return path
 
 
@@ -50,3 +52,25 @@ def test_the_command_writes_json_and_refuses_what_is_not_a_run(tmp_path, capsys)
     with pytest.raises(SystemExit):
         main([str(a), str(b), "--name", "x"])
     assert "1 --name for 2 runs" in capsys.readouterr().err
+
+
+def test_free_learners_are_compared_task_by_task_on_the_same_tasks(tmp_path):
+    random = {"1": [20.0, 40.0, 30.0, 10.0]}
+    base = {"FREE (selected on meta-val, iteration 2)": {"1": [40.0, 50.0, 30.0, 20.0]},
+            "FREE (last)": {"1": [40.0, 50.0, 30.0, 20.0]}, "Random": random}
+    other = {"FREE (selected on meta-val, iteration 3)": {"1": [50.0, 50.0, 40.0, 30.0]},  # +10, 0, +10, +10
+             "FREE (last)": {"1": [40.0, 50.0, 30.0, 20.0]}, "Random": random}
+    table = {k: {"1": {"mean": 1.0, "ci95": 1.0, "tasks": 4}} for k in base}
+    a = _run(tmp_path / "a", "interpolate", {3: {"1": [30.0, 1.0]}}, table, per_task=base)
+    b = _run(tmp_path / "b", "adam", {3: {"1": [30.0, 1.0]}}, table, per_task=other)
+    payload, md = compare([a, b])
+    got = payload["paired_minus_first"]["b"]
+    assert got["FREE (selected)"]["1"]["mean"] == 7.5 and got["FREE (selected)"]["1"]["tasks"] == 4
+    assert got["FREE (selected)"]["1"]["ci95"] == pytest.approx(1.96 * 4.330127 / 2)  # population std of 10,0,10,10
+    assert got["FREE (last)"]["1"] == {"mean": 0.0, "ci95": 0.0, "tasks": 4}
+    assert "- FREE (selected): 1-shot +7.50 +- 4.24" in md
+    # another set of tasks (Random scored differently): no pairing, and it says why
+    c = _run(tmp_path / "c", "adam", {3: {"1": [30.0, 1.0]}}, table,
+             per_task={**other, "Random": {"1": [20.0, 40.0, 30.0, 20.0]}})
+    payload, md = compare([a, c])
+    assert payload["paired_minus_first"] == {"c": None} and "not paired (Random scored differently" in md
