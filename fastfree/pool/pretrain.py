@@ -104,6 +104,8 @@ class PretrainConfig:
         d["conv4_milestones"] = list(self.milestones_for("conv4")) if "conv4" in self.archs else []
         d["resnet_milestones"] = list(self.milestones_for("resnet")) \
             if any(a.startswith("resnet") for a in self.archs) else []
+        if not d["conv4_milestones"] and not d["resnet_milestones"]:
+            d["lr_gamma"] = None  # no milestone takes effect: the factor never acts
         return d
 
     def optimizer_for(self, arch: str) -> OptimizerSpec:

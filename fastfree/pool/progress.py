@@ -54,6 +54,8 @@ def _with_legacy(stored: dict, want: dict) -> dict:
     for k, v in LEGACY_PRETRAIN.items():
         if k not in out:
             out[k] = want.get(k) if v is None else v
+    if not out["conv4_milestones"] and not out["resnet_milestones"]:
+        out["lr_gamma"] = None  # recorded before it was dropped where no milestone acts (PretrainConfig.to_dict)
     return out
 
 

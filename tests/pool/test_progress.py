@@ -257,3 +257,25 @@ def test_lr_milestones_set_the_schedule_and_none_grows_a_pool_from_before_it(tmp
 
     assert _pretrain(tmp_path / "x", 2, "--lr-milestones", "none", "1") == 2
     assert "epochs or 'none' alone" in capsys.readouterr().err
+
+
+def test_lr_gamma_counts_only_where_a_milestone_acts(tmp_path, capsys):
+    """A 2-epoch Conv4 pool has no milestone within its epochs: its gamma never acts, so it is not
+    recorded and growing with another --lr-gamma gives the pool trained in one go; where a milestone
+    acts, another gamma is refused. A manifest written when gamma was always recorded still grows."""
+    from fastfree.pool.store import save_pool
+
+    assert _pretrain(tmp_path / "three", 3) == 0
+    assert _pretrain(tmp_path / "grown", 2) == 0
+    assert load_pool(tmp_path / "grown").manifest["pretrain"]["lr_gamma"] is None
+    pool = load_pool(tmp_path / "grown")  # as the version before this rule wrote it
+    save_pool(tmp_path / "grown", pool.records, pool.state_dicts, pool.dataset, pool.normalization,
+              {**pool.manifest["pretrain"], "lr_gamma": 0.2}, pool.manifest["provenance"])
+    assert _pretrain(tmp_path / "grown", 3, "--resume", "--lr-gamma", "0.5") == 0
+    a, b = _weights(tmp_path / "three"), _weights(tmp_path / "grown")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert _pretrain(tmp_path / "decayed", 2, "--lr-milestones", "1") == 0
+    capsys.readouterr()
+    assert _pretrain(tmp_path / "decayed", 3, "--resume", "--lr-milestones", "1", "--lr-gamma", "0.5") == 2
+    assert "lr_gamma: 0.2 there, 0.5 now" in capsys.readouterr().err
