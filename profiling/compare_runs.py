@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,10 @@ def read_run(run_dir: Path) -> dict:
         "results": done.get("results"),
         "per_task": json.loads(per_task.read_text()) if done and per_task.is_file() else None,
         **{k: done[k] for k in ("train_seconds", "data_recovery_seconds", "device_name", "date") if k in done},
-        "earlier_ends": sorted(p.name for p in run_dir.glob("results-*it.json")),
+        # a lengthened run's meta-test at its earlier ends (fastfree train --resume --iterations N)
+        "earlier_ends": {int(m.group(1)): json.loads(p.read_text()).get("results")
+                         for p in sorted(run_dir.glob("results-*it.json"))
+                         if (m := re.fullmatch(r"results-(\d+)it\.json", p.name))},
     }
 
 
@@ -98,9 +102,11 @@ def meta_val_table(names: list[str], runs: list[dict], shots: list[str]) -> list
 def meta_test_table(names: list[str], runs: list[dict], shots: list[str]) -> list[str]:
     rows = ["| run | method | " + " | ".join(f"{s}-shot" for s in shots) + " |", "|---|---|" + "---|" * len(shots)]
     for name, r in zip(names, runs):
-        for method, table in (r["results"] or {}).items():
+        rows_of_run = [(f"at {n} iterations: {m}", t) for n, res in sorted(r["earlier_ends"].items())
+                       for m, t in (res or {}).items()]
+        for label, table in rows_of_run + list((r["results"] or {}).items()):
             cells = [f"{table[s]['mean']:.2f} +- {table[s]['ci95']:.2f}" if s in table else "-" for s in shots]
-            rows.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
+            rows.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -117,7 +123,7 @@ def compare(run_dirs: list[Path], names: list[str] | None = None) -> tuple[dict,
     diff = differences(runs)
     md = [f"- {n}: {d}" for n, d in zip(names[1:], diff)]
     md += ["", "Meta-val (model selection reads these):", "", *meta_val_table(names, runs, shots)]
-    if any(r["results"] for r in runs):
+    if any(r["results"] or r["earlier_ends"] for r in runs):
         md += ["", "Meta-test:", "", *meta_test_table(names, runs, shots)]
     paired = {}
     for name, r in zip(names[1:], runs[1:]):

@@ -37,6 +37,11 @@ def test_two_runs_side_by_side(tmp_path):
     assert "| 3 | 31.50 | 41.00 | 29.25 | 42.00 |" in md
     assert "| paper | FREE (last) | 35.00 +- 0.80 | - |" in md
     assert "| code | 3 | 36 | - |" in md and "| paper | 3 | 36 | 8 |" in md
+    # a lengthened run: its meta-test at the earlier end (results-<N>it.json) is read too
+    (b / "results-2it.json").write_text(json.dumps({"results": {"Random": {"5": {"mean": 20.0, "ci95": 0.5}}}}))
+    payload, md = compare([a, b])
+    assert payload["runs"]["code"]["earlier_ends"] == {2: {"Random": {"5": {"mean": 20.0, "ci95": 0.5}}}}
+    assert "| code | at 2 iterations: Random | - | 20.00 +- 0.50 |" in md
 
 
 def test_the_command_writes_json_and_refuses_what_is_not_a_run(tmp_path, capsys):
