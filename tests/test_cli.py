@@ -141,6 +141,9 @@ def test_train_refuses_contradictory_engine_flags(pool_dir, tmp_path, capsys):
     assert "contradict" in capsys.readouterr().err
     assert main(["train", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "y"), "--resume", *TINY_FREE, *SMALL]) == 2
     assert "no checkpoint.pt" in capsys.readouterr().err
+    # refused at once: not after pretraining the pool a run without --pool would train first
+    assert main(["train", "--run-dir", str(tmp_path / "z"), "--resume", *TINY_FREE, *SMALL]) == 2
+    assert "no checkpoint.pt" in capsys.readouterr().err and not (tmp_path / "z").exists()
 
 
 def test_train_amp_runs_and_records_the_engine(pool_dir, tmp_path):

@@ -14,7 +14,7 @@ from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
 from fastfree.errors import FastFreeError
 from fastfree.free.config import FreeConfig
-from fastfree.free.run import RunContext, completed_iterations, final_results, results_markdown, \
+from fastfree.free.run import CHECKPOINT, RunContext, completed_iterations, final_results, results_markdown, \
     train_free
 from fastfree.metatest.initializations import random_init
 from fastfree.models import build_model
@@ -90,6 +90,8 @@ def run(args) -> dict:
     domains = domain_configs(args, preset)
     cfg = free_config(args, preset.free)
     run_dir = Path(args.run_dir or f"runs/{preset.name}")
+    if args.resume and not (run_dir / CHECKPOINT).is_file():  # before any data is read or a pool pretrained
+        raise FastFreeError(f"--resume: no {CHECKPOINT} in {run_dir}; start the run without --resume")
     options, engine_settings = engine_options(args, device)
     if domains:
         resolved = {"preset": preset.name, "domains": [c.__dict__ for c in domains], "free": cfg.to_dict(),
