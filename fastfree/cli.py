@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--iterations", type=_positive, help="outer iterations of Algorithm 3")
     t.add_argument("--warmup", type=int, help="warm-up iterations (generator only)")
     t.add_argument("--teachers-per-iteration", type=_positive, help="b: teachers sampled per iteration")
-    t.add_argument("--k", type=int, help="FIVE inner steps (5: FREE_5, 2: FREE_2)")
+    t.add_argument("--k", type=int, help="FIVE inner steps (5: FREE_5, 2: FREE_2; 0: no per-teacher adaptation, the "
+                                         "meta-generator's own images)")
     t.add_argument("--seed", type=int)
     t.add_argument("--eval-every", type=_positive, help="meta-val evaluation interval (model selection)")
     t.add_argument("--val-tasks", type=_positive)

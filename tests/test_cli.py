@@ -144,6 +144,9 @@ def test_train_refuses_contradictory_engine_flags(pool_dir, tmp_path, capsys):
     # refused at once: not after pretraining the pool a run without --pool would train first
     assert main(["train", "--run-dir", str(tmp_path / "z"), "--resume", *TINY_FREE, *SMALL]) == 2
     assert "no checkpoint.pt" in capsys.readouterr().err and not (tmp_path / "z").exists()
+    # a run that cannot start (here: no such pool) leaves no run directory behind
+    assert main(["train", "--pool", str(tmp_path / "none"), "--run-dir", str(tmp_path / "w"), *TINY_FREE, *SMALL]) == 2
+    assert "no such directory" in capsys.readouterr().err and not (tmp_path / "w").exists()
 
 
 def test_train_amp_runs_and_records_the_engine(pool_dir, tmp_path):

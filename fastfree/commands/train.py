@@ -126,7 +126,6 @@ def run(args) -> dict:
         if lengthen:
             change_length(run_dir, cfg.iterations)
             write_json(config_path, resolved)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if domains:
         dataset = load_domains(domains, device)
         pools = domain_pools(args, preset, dataset, run_dir, dtype)
@@ -143,6 +142,7 @@ def run(args) -> dict:
         teachers = [m.to(dtype).requires_grad_(False) for m in pool.models(device)]
         teacher_classes = [r.classes for r in pool.records]
         ways = pool.records[0].num_classes
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or a pool that does not fit leave nothing
     if not args.resume or not config_path.is_file():
         write_json(config_path, resolved)
     write_input_space(run_dir, dataset)  # what `fastfree adapt` needs without the data
