@@ -112,7 +112,9 @@ def test_train_resume_lengthens_a_finished_run_and_keeps_its_old_results(pool_di
     train = ["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), *TINY_FREE, *SMALL]
     assert main(train) == 0
     first = json.loads((run_dir / "results.json").read_text())
+    capsys.readouterr()
     assert main([*train, "--resume", "--iterations", "4"]) == 0  # the later --iterations wins
+    assert "FREE:  75%" in capsys.readouterr().err  # the bar starts at the 3 iterations done, not at 0
     assert [json.loads(x)["iteration"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
     longer = json.loads((run_dir / "results.json").read_text())
     assert longer["iterations"] == 4 and longer["started_at_iteration"] == 3 and first["started_at_iteration"] == 0

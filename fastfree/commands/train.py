@@ -159,7 +159,8 @@ def run(args) -> dict:
                      device, engine, dtype)
     started_at = completed_iterations(run_dir) if args.resume else 0  # train_seconds counts this call's only
     t0 = time.perf_counter()
-    with progress_bar(total=cfg.iterations, desc="FREE", unit="it") as bar:
+    # initial: a resumed run's rate and time left count this call's iterations only
+    with progress_bar(total=cfg.iterations, initial=started_at, desc="FREE", unit="it") as bar:
         def progress(m):
             bar.update(m["iteration"] + 1 - bar.n)  # absolute: a resumed run starts where it stopped
             if "val" in m:
