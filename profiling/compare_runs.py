@@ -31,36 +31,59 @@ from fastfree.metatest.protocol import confidence_interval
 from fastfree.settings_diff import settings_diff
 
 
-def read_run(run_dir: Path) -> dict:
-    """What one run directory says about itself (results only once its meta-test has run)."""
+def _ends(run_dir: Path) -> dict[int, tuple[Path, Path]]:
+    """{iterations: (results file, per-task file)} of every meta-test the run holds: results.json at
+    its last end, results-<N>it.json where `fastfree train --resume --iterations` lengthened it."""
+    ends = {}
+    for path in run_dir.glob("results-*it.json"):
+        if m := re.fullmatch(r"results-(\d+)it\.json", path.name):
+            ends[int(m.group(1))] = (path, run_dir / f"{Path(PER_TASK).stem}-{m.group(1)}it.json")
+    last = run_dir / "results.json"
+    if last.is_file():
+        ends[int(json.loads(last.read_text())["iterations"])] = (last, run_dir / PER_TASK)
+    return dict(sorted(ends.items()))
+
+
+def read_run(run_dir: Path, at: int | None = None) -> dict:
+    """What one run directory says about itself: its meta-test at `at` iterations (default: its
+    last), and its meta-val curve and iteration time up to there."""
     config = run_dir / "config.json"
     if not config.is_file():
         raise FastFreeError(f"{run_dir}: no config.json, not a `fastfree train` run directory")
     metrics = run_dir / METRICS
     lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.is_file() else []
-    results, per_task = run_dir / "results.json", run_dir / PER_TASK
-    done = json.loads(results.read_text()) if results.is_file() else {}
+    ends = _ends(run_dir)
+    if at is not None and at not in ends:
+        raise FastFreeError(f"{run_dir}: no meta-test at {at} iterations (it has: "
+                            f"{', '.join(map(str, ends)) or 'none yet'}); pass one of those to --at")
+    chosen = at if at is not None else (max(ends) if ends else None)
+    done = json.loads(ends[chosen][0].read_text()) if chosen is not None else {}
+    per_task = ends[chosen][1] if chosen is not None else None
+    upto = at if at is not None else len(lines)
     return {
         "run_dir": str(run_dir),
         "config": json.loads(config.read_text()),
-        "iterations_done": len(lines),
-        "iteration_seconds": sum(m.get("iteration_s", 0.0) for m in lines),
-        "meta_val": meta_val_log(run_dir),
+        "iterations_done": min(len(lines), upto),
+        "iteration_seconds": sum(m.get("iteration_s", 0.0) for m in lines if m["iteration"] < upto),
+        "meta_val": [e for e in meta_val_log(run_dir) if e["iteration"] <= upto],
         "results": done.get("results"),
-        "per_task": json.loads(per_task.read_text()) if done and per_task.is_file() else None,
-        **{k: done[k] for k in ("train_seconds", "data_recovery_seconds", "device_name", "date") if k in done},
-        # a lengthened run's meta-test at its earlier ends (fastfree train --resume --iterations N)
-        "earlier_ends": {int(m.group(1)): json.loads(p.read_text()).get("results")
-                         for p in sorted(run_dir.glob("results-*it.json"))
-                         if (m := re.fullmatch(r"results-(\d+)it\.json", p.name))},
+        "per_task": json.loads(per_task.read_text()) if per_task is not None and per_task.is_file() else None,
+        **{k: done[k] for k in ("iterations", "train_seconds", "data_recovery_seconds", "device_name", "date")
+           if k in done},
+        # the meta-tests before the chosen one (a lengthened run's earlier ends)
+        "earlier_ends": {n: json.loads(r.read_text()).get("results") for n, (r, _) in ends.items()
+                         if chosen is not None and n < chosen},
     }
 
 
-def differences(runs: list[dict]) -> list[str]:
-    """For every run after the first: its settings that differ from the first run's, in words."""
-    first = runs[0]["config"]
-    return [settings_diff(first, r["config"]) if r["config"] != first else "the same configuration"
-            for r in runs[1:]]
+def differences(runs: list[dict], at: int | None = None) -> list[str]:
+    """For every run after the first: its settings that differ from the first run's, in words (with
+    `at`, --iterations is left out: lengthened runs compared at one length)."""
+    configs = [json.loads(json.dumps(r["config"])) for r in runs]
+    if at is not None:
+        for c in configs:
+            c.get("free", {}).pop("iterations", None)
+    return [settings_diff(configs[0], c) if c != configs[0] else "the same configuration" for c in configs[1:]]
 
 
 def _method(per_task: dict, prefix: str) -> dict | None:
@@ -110,17 +133,17 @@ def meta_test_table(names: list[str], runs: list[dict], shots: list[str]) -> lis
     return rows
 
 
-def compare(run_dirs: list[Path], names: list[str] | None = None) -> tuple[dict, str]:
-    """The comparison as JSON and as markdown."""
+def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None = None) -> tuple[dict, str]:
+    """The comparison as JSON and as markdown (`at`: every run as it was at that many iterations)."""
     if len(run_dirs) < 2:
         raise FastFreeError("compare at least two run directories")
     names = names or [p.name for p in run_dirs]
     if len(names) != len(run_dirs):
         raise FastFreeError(f"{len(names)} --name for {len(run_dirs)} runs: give one per run, or none")
-    runs = [read_run(p) for p in run_dirs]
+    runs = [read_run(p, at) for p in run_dirs]
     shots = sorted({s for r in runs for e in r["meta_val"] for s in e["val"]}
                    | {s for r in runs for t in (r["results"] or {}).values() for s in t if s.isdigit()}, key=int)
-    diff = differences(runs)
+    diff = differences(runs, at)
     md = [f"- {n}: {d}" for n, d in zip(names[1:], diff)]
     md += ["", "Meta-val (model selection reads these):", "", *meta_val_table(names, runs, shots)]
     if any(r["results"] or r["earlier_ends"] for r in runs):
@@ -149,15 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="`fastfree train` run directories (the first is the baseline)")
     ap.add_argument("--name", action="append", help="a name per run, in order (default: the folders' names)")
+    ap.add_argument("--at", type=int, help="compare the runs as they were at this many iterations (a lengthened "
+                                           "run keeps each earlier end's meta-test); default: each run's last")
     ap.add_argument("--what", default="", help="the question the comparison answers (recorded in the JSON)")
     ap.add_argument("--json", help="write the comparison here")
     args = ap.parse_args(argv)
     try:
-        payload, md = compare(args.runs, args.name)
+        payload, md = compare(args.runs, args.name, args.at)
     except FastFreeError as e:
         ap.exit(2, f"compare_runs: error: {e}\n")
     print(md, end="")
-    write_json(args.json, {"what": args.what, **payload})
+    write_json(args.json, {"what": args.what, "at_iterations": args.at, **payload})
     return 0
 
 

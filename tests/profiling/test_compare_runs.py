@@ -16,7 +16,7 @@ def _run(path, outer, curve, results=None, seconds=(10.0, 12.0, 14.0), per_task=
     (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     if results is not None:
         (path / "results.json").write_text(json.dumps({"results": results, "data_recovery_seconds": 7.5,
-                                                       "train_seconds": 40.0}))
+                                                       "train_seconds": 40.0, "iterations": len(seconds)}))
     if per_task is not None:
         (path / "results_per_task.json").write_text(json.dumps(per_task))
     return path
@@ -38,10 +38,15 @@ def test_two_runs_side_by_side(tmp_path):
     assert "| paper | FREE (last) | 35.00 +- 0.80 | - |" in md
     assert "| code | 3 | 36 | - |" in md and "| paper | 3 | 36 | 8 |" in md
     # a lengthened run: its meta-test at the earlier end (results-<N>it.json) is read too
-    (b / "results-2it.json").write_text(json.dumps({"results": {"Random": {"5": {"mean": 20.0, "ci95": 0.5}}}}))
+    (a / "results-2it.json").write_text(json.dumps({"results": {"Random": {"5": {"mean": 20.0, "ci95": 0.5}}},
+                                                    "iterations": 2}))
     payload, md = compare([a, b])
-    assert payload["runs"]["code"]["earlier_ends"] == {2: {"Random": {"5": {"mean": 20.0, "ci95": 0.5}}}}
-    assert "| code | at 2 iterations: Random | - | 20.00 +- 0.50 |" in md
+    assert payload["runs"]["paper"]["earlier_ends"] == {2: {"Random": {"5": {"mean": 20.0, "ci95": 0.5}}}}
+    assert "| paper | at 2 iterations: Random | - | 20.00 +- 0.50 |" in md
+    # mid-lengthening (results.json already kept as results-2it.json): that end is the run's results
+    (b / "results-2it.json").write_text(json.dumps({"results": {"Random": {"1": {"mean": 9.0, "ci95": 0.5}}},
+                                                    "iterations": 2}))
+    assert compare([a, b])[0]["runs"]["code"]["results"] == {"Random": {"1": {"mean": 9.0, "ci95": 0.5}}}
 
 
 def test_the_command_writes_json_and_refuses_what_is_not_a_run(tmp_path, capsys):
@@ -79,3 +84,28 @@ def test_free_learners_are_compared_task_by_task_on_the_same_tasks(tmp_path):
              per_task={**other, "Random": {"1": [20.0, 40.0, 30.0, 20.0]}})
     payload, md = compare([a, c])
     assert payload["paired_minus_first"] == {"c": None} and "not paired (Random scored differently" in md
+
+
+def test_lengthened_runs_compare_at_one_length(tmp_path, capsys):
+    """--at N: each run's meta-test at N iterations (results.json or the results-<N>it.json a
+    lengthening kept), its meta-val and time up to N, and --iterations left out of the differences."""
+    table = {"Random": {"1": {"mean": 1.0, "ci95": 1.0, "tasks": 2}},
+             "FREE (last)": {"1": {"mean": 2.0, "ci95": 1.0, "tasks": 2}}}
+    per_task = {"Random": {"1": [0.0, 2.0]}, "FREE (last)": {"1": [1.0, 3.0]}}
+    a = _run(tmp_path / "a", "interpolate", {2: {"1": [30.0, 1.0]}, 3: {"1": [31.0, 1.0]}}, table,
+             per_task=per_task)
+    b = _run(tmp_path / "b", "adam", {2: {"1": [29.0, 1.0]}}, seconds=(10.0, 12.0))
+    (b / "results-2it.json").write_text(json.dumps({"results": table, "iterations": 2}))  # lengthened from 2 ...
+    (b / "results_per_task-2it.json").write_text(json.dumps({**per_task, "FREE (last)": {"1": [2.0, 3.0]}}))
+    config = json.loads((b / "config.json").read_text())
+    config["free"]["iterations"] = 5  # ... to 5, still running
+    (b / "config.json").write_text(json.dumps(config))
+    (a / "results.json").write_text(json.dumps({"results": table, "iterations": 2}))  # a ended at 2 too
+    payload, md = compare([a, b], at=2)
+    assert payload["differences_from_first"] == {"b": "free.bell.outer: 'interpolate' there, 'adam' now"}
+    assert payload["paired_minus_first"]["b"]["FREE (last)"]["1"]["mean"] == 0.5
+    assert [e["iteration"] for e in payload["runs"]["a"]["meta_val"]] == [2]  # not 3: after the length compared
+    assert payload["runs"]["a"]["iteration_seconds"] == 22.0
+    with pytest.raises(SystemExit):
+        main([str(a), str(b), "--at", "4"])
+    assert "no meta-test at 4 iterations (it has: 2); pass one of those to --at" in capsys.readouterr().err
