@@ -16,7 +16,8 @@ def _run(path, outer, curve, results=None, seconds=(10.0, 12.0, 14.0), per_task=
     (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     if results is not None:
         (path / "results.json").write_text(json.dumps({"results": results, "data_recovery_seconds": 7.5,
-                                                       "train_seconds": 40.0, "iterations": len(seconds)}))
+                                                       "train_seconds": 40.0, "iterations": len(seconds),
+                                                       "torch": "2.13.0+cpu", "threads": 1, "host": "vm"}))
     if per_task is not None:
         (path / "results_per_task.json").write_text(json.dumps(per_task))
     return path
@@ -33,6 +34,7 @@ def test_two_runs_side_by_side(tmp_path):
     assert runs["paper"]["iteration_seconds"] == 36.0 and runs["paper"]["iterations_done"] == 3
     assert [e["iteration"] for e in runs["paper"]["meta_val"]] == [2, 3]  # 1-based, as the labels count
     assert runs["code"]["results"] is None and "data_recovery_seconds" not in runs["code"]
+    assert (runs["paper"]["torch"], runs["paper"]["threads"]) == ("2.13.0+cpu", 1) and "host" not in runs["paper"]
     assert "| 2 | 30.00 | 40.00 | - | - |" in md  # the other run did not evaluate at 2
     assert "| 3 | 31.50 | 41.00 | 29.25 | 42.00 |" in md
     assert "| paper | FREE (last) | 35.00 +- 0.80 | - |" in md
