@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from fastfree.commands.common import write_json
-from fastfree.commands.train import PER_TASK
+from fastfree.commands.train import PER_TASK, kept_name
 from fastfree.errors import FastFreeError
-from fastfree.free.run import METRICS, meta_val_log
+from fastfree.free.run import METRICS, meta_val_log, shot_cells
 from fastfree.metatest.protocol import confidence_interval
 from fastfree.settings_diff import settings_diff
 
@@ -37,7 +37,7 @@ def _ends(run_dir: Path) -> dict[int, tuple[Path, Path]]:
     ends = {}
     for path in run_dir.glob("results-*it.json"):
         if m := re.fullmatch(r"results-(\d+)it\.json", path.name):
-            ends[int(m.group(1))] = (path, run_dir / f"{Path(PER_TASK).stem}-{m.group(1)}it.json")
+            ends[int(m.group(1))] = (path, run_dir / kept_name(PER_TASK, int(m.group(1))))
     last = run_dir / "results.json"
     if last.is_file():
         ends[int(json.loads(last.read_text())["iterations"])] = (last, run_dir / PER_TASK)
@@ -100,11 +100,11 @@ def paired_differences(base: dict, other: dict) -> dict | None:
     if base.get("Random") != other.get("Random") or not base.get("Random"):
         return None
     out = {}
-    for prefix in ("FREE (selected", "FREE (last)"):
+    for prefix, label in (("FREE (selected", "FREE (selected)"), ("FREE (last)", "FREE (last)")):
         a, b = _method(base, prefix), _method(other, prefix)
         if a is None or b is None:
             continue
-        out[prefix + (")" if prefix.endswith("selected") else "")] = {
+        out[label] = {
             s: dict(zip(("mean", "ci95"), confidence_interval(np.asarray(b[s]) - np.asarray(a[s]))), tasks=len(a[s]))
             for s in sorted(set(a) & set(b), key=int) if len(a[s]) == len(b[s])}
     return out
@@ -128,8 +128,7 @@ def meta_test_table(names: list[str], runs: list[dict], shots: list[str]) -> lis
         rows_of_run = [(f"at {n} iterations: {m}", t) for n, res in sorted(r["earlier_ends"].items())
                        for m, t in (res or {}).items()]
         for label, table in rows_of_run + list((r["results"] or {}).items()):
-            cells = [f"{table[s]['mean']:.2f} +- {table[s]['ci95']:.2f}" if s in table else "-" for s in shots]
-            rows.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+            rows.append(f"| {name} | {label} | " + " | ".join(shot_cells(table, shots)) + " |")
     return rows
 
 

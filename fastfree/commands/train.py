@@ -68,11 +68,16 @@ def free_config(args, base: FreeConfig) -> FreeConfig:
 PER_TASK = "results_per_task.json"  # {method: {shots: [each meta-test task's accuracy]}}
 
 
-def change_length(run_dir: Path, iterations: int) -> None:
-    """Before a run is resumed to another --iterations: refuse to cut iterations already done, and
-    keep the results of its old end rather than overwrite them (results.json, results.md and
-    results_per_task.json become results-<N>it.json, ...)."""
-    done = completed_iterations(run_dir)
+def kept_name(name: str, iterations: int) -> str:
+    """What a results file of a run's end at `iterations` is renamed to when the run is lengthened."""
+    path = Path(name)
+    return f"{path.stem}-{iterations}it{path.suffix}"
+
+
+def change_length(run_dir: Path, iterations: int, done: int) -> None:
+    """Before a run that has done `done` iterations is resumed to another --iterations: refuse to
+    cut iterations already done, and keep the results of its old end rather than overwrite them
+    (results.json, results.md and results_per_task.json become results-<N>it.json, ...)."""
     if done > iterations:
         raise FastFreeError(f"--resume: {run_dir} has completed {done} iterations, more than --iterations "
                             f"{iterations}; pass --iterations {done} or more")
@@ -82,7 +87,7 @@ def change_length(run_dir: Path, iterations: int) -> None:
         for name in ("results.json", "results.md", PER_TASK):
             path = run_dir / name
             if path.is_file():
-                path.replace(run_dir / f"{path.stem}-{ended}it{path.suffix}")
+                path.replace(run_dir / kept_name(name, ended))
 
 
 def run(args) -> dict:
@@ -92,6 +97,7 @@ def run(args) -> dict:
     run_dir = Path(args.run_dir or f"runs/{preset.name}")
     if args.resume and not (run_dir / CHECKPOINT).is_file():  # before any data is read or a pool pretrained
         raise FastFreeError(f"--resume: no {CHECKPOINT} in {run_dir}; start the run without --resume")
+    started_at = completed_iterations(run_dir) if args.resume else 0  # train_seconds counts this call's only
     options, engine_settings = engine_options(args, device)
     if domains:
         resolved = {"preset": preset.name, "domains": [c.__dict__ for c in domains], "free": cfg.to_dict(),
@@ -124,7 +130,7 @@ def run(args) -> dict:
                                 f"started with ({config_path}: {settings_diff(stored, now)}); resume with the same "
                                 f"flags")
         if lengthen:
-            change_length(run_dir, cfg.iterations)
+            change_length(run_dir, cfg.iterations, started_at)
             write_json(config_path, resolved)
     if domains:
         dataset = load_domains(domains, device)
@@ -157,7 +163,6 @@ def run(args) -> dict:
         engine = FastEngine(teachers, options, device)  # a multi-domain pool: groups by (architecture, domain size)
     ctx = RunContext(run_dir, cfg, dataset, teachers, teacher_classes, replace(val_cfg, ways=ways),
                      device, engine, dtype)
-    started_at = completed_iterations(run_dir) if args.resume else 0  # train_seconds counts this call's only
     t0 = time.perf_counter()
     # initial: a resumed run's rate and time left count this call's iterations only
     with progress_bar(total=cfg.iterations, initial=started_at, desc="FREE", unit="it") as bar:

@@ -226,7 +226,8 @@ def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig
     }
 
 
-def _cells(table: dict, shots: tuple[int, ...]) -> list[str]:
+def shot_cells(table: dict, shots) -> list[str]:
+    """'mean +- ci95' per shot count of a {shots: {mean, ci95}} table ('-' where it has none)."""
     return [f"{table[str(s)]['mean']:.2f} +- {table[str(s)]['ci95']:.2f}" if str(s) in table else "-" for s in shots]
 
 
@@ -236,7 +237,7 @@ def _meta_val_lines(log: list[dict], shots: tuple[int, ...]) -> list[str]:
         return []
     lines = ["", "Meta-val (the selection above picked, per shot count, the best of these):", "",
              "| iteration | " + " | ".join(f"{s}-shot" for s in shots) + " |", "|---|" + "---|" * len(shots)]
-    return lines + [f"| {e['iteration']} | " + " | ".join(_cells(e["val"], shots)) + " |" for e in log]
+    return lines + [f"| {e['iteration']} | " + " | ".join(shot_cells(e["val"], shots)) + " |" for e in log]
 
 
 def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], ways: int,
@@ -246,7 +247,7 @@ def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], wa
     head = "| method | " + " | ".join(f"{ways}-way {s}-shot" for s in shots) + " |"
     lines = [head, "|---|" + "---|" * len(shots)]
     for name, res in summary["results"].items():
-        lines.append(f"| {name} | " + " | ".join(_cells(res, shots)) + " |")
+        lines.append(f"| {name} | " + " | ".join(shot_cells(res, shots)) + " |")
     domains = [d for res in summary["results"].values() for d in res.get("domains", {})]
     if domains:  # a multi-domain run: each domain's tasks on their own (the rows above: all tasks)
         lines += ["", "Per domain (each row's tasks are that domain's share of the meta-test tasks):", "",
@@ -254,7 +255,7 @@ def results_markdown(summary: dict, device_name: str, shots: tuple[int, ...], wa
                   "|---|---|" + "---|" * len(shots)]
         for name, res in summary["results"].items():
             for d, per in res["domains"].items():
-                lines.append(f"| {name} | {d} | " + " | ".join(_cells(per, shots)) + " |")
+                lines.append(f"| {name} | {d} | " + " | ".join(shot_cells(per, shots)) + " |")
     other = [s for s in shots if replay_shots is not None and s != replay_shots]
     if other:
         lines += ["", f"{', '.join(f'{s}-shot' for s in other)}: the meta-learner replayed {replay_shots}-shot tasks; "
