@@ -233,9 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--teachers-per-iteration", type=_positive, help="b: teachers sampled per iteration")
     t.add_argument("--k", type=int, help="FIVE inner steps (5: FREE_5, 2: FREE_2; 0: no per-teacher adaptation, the "
                                          "meta-generator's own images)")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=int, help="seed of the generator, the meta-learner and the training's random "
+                                            "draws (teachers, latent codes, augmentation, replay tasks); meta-val and meta-test tasks "
+                                            "have their own fixed seed, so runs of any seed meet the same tasks")
     t.add_argument("--eval-every", type=_positive, help="meta-val evaluation interval (model selection)")
-    t.add_argument("--val-tasks", type=_positive)
+    t.add_argument("--val-tasks", type=_positive, help="meta-val tasks per evaluation (their seed is fixed: every "
+                                                       "evaluation and every run meets the same tasks)")
     t.add_argument("--test-tasks", type=_positive, help="meta-test tasks at the end")
     t.add_argument("--shots", type=_positive,
                    help="this run's shot setting, as the paper runs each one (the published code's num_sup_train = "

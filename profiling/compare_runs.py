@@ -9,7 +9,11 @@ assembled the same way every time instead of by hand:
 
 Meta-val is the curve model selection read (never meta-test). Where both runs stored each
 meta-test task's accuracy (results_per_task.json) on the same tasks, the FREE learners are also
-compared task by task: a paired difference with its own interval. Times: `iteration_seconds` sums
+compared task by task: a paired difference with its own interval. Meta-val is paired the same way
+at every evaluation both runs made on the same tasks (metrics.jsonl's val_per_task; a run from
+before those were stored gets them from `fastfree eval --run RUN --method learner --learner every
+--split val --tasks N --per-task --json F`, passed as --val-every F, which must reproduce the run's
+logged meta-val). Times: `iteration_seconds` sums
 metrics.jsonl's per-iteration wall time over every call of the run (a resumed or lengthened run
 included; meta-val evaluations excluded), `train_seconds` is the last call's wall time only.
 """
@@ -26,8 +30,8 @@ import numpy as np
 from fastfree.commands.common import write_json
 from fastfree.commands.train import PER_TASK, kept_name
 from fastfree.errors import FastFreeError
-from fastfree.free.run import METRICS, meta_val_log, shot_cells
-from fastfree.metatest.protocol import confidence_interval
+from fastfree.free.run import METRICS, meta_val_log, meta_val_per_task, shot_cells
+from fastfree.metatest.protocol import MetaTestConfig, confidence_interval, task_protocol
 from fastfree.settings_diff import settings_diff
 
 
@@ -66,6 +70,7 @@ def read_run(run_dir: Path, at: int | None = None) -> dict:
         "iterations_done": min(len(lines), upto),
         "iteration_seconds": sum(m.get("iteration_s", 0.0) for m in lines if m["iteration"] < upto),
         "meta_val": [e for e in meta_val_log(run_dir) if e["iteration"] <= upto],
+        "val_per_task": {i: v for i, v in meta_val_per_task(run_dir).items() if i <= upto},
         "results": done.get("results"),
         "per_task": json.loads(per_task.read_text()) if per_task is not None and per_task.is_file() else None,
         **{k: done[k] for k in ("iterations", "train_seconds", "data_recovery_seconds", "device_name", "torch",
@@ -74,6 +79,53 @@ def read_run(run_dir: Path, at: int | None = None) -> dict:
         "earlier_ends": {n: json.loads(r.read_text()).get("results") for n, (r, _) in ends.items()
                          if chosen is not None and n < chosen},
     }
+
+
+# how far a re-measured meta-val mean may sit from the logged one (points): a few of 15,000 queries
+# flipping under another thread count's rounding; a different set of tasks misses by far more
+REPRODUCED_WITHIN = 0.05
+
+
+def attach_val_evaluation(run: dict, evaluation: dict, source: str = "--val-every") -> None:
+    """Give a run from before meta-val's tasks were stored its per-task meta-val, from `fastfree eval
+    --run RUN --method learner --learner every --split val --per-task --json` (`evaluation`). Only
+    if it reproduces the run's logged meta-val (the proof it met the same tasks); iterations the
+    run stored itself are kept."""
+    if (evaluation.get("learner"), evaluation.get("split")) != ("every", "val") or not evaluation.get(
+            "per_task_accuracy"):
+        raise FastFreeError(f"{source}: not a per-task meta-val of every learner; write one with `fastfree eval "
+                            f"--run RUN --method learner --learner every --split val --tasks N --per-task --json F`")
+    logged = {e["iteration"]: e["val"] for e in run["meta_val"]}
+    config = evaluation["config"]
+    protocol = task_protocol(MetaTestConfig(**{**config, "shots": tuple(config["shots"])}))
+    for row in evaluation["evaluations"]:
+        it = row["iteration"]
+        if it not in logged or it in run["val_per_task"]:
+            continue
+        for shots, (mean, _) in row["val"].items():
+            if shots in logged[it] and abs(mean - logged[it][shots]["mean"]) > REPRODUCED_WITHIN:
+                raise FastFreeError(
+                    f"{source}: iteration {it} {shots}-shot meta-val measured {mean:.2f}, the run logged "
+                    f"{logged[it][shots]['mean']:.2f}: not the tasks of the run's meta-val; evaluate with the "
+                    f"run's --val-tasks ({protocol['tasks']} given) and its default task seed")
+        run["val_per_task"][it] = {"protocol": protocol,
+                                   "accuracies": evaluation["per_task_accuracy"][str(it)]}
+
+
+def paired_meta_val(base: dict, other: dict) -> dict[int, dict]:
+    """`other`'s meta-val minus `base`'s, task by task, at every evaluation both stored on the same
+    tasks (the same data and task protocol): {iteration: {shots: {mean, ci95, tasks}}}, in points."""
+    out = {}
+    same_data = all(base["config"].get(k) == other["config"].get(k) for k in ("data", "domains"))
+    for it in sorted(set(base["val_per_task"]) & set(other["val_per_task"])):
+        a, b = base["val_per_task"][it], other["val_per_task"][it]
+        if not same_data or a["protocol"] != b["protocol"]:
+            continue
+        out[it] = {s: dict(zip(("mean", "ci95"), confidence_interval(np.asarray(b["accuracies"][s])
+                                                                      - np.asarray(a["accuracies"][s]))),
+                           tasks=len(a["accuracies"][s]))
+                   for s in sorted(set(a["accuracies"]) & set(b["accuracies"]), key=int)}
+    return out
 
 
 def differences(runs: list[dict], at: int | None = None) -> list[str]:
@@ -132,14 +184,39 @@ def meta_test_table(names: list[str], runs: list[dict], shots: list[str]) -> lis
     return rows
 
 
-def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None = None) -> tuple[dict, str]:
-    """The comparison as JSON and as markdown (`at`: every run as it was at that many iterations)."""
+def _evaluation_for(run_dirs: list[Path], path: Path) -> int:
+    """Which run an `eval --learner every` JSON measured: its "run" by path, else by folder name."""
+    named = Path(json.loads(path.read_text()).get("run", ""))
+    hits = [i for i, d in enumerate(run_dirs) if d.resolve() == named.resolve()] or \
+           [i for i, d in enumerate(run_dirs) if d.name == named.name]
+    if len(hits) != 1:
+        raise FastFreeError(f"--val-every {path}: it measured run {named}, which is not exactly one of the runs "
+                            f"compared ({', '.join(map(str, run_dirs))})")
+    return hits[0]
+
+
+def meta_val_pairs_markdown(name: str, base_name: str, table: dict[int, dict], shots: list[str]) -> list[str]:
+    rows = ["", f"{name} - {base_name}, meta-val task by task on the same tasks (points, 95% interval):", "",
+            "| iteration | " + " | ".join(f"{s}-shot" for s in shots) + " |", "|---|" + "---|" * len(shots)]
+    for it, t in table.items():
+        rows.append(f"| {it} | " + " | ".join(f"{t[s]['mean']:+.2f} +- {t[s]['ci95']:.2f}" if s in t else "-"
+                                            for s in shots) + " |")
+    return rows
+
+
+def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None = None,
+            val_every: list[Path] | None = None) -> tuple[dict, str]:
+    """The comparison as JSON and as markdown (`at`: every run as it was at that many iterations;
+    `val_every`: per-task meta-val of runs that did not store it, see attach_val_evaluation)."""
     if len(run_dirs) < 2:
         raise FastFreeError("compare at least two run directories")
     names = names or [p.name for p in run_dirs]
     if len(names) != len(run_dirs):
         raise FastFreeError(f"{len(names)} --name for {len(run_dirs)} runs: give one per run, or none")
     runs = [read_run(p, at) for p in run_dirs]
+    for path in val_every or []:
+        attach_val_evaluation(runs[_evaluation_for(run_dirs, path)], json.loads(path.read_text()),
+                              f"--val-every {path}")
     shots = sorted({s for r in runs for e in r["meta_val"] for s in e["val"]}
                    | {s for r in runs for t in (r["results"] or {}).values() for s in t if s.isdigit()}, key=int)
     diff = differences(runs, at)
@@ -147,6 +224,10 @@ def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None
     md += ["", "Meta-val (model selection reads these):", "", *meta_val_table(names, runs, shots)]
     if any(r["results"] or r["earlier_ends"] for r in runs):
         md += ["", "Meta-test:", "", *meta_test_table(names, runs, shots)]
+    val_paired = {name: paired_meta_val(runs[0], r) for name, r in zip(names[1:], runs[1:])}
+    for name, table in val_paired.items():
+        if table:
+            md += meta_val_pairs_markdown(name, names[0], table, shots)
     paired = {}
     for name, r in zip(names[1:], runs[1:]):
         if runs[0]["per_task"] and r["per_task"]:
@@ -163,7 +244,7 @@ def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None
            + (f"{r['data_recovery_seconds']:.0f} |" if "data_recovery_seconds" in r else "- |")
            for n, r in zip(names, runs)]
     payload = {"runs": dict(zip(names, runs)), "differences_from_first": dict(zip(names[1:], diff)),
-               "paired_minus_first": paired}
+               "paired_minus_first": paired, "meta_val_paired_minus_first": val_paired}
     return payload, "\n".join(md) + "\n"
 
 
@@ -173,11 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", action="append", help="a name per run, in order (default: the folders' names)")
     ap.add_argument("--at", type=int, help="compare the runs as they were at this many iterations (a lengthened "
                                            "run keeps each earlier end's meta-test); default: each run's last")
+    ap.add_argument("--val-every", action="append", type=Path, default=[],
+                    help="per-task meta-val of a run that did not store it: the JSON of `fastfree eval --run RUN "
+                         "--method learner --learner every --split val --tasks N --per-task --json F` (repeat per run)")
     ap.add_argument("--what", default="", help="the question the comparison answers (recorded in the JSON)")
     ap.add_argument("--json", help="write the comparison here")
     args = ap.parse_args(argv)
     try:
-        payload, md = compare(args.runs, args.name, args.at)
+        payload, md = compare(args.runs, args.name, args.at, args.val_every)
     except FastFreeError as e:
         ap.exit(2, f"compare_runs: error: {e}\n")
     print(md, end="")

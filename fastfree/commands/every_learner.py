@@ -46,7 +46,7 @@ def summarize(rows: list[dict], split: str, selected_iterations: dict[str, int],
               per_task: dict[int, dict[str, list[float]]] | None = None) -> dict:
     """Per shot count: the best row on `split`, meta-val's pick and the last row (pure).
 
-    rows: [{"iteration", "val": {shots: [mean, ci]}, split: {shots: [mean, ci]}}], by iteration.
+    rows: [{"iteration", "logged_val": {shots: [mean, ci]}, split: {shots: [mean, ci]}}], by iteration.
     per_task: {iteration: {shots: [accuracy per task]}} on the same tasks; with it, the best's gain
     over meta-val's pick and over the last learner is given as a paired difference.
     """
@@ -107,7 +107,9 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
         for k in kept:
             init = learner_init(learner_module(k.learner, target.width, target.image_size, device, dtype))
             results, _ = metatest_data(init, target.data, args.split, cfg, dtype, bar.update)
-            rows.append({"iteration": k.iteration, "val": k.val,
+            # logged_val: what the run's meta-val measured when it kept this learner (apart from the
+            # split measured now, which may be meta-val again: --split val)
+            rows.append({"iteration": k.iteration, "logged_val": k.val,
                          args.split: {str(r.shots): [r.mean, r.ci95] for r in results}})
             per_task[k.iteration] = {str(r.shots): r.accuracies for r in results}
     seconds = time.perf_counter() - t0
@@ -138,10 +140,10 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
 def _print(rows: list[dict], summary: dict, split: str, ways: int, seconds: float, device_name: str) -> None:
     shots = list(rows[0][split])
     print(f"{len(rows)} meta-learners, {ways}-way, on the same meta-{split} tasks ({seconds:.1f} s on {device_name}):")
-    print("iteration | " + " | ".join(f"val {s}-shot" for s in shots) + " | "
+    print("iteration | " + " | ".join(f"logged val {s}-shot" for s in shots) + " | "
           + " | ".join(f"{split} {s}-shot" for s in shots))
     for r in rows:
-        val = [f"{r['val'][s][0]:.2f}" if s in r["val"] else "-" for s in shots]
+        val = [f"{r['logged_val'][s][0]:.2f}" if s in r["logged_val"] else "-" for s in shots]
         print(f"{r['iteration']:>9} | " + " | ".join(val) + " | "
               + " | ".join(f"{r[split][s][0]:.2f} +- {r[split][s][1]:.2f}" for s in shots))
     for s, v in summary.items():

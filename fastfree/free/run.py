@@ -4,7 +4,8 @@ meta-val model selection, grids of recovered tasks and the final results table.
     run_dir/
       config.json          everything needed to re-create the run
       input_space.json     the learner's image size and normalisation (commands/run_learner.py)
-      metrics.jsonl        one line per iteration (+ "eval" lines for meta-val)
+      metrics.jsonl        one line per iteration; an evaluation's line also holds meta-val's
+                           accuracies, with each task's (val_per_task) and their protocol
       checkpoint.pt        the whole state after the last checkpointed iteration (atomic)
       best_learner.pt      the meta-learners selected on meta-val, per shot count (free/selection.py)
       learners/iter_XXXXX.pt the meta-learner of every meta-val evaluation, for later analysis (free/kept.py)
@@ -35,7 +36,7 @@ from fastfree.free.selection import BEST, for_shots, improved_shots, is_legacy, 
 from fastfree.free.trainer import FreeState, free_iteration, init_state
 from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.domains import metatest_data
-from fastfree.metatest.protocol import MetaTestConfig, ShotResult
+from fastfree.metatest.protocol import MetaTestConfig, ShotResult, task_protocol
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -57,6 +58,15 @@ def meta_val_log(run_dir: Path) -> list[dict]:
     return [{"iteration": m["iteration"] + 1,  # metrics.jsonl counts iterations from 0
              "val": {s: {"mean": v[0], "ci95": v[1]} for s, v in m["val"].items()}}
             for m in map(json.loads, lines) if "val" in m]
+
+
+def meta_val_per_task(run_dir: Path) -> dict[int, dict]:
+    """{iteration (1-based): {"protocol": task_protocol, "accuracies": {shots: [per task]}}} of every
+    meta-val evaluation that stored its tasks' accuracies (runs from before 2026-12-02 did not)."""
+    path = run_dir / METRICS
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return {m["iteration"] + 1: {"protocol": m["val_protocol"], "accuracies": m["val_per_task"]}
+            for m in map(json.loads, lines) if "val_per_task" in m}
 
 
 def learner_init(learner: nn.Module) -> Initialization:
@@ -149,6 +159,10 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
         if it > cfg.warmup and (it % cfg.eval_every == 0 or it == cfg.iterations):
             results, per_domain = metatest_data(learner_init(state.learner), ctx.dataset, "val", ctx.val_config)
             metrics["val"] = {str(r.shots): [r.mean, r.ci95] for r in results}
+            # each task's accuracy and what decides the tasks: two runs' meta-val curves compared
+            # task by task (profiling/compare_runs.py), not only side by side
+            metrics["val_per_task"] = {str(r.shots): r.accuracies for r in results}
+            metrics["val_protocol"] = task_protocol(ctx.val_config)
             keep_learner(run_dir, it, metrics["val"], state.learner.state_dict())
             if per_domain is not None:
                 metrics["val_domains"] = {d: {str(r.shots): [r.mean, r.ci95] for r in rs}

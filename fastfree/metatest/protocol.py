@@ -46,6 +46,14 @@ class MetaTestConfig:
         EpisodeSpec(self.ways, min(self.shots), self.queries)  # validates ways/queries
 
 
+def task_protocol(config: MetaTestConfig) -> dict:
+    """What decides which tasks a meta-test draws and how each is scored, as JSON (pure): two
+    meta-tests of the same data with equal protocols meet the same tasks. The engine and chunk
+    size are left out: they change how tasks are batched, not which tasks or their result."""
+    return {"tasks": config.tasks, "ways": config.ways, "shots": list(config.shots), "queries": config.queries,
+            "steps": config.steps, "lr": config.lr, "seed": config.seed}
+
+
 @dataclass(frozen=True)
 class ShotResult:
     shots: int

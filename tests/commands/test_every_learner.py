@@ -4,7 +4,7 @@ from fastfree.commands.every_learner import summarize
 
 
 def _row(it, val1, test1):
-    return {"iteration": it, "val": {"1": [val1, 1.0]}, "test": {"1": [test1, 0.5]}}
+    return {"iteration": it, "logged_val": {"1": [val1, 1.0]}, "test": {"1": [test1, 0.5]}}
 
 
 def test_summary_picks_on_each_split_separately():

@@ -60,7 +60,7 @@ def test_every_kept_learner_on_the_same_tasks(run, tmp_path, capsys):
               if "val" in m}
     got = _eval(tmp_path, run_dir, "--method", "learner", "--learner", "every")
     assert [r["iteration"] for r in got["evaluations"]] == [2, 3]
-    assert {r["iteration"]: r["val"] for r in got["evaluations"]} == logged
+    assert {r["iteration"]: r["logged_val"] for r in got["evaluations"]} == logged
     selected = next(k for k in reported if k.startswith("FREE (selected"))
     rows = {r["iteration"]: r["test"] for r in got["evaluations"]}
     for shots, s in got["summary"].items():
@@ -91,6 +91,20 @@ def test_every_kept_learner_on_the_same_tasks(run, tmp_path, capsys):
         (tmp_path / "kept2.pt").rename(run_dir / "learners" / "iter_00002.pt")
     assert part["evaluations_without_learner"] == [2] and [r["iteration"] for r in part["evaluations"]] == [3]
     assert "1 meta-val evaluations have no kept learner (iterations 2)" in capsys.readouterr().out
+
+
+def test_every_learner_on_meta_val_reproduces_the_runs_meta_val_task_by_task(run, tmp_path):
+    """`--split val` with the run's --val-tasks meets the tasks the run's meta-val met: the same
+    accuracies, task by task, as metrics.jsonl stored (compare_runs pairs old runs' meta-val so)."""
+    run_dir, _ = run
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    stored = {m["iteration"] + 1: m["val_per_task"] for m in lines if "val" in m}
+    assert sorted(stored) == [2, 3] and all(m["val_protocol"]["tasks"] == 2 for m in lines if "val" in m)
+    every = _eval(tmp_path, run_dir, "--method", "learner", "--learner", "every", "--split", "val", "--tasks", "2",
+                  "--per-task")
+    assert {int(it): acc for it, acc in every["per_task_accuracy"].items()} == stored
+    for row in every["evaluations"]:
+        assert row["val"] == row["logged_val"]  # measured again == logged by the run
 
 
 def test_every_learner_refusals(run, tmp_path, capsys):

@@ -7,11 +7,19 @@ import pytest
 from fastfree.profiling.compare_runs import compare, main
 
 
-def _run(path, outer, curve, results=None, seconds=(10.0, 12.0, 14.0), per_task=None):
-    """A run directory: config.json, metrics.jsonl (0-based iterations, "val" on evaluations), results.json."""
+PROTOCOL = {"tasks": 4, "ways": 5, "shots": [1], "queries": 15, "steps": 10, "lr": 0.01, "seed": 0}
+
+
+def _run(path, outer, curve, results=None, seconds=(10.0, 12.0, 14.0), per_task=None, val_per_task=None,
+         data=None):
+    """A run directory: config.json, metrics.jsonl (0-based iterations, "val" on evaluations, with
+    val_per_task: each meta-val task's accuracy and the protocol), results.json."""
     path.mkdir()
-    (path / "config.json").write_text(json.dumps({"free": {"iterations": 3, "bell": {"outer": outer}}, "seed": 0}))
-    lines = [{"iteration": i, "iteration_s": s, **({"val": curve[i + 1]} if i + 1 in curve else {})}
+    (path / "config.json").write_text(json.dumps({"free": {"iterations": 3, "bell": {"outer": outer}}, "seed": 0,
+                                                  "data": data or {"source": "builtin"}}))
+    val_per_task = val_per_task or {}
+    lines = [{"iteration": i, "iteration_s": s, **({"val": curve[i + 1]} if i + 1 in curve else {}),
+              **({"val_per_task": val_per_task[i + 1], "val_protocol": PROTOCOL} if i + 1 in val_per_task else {})}
              for i, s in enumerate(seconds)]
     (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     if results is not None:
@@ -111,3 +119,60 @@ def test_lengthened_runs_compare_at_one_length(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(a), str(b), "--at", "4"])
     assert "no meta-test at 4 iterations (it has: 2); pass one of those to --at" in capsys.readouterr().err
+
+
+def test_meta_val_is_compared_task_by_task_where_both_runs_stored_the_same_tasks(tmp_path):
+    curve = {2: {"1": [25.0, 1.0]}, 3: {"1": [30.0, 1.0]}}
+    a = _run(tmp_path / "a", "interpolate", curve, val_per_task={2: {"1": [20.0, 40.0, 20.0, 20.0]},
+                                                                 3: {"1": [30.0, 30.0, 30.0, 30.0]}})
+    b = _run(tmp_path / "b", "adam", curve, val_per_task={3: {"1": [40.0, 30.0, 40.0, 40.0]}})  # +10, 0, +10, +10
+    payload, md = compare([a, b])
+    got = payload["meta_val_paired_minus_first"]["b"]
+    assert list(got) == [3]  # b stored no tasks at 2
+    assert got[3]["1"]["mean"] == 7.5 and got[3]["1"]["ci95"] == pytest.approx(1.96 * 4.330127 / 2)
+    assert "b - a, meta-val task by task on the same tasks" in md and "| 3 | +7.50 +- 4.24 |" in md
+    # other data, or another task protocol: other tasks, not paired
+    c = _run(tmp_path / "c", "adam", curve, val_per_task={3: {"1": [40.0] * 4}}, data={"source": "cifar-fs"})
+    assert compare([a, c])[0]["meta_val_paired_minus_first"] == {"c": {}}
+    d = _run(tmp_path / "d", "adam", curve, val_per_task={3: {"1": [40.0] * 4}})
+    lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    lines[2]["val_protocol"] = {**PROTOCOL, "seed": 1}
+    (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    payload, md = compare([a, d])
+    assert payload["meta_val_paired_minus_first"] == {"d": {}} and "meta-val task by task" not in md
+
+
+def _every(run_dir, rows, split="val"):
+    """What `fastfree eval --run RUN --method learner --learner every --split val --per-task` writes."""
+    return {"command": "eval", "learner": "every", "split": split, "run": str(run_dir),
+            "config": {**PROTOCOL, "chunk": 50, "engine": "auto"},
+            "evaluations": [{"iteration": it, "logged_val": {}, split: {"1": [sum(acc) / 4, 1.0]}}
+                            for it, acc in rows.items()],
+            "per_task_accuracy": {str(it): {"1": acc} for it, acc in rows.items()}}
+
+
+def test_runs_that_did_not_store_meta_val_tasks_get_them_from_a_reproducing_evaluation(tmp_path, capsys):
+    curve = {3: {"1": [30.0, 1.0]}}
+    a = _run(tmp_path / "a", "interpolate", curve, val_per_task={3: {"1": [30.0, 30.0, 30.0, 30.0]}})
+    old = _run(tmp_path / "old", "adam", curve)  # from before meta-val's tasks were stored
+    assert compare([a, old])[0]["meta_val_paired_minus_first"] == {"old": {}}
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_every(old, {3: [40.0, 30.0, 20.0, 30.0]})))  # mean 30.0, as logged
+    payload, _ = compare([a, old], val_every=[good])
+    assert payload["meta_val_paired_minus_first"]["old"][3]["1"]["mean"] == 0.0
+    assert payload["runs"]["old"]["val_per_task"][3]["protocol"] == PROTOCOL
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_every(old, {3: [40.0, 40.0, 20.0, 30.0]})))  # 32.5: other tasks
+    with pytest.raises(SystemExit):
+        main([str(a), str(old), "--val-every", str(bad)])
+    assert "iteration 3 1-shot meta-val measured 32.50, the run logged 30.00: not the tasks" in capsys.readouterr().err
+    test_split = tmp_path / "test.json"
+    test_split.write_text(json.dumps(_every(old, {3: [30.0] * 4}, split="test")))
+    with pytest.raises(SystemExit):
+        main([str(a), str(old), "--val-every", str(test_split)])
+    assert "not a per-task meta-val of every learner" in capsys.readouterr().err
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(_every(tmp_path / "nowhere", {3: [30.0] * 4})))
+    with pytest.raises(SystemExit):
+        main([str(a), str(old), "--val-every", str(elsewhere)])
+    assert "which is not exactly one of the runs compared" in capsys.readouterr().err
