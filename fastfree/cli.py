@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from fastfree import __version__
 from fastfree.config import PRESETS
@@ -290,6 +291,23 @@ def build_parser() -> argparse.ArgumentParser:
     p2.add_argument("--trace", metavar="PATH", help="also write a torch.profiler Chrome trace of one iteration")
     _engine_flags(p2)
 
+    c = sub.add_parser("compare", help="train runs side by side: flags that differ, meta-val, meta-test (task by "
+                                       "task where the tasks are the same), time",
+                       description="Reads what `fastfree train` wrote in each run directory (config.json, "
+                                   "metrics.jsonl, results.json, results_per_task.json) and lines the runs up: the "
+                                   "flags that differ from the first run, meta-val curves, meta-test, iteration time, "
+                                   "and where two runs met the same tasks their difference task by task (a paired "
+                                   "95%% interval, far narrower than the two side by side). Not a test: it reports.")
+    c.add_argument("runs", nargs="+", type=Path, help="`fastfree train` run directories (the first is the baseline)")
+    c.add_argument("--name", action="append", help="a name per run, in order (default: the folders' names)")
+    c.add_argument("--at", type=_positive, help="compare the runs as they were at this many iterations (a lengthened "
+                                                "run keeps each earlier end's meta-test); default: each run's last")
+    c.add_argument("--val-every", action="append", type=Path, default=[], metavar="JSON",
+                   help="per-task meta-val of a run from before runs stored it: the JSON of `fastfree eval --run RUN "
+                        "--method learner --learner every --split val --tasks N --per-task --json F` (repeat per run)")
+    c.add_argument("--what", default="", help="the question the comparison answers (recorded in the JSON)")
+    c.add_argument("--json", metavar="PATH", help="write the comparison here")
+
     b = sub.add_parser("bench", help="reference vs fast engine side by side (FIVE, iteration, pool, meta-test)",
                        description="Times the reference and the fast engine in one run on one device: one FIVE "
                                    "epoch, one whole FREE iteration (with each phase's share), pool pretraining "
@@ -339,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
             from fastfree.commands import profile
 
             profile.run(args)
+        elif args.command == "compare":
+            from fastfree.profiling import compare_runs
+
+            compare_runs.run(args)
         elif args.command == "bench":
             from fastfree.commands import bench
 

@@ -5,7 +5,8 @@ directories that differ in a few flags; this reads what each run wrote (config.j
 metrics.jsonl, results.json) and puts the answer in one table and one JSON, so a comparison is
 assembled the same way every time instead of by hand:
 
-    python -m fastfree.profiling.compare_runs runs/a runs/b --what "the question" --json out.json
+    fastfree compare runs/a runs/b --what "the question" --json out.json
+    (or python -m fastfree.profiling.compare_runs ..., the same)
 
 Meta-val is the curve model selection read (never meta-test). Where both runs stored each
 meta-test task's accuracy (results_per_task.json) on the same tasks, the FREE learners are also
@@ -20,9 +21,9 @@ included; meta-val evaluations excluded), `train_seconds` is the last call's wal
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -248,25 +249,19 @@ def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None
     return payload, "\n".join(md) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="`fastfree train` run directories (the first is the baseline)")
-    ap.add_argument("--name", action="append", help="a name per run, in order (default: the folders' names)")
-    ap.add_argument("--at", type=int, help="compare the runs as they were at this many iterations (a lengthened "
-                                           "run keeps each earlier end's meta-test); default: each run's last")
-    ap.add_argument("--val-every", action="append", type=Path, default=[],
-                    help="per-task meta-val of a run that did not store it: the JSON of `fastfree eval --run RUN "
-                         "--method learner --learner every --split val --tasks N --per-task --json F` (repeat per run)")
-    ap.add_argument("--what", default="", help="the question the comparison answers (recorded in the JSON)")
-    ap.add_argument("--json", help="write the comparison here")
-    args = ap.parse_args(argv)
-    try:
-        payload, md = compare(args.runs, args.name, args.at, args.val_every)
-    except FastFreeError as e:
-        ap.exit(2, f"compare_runs: error: {e}\n")
+def run(args) -> dict:
+    """`fastfree compare` (fastfree/cli.py holds its flags)."""
+    payload, md = compare(args.runs, args.name, args.at, args.val_every)
     print(md, end="")
     write_json(args.json, {"what": args.what, "at_iterations": args.at, **payload})
-    return 0
+    return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fastfree.profiling.compare_runs ...`, the same as `fastfree compare ...`."""
+    from fastfree.cli import main as cli_main
+
+    return cli_main(["compare", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

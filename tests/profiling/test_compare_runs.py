@@ -66,11 +66,10 @@ def test_the_command_writes_json_and_refuses_what_is_not_a_run(tmp_path, capsys)
     assert main([str(a), str(b), "--name", "x", "--name", "y", "--what", "same", "--json", str(out)]) == 0
     got = json.loads(out.read_text())
     assert got["what"] == "same" and got["differences_from_first"] == {"y": "the same configuration"}
-    with pytest.raises(SystemExit) as e:
-        main([str(a), str(tmp_path)])
-    assert e.value.code == 2 and "no config.json" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([str(a), str(b), "--name", "x"])
+    assert main([str(a), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastfree compare: error:") and "no config.json" in err
+    assert main([str(a), str(b), "--name", "x"]) == 2
     assert "1 --name for 2 runs" in capsys.readouterr().err
 
 
@@ -116,8 +115,7 @@ def test_lengthened_runs_compare_at_one_length(tmp_path, capsys):
     assert payload["paired_minus_first"]["b"]["FREE (last)"]["1"]["mean"] == 0.5
     assert [e["iteration"] for e in payload["runs"]["a"]["meta_val"]] == [2]  # not 3: after the length compared
     assert payload["runs"]["a"]["iteration_seconds"] == 22.0
-    with pytest.raises(SystemExit):
-        main([str(a), str(b), "--at", "4"])
+    assert main([str(a), str(b), "--at", "4"]) == 2
     assert "no meta-test at 4 iterations (it has: 2); pass one of those to --at" in capsys.readouterr().err
 
 
@@ -163,16 +161,13 @@ def test_runs_that_did_not_store_meta_val_tasks_get_them_from_a_reproducing_eval
     assert payload["runs"]["old"]["val_per_task"][3]["protocol"] == PROTOCOL
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(_every(old, {3: [40.0, 40.0, 20.0, 30.0]})))  # 32.5: other tasks
-    with pytest.raises(SystemExit):
-        main([str(a), str(old), "--val-every", str(bad)])
+    assert main([str(a), str(old), "--val-every", str(bad)]) == 2
     assert "iteration 3 1-shot meta-val measured 32.50, the run logged 30.00: not the tasks" in capsys.readouterr().err
     test_split = tmp_path / "test.json"
     test_split.write_text(json.dumps(_every(old, {3: [30.0] * 4}, split="test")))
-    with pytest.raises(SystemExit):
-        main([str(a), str(old), "--val-every", str(test_split)])
+    assert main([str(a), str(old), "--val-every", str(test_split)]) == 2
     assert "not a per-task meta-val of every learner" in capsys.readouterr().err
     elsewhere = tmp_path / "elsewhere.json"
     elsewhere.write_text(json.dumps(_every(tmp_path / "nowhere", {3: [30.0] * 4})))
-    with pytest.raises(SystemExit):
-        main([str(a), str(old), "--val-every", str(elsewhere)])
+    assert main([str(a), str(old), "--val-every", str(elsewhere)]) == 2
     assert "which is not exactly one of the runs compared" in capsys.readouterr().err
