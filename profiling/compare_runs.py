@@ -82,8 +82,9 @@ def read_run(run_dir: Path, at: int | None = None) -> dict:
     }
 
 
-# how far a re-measured meta-val mean may sit from the logged one (points): a few of 15,000 queries
-# flipping under another thread count's rounding; a different set of tasks misses by far more
+# how far a re-measured meta-val mean may sit from the logged one (points): room for a few queries
+# whose prediction flips under another thread count's rounding (on CIFAR-FS's 200 x 75 queries one
+# flip moves the mean 0.007 points); other tasks miss by far more
 REPRODUCED_WITHIN = 0.05
 
 
@@ -185,9 +186,17 @@ def meta_test_table(names: list[str], runs: list[dict], shots: list[str]) -> lis
     return rows
 
 
-def _evaluation_for(run_dirs: list[Path], path: Path) -> int:
+def _read_evaluation(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise FastFreeError(f"--val-every {path}: not a readable JSON file ({e}); write one with `fastfree eval --run "
+                            f"RUN --method learner --learner every --split val --tasks N --per-task --json F`") from e
+
+
+def _evaluation_for(run_dirs: list[Path], path: Path, evaluation: dict) -> int:
     """Which run an `eval --learner every` JSON measured: its "run" by path, else by folder name."""
-    named = Path(json.loads(path.read_text()).get("run", ""))
+    named = Path(evaluation.get("run", ""))
     hits = [i for i, d in enumerate(run_dirs) if d.resolve() == named.resolve()] or \
            [i for i, d in enumerate(run_dirs) if d.name == named.name]
     if len(hits) != 1:
@@ -216,8 +225,8 @@ def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None
         raise FastFreeError(f"{len(names)} --name for {len(run_dirs)} runs: give one per run, or none")
     runs = [read_run(p, at) for p in run_dirs]
     for path in val_every or []:
-        attach_val_evaluation(runs[_evaluation_for(run_dirs, path)], json.loads(path.read_text()),
-                              f"--val-every {path}")
+        evaluation = _read_evaluation(path)
+        attach_val_evaluation(runs[_evaluation_for(run_dirs, path, evaluation)], evaluation, f"--val-every {path}")
     shots = sorted({s for r in runs for e in r["meta_val"] for s in e["val"]}
                    | {s for r in runs for t in (r["results"] or {}).values() for s in t if s.isdigit()}, key=int)
     diff = differences(runs, at)

@@ -171,3 +171,5 @@ def test_runs_that_did_not_store_meta_val_tasks_get_them_from_a_reproducing_eval
     elsewhere.write_text(json.dumps(_every(tmp_path / "nowhere", {3: [30.0] * 4})))
     assert main([str(a), str(old), "--val-every", str(elsewhere)]) == 2
     assert "which is not exactly one of the runs compared" in capsys.readouterr().err
+    assert main([str(a), str(old), "--val-every", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json: not a readable JSON file" in capsys.readouterr().err
