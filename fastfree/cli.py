@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -16,14 +17,34 @@ from fastfree.metatest.initializations import METHODS
 from fastfree.models import ARCHITECTURES
 
 
-def _positive(value: str) -> int:
+def _int_at_least(low: int):
+    """An argparse type: an integer >= low (its name shows in argparse's 'invalid ... value' message)."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be {'a positive integer' if low == 1 else f'an integer >= {low}'}"
+                                             f", got {n}")
+        return n
+
+    return parse
+
+
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
+
+
+def _positive_real(value: str) -> float:
+    """A finite number > 0 (float() alone takes 'nan' and 'inf', which train or adapt into NaNs silently)."""
     try:
-        n = int(value)
+        x = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
-    return n
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(x) or x <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return x
 
 
 def _milestone(value: str) -> int | None:
@@ -99,12 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive, help="filters of the first stage (Conv4 default 32)")
     p.add_argument("--epochs", type=_positive)
     p.add_argument("--batch-size", type=_positive)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=_positive_real, help="every teacher's learning rate (default: the preset's, 0.01)")
     p.add_argument("--lr-milestones", nargs="+", type=_milestone, metavar="EPOCH",
                    help="epochs after which the learning rate is multiplied by --lr-gamma, for every architecture "
                         "of this pool (default: the authors' MultiStepLR, Conv4 at 70, ResNets at 30 50 80); "
                         "'none': a constant rate, as pools from before the schedule trained (grow one with it)")
-    p.add_argument("--lr-gamma", type=float, help="the schedule's factor at each milestone (default 0.2)")
+    p.add_argument("--lr-gamma", type=_positive_real, help="the schedule's factor at each milestone (default 0.2)")
     p.add_argument("--seed", type=int, help="seed of the teachers' classes, inits and data order")
     p.add_argument("--group-size", type=_positive, help="teachers trained together in one vmapped step")
     p.add_argument("--resume", action="store_true",
@@ -158,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ways", type=_positive)
     e.add_argument("--shots", type=_positive, nargs="+", help="one or more shot counts (default 1 5; with --run, a `train --shots K` run's K)")
     e.add_argument("--queries", type=_positive)
-    e.add_argument("--steps", type=int, help="SGD steps on the support set (default 10)")
-    e.add_argument("--lr", type=float, help="adaptation learning rate (default 0.01)")
+    e.add_argument("--steps", type=_non_negative, help="SGD steps on the support set (default 10)")
+    e.add_argument("--lr", type=_positive_real, help="adaptation learning rate (default 0.01)")
     e.add_argument("--chunk", type=_positive, help="tasks adapted together (vmap)")
     e.add_argument("--seed", type=int, help="task seed: the same seed gives the same tasks")
     e.add_argument("--engine", choices=list(ENGINES),
@@ -185,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--run: the learner selected on meta-val for the shot count nearest the support's (default), "
                          "or the last one")
     ad.add_argument("--out", metavar="CSV", help="write every query image's prediction and class probabilities")
-    ad.add_argument("--steps", type=int, help="SGD steps on the support set (default: the run's protocol, 10)")
-    ad.add_argument("--lr", type=float, help="adaptation learning rate (default: the run's protocol, 0.01)")
+    ad.add_argument("--steps", type=_non_negative, help="SGD steps on the support set (default: the run's protocol, 10)")
+    ad.add_argument("--lr", type=_positive_real, help="adaptation learning rate (default: the run's protocol, 0.01)")
     ad.add_argument("--bn-stats", default="query", choices=["query", "support"],
                     help="BatchNorm statistics for the prediction: the query images' together (default; the "
                          "meta-test protocol: predictions depend on the other query images) or the support set's "
@@ -287,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p2.add_argument("--metatest-tasks", type=_positive, default=20, help="meta-test tasks timed per shot count")
     p2.add_argument("--teachers-per-iteration", type=_positive, help="b: teachers sampled per iteration")
     p2.add_argument("--k", type=_positive, help="FIVE inner steps")
-    p2.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: from the built-in table)")
+    p2.add_argument("--peak-tflops", type=_positive_real, help="the device's peak for MFU (default: from the built-in table)")
     p2.add_argument("--trace", metavar="PATH", help="also write a torch.profiler Chrome trace of one iteration")
     _engine_flags(p2)
 

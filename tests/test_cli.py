@@ -63,6 +63,18 @@ def test_clear_errors(tmp_path, capsys):
         main(["eval", "--method", "oracle"])
     with pytest.raises(SystemExit):  # `profile` needs a sub-command (table1)
         main(["profile"])
+    # learning rates and step counts are checked as they are read: float() alone takes nan and inf,
+    # which adapted every task into NaNs and reported class 0 for every image
+    for argv, message in ((["eval", "--lr", "nan"], "must be a finite number > 0, got nan"),
+                          (["adapt", "--lr", "inf"], "must be a finite number > 0, got inf"),
+                          (["pretrain", "--lr", "0"], "must be a finite number > 0, got 0"),
+                          (["pretrain", "--lr-gamma", "-0.2"], "must be a finite number > 0"),
+                          (["profile", "run", "--peak-tflops", "x"], "'x' is not a number"),
+                          (["eval", "--steps", "-1"], "must be an integer >= 0, got -1"),
+                          (["adapt", "--steps", "1.5"], "'1.5' is not an integer")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err, argv
 
 
 def test_pool_from_another_dataset_is_refused(pool_dir, cifar_fs_root, capsys):

@@ -20,6 +20,7 @@ Options (the published code and the ablations):
 
 from __future__ import annotations
 
+import math
 import copy
 from dataclasses import dataclass
 
@@ -52,8 +53,9 @@ class BellConfig:
                 raise FastFreeError(f"BELL {name}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if not isinstance(self.augment, bool):
             raise FastFreeError(f"BELL augment={self.augment!r}: use True or False")
-        if self.inner_lr <= 0 or self.epsilon <= 0 or self.grad_scale <= 0:
-            raise FastFreeError("BELL needs inner_lr, epsilon and grad_scale > 0")
+        if not all(0 < v < math.inf for v in (self.inner_lr, self.epsilon, self.grad_scale)):
+            raise FastFreeError(f"BELL needs inner_lr, epsilon and grad_scale finite and > 0; got inner_lr="
+                                f"{self.inner_lr}, epsilon={self.epsilon}, grad_scale={self.grad_scale}")
 
 
 def task_loss(model: nn.Module, teacher: nn.Module, task: RecoveredTask, normalization: Normalization,

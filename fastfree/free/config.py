@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from fastfree.errors import FastFreeError
@@ -61,8 +62,9 @@ class FreeConfig:
             problems.append("bell.augment with no learner update: nothing distils (drop --bell-augment)")
         if self.generator not in ("meta", "sequential"):
             problems.append(f"generator={self.generator!r} (use meta or sequential)")
-        if self.generator_lr <= 0 or self.learner_lr <= 0:
-            problems.append("learning rates must be > 0")
+        if not (0 < self.generator_lr < math.inf and 0 < self.learner_lr < math.inf):
+            problems.append(f"learning rates must be finite and > 0, got generator_lr={self.generator_lr}, "
+                            f"learner_lr={self.learner_lr}")
         if problems:
             raise FastFreeError("invalid FREE config: " + "; ".join(problems))
 

@@ -13,6 +13,7 @@ The meta-generator then takes one step of its own (persistent) Adam on (1/b) sum
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,9 +35,9 @@ class FiveConfig:
     pad: int = 4
 
     def __post_init__(self) -> None:
-        if self.k < 0 or self.lr <= 0 or self.images_per_class < 1 or self.pad < 0:
+        if self.k < 0 or not 0 < self.lr < math.inf or self.images_per_class < 1 or self.pad < 0:
             raise FastFreeError(
-                f"FIVE needs k >= 0, lr > 0, images_per_class >= 1, pad >= 0; got k={self.k}, "
+                f"FIVE needs k >= 0, a finite lr > 0, images_per_class >= 1, pad >= 0; got k={self.k}, "
                 f"lr={self.lr}, images_per_class={self.images_per_class}, pad={self.pad}"
             )
 

@@ -170,7 +170,7 @@ class MemoryBank:
         """
         for name, value, low in (("n_tasks", n_tasks, 1), ("ways", ways, 1), ("shots", shots, 1),
                                  ("queries", queries, 1)):
-            if int(value) != value or value < low:
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise FastFreeError(f"sample_tasks needs {name} >= {low} (an integer), got {value!r}")
         need = shots + queries
         if need > self.capacity:
@@ -236,8 +236,11 @@ class MemoryBank:
         count = torch.as_tensor(d["count"]).cpu().numpy().astype(np.int64)
         nxt = torch.as_tensor(d["next"]).cpu().numpy().astype(np.int64)
         rows = len(class_ids)
+        # each class holds 1..capacity images; until it is full it writes at its count, then cycles
         if (tuple(images.shape) != (rows, self.capacity, *self.image_shape) or count.shape != (rows,)
-                or nxt.shape != (rows,) or len(set(class_ids)) != rows):
+                or nxt.shape != (rows,) or len(set(class_ids)) != rows
+                or not ((count >= 1) & (count <= self.capacity) & (nxt >= 0) & (nxt < self.capacity)).all()
+                or ((count < self.capacity) & (nxt != count)).any()):
             raise FastFreeError(
                 "memory bank state is inconsistent (images, counts and class ids disagree): "
                 "the checkpoint is damaged or not from MemoryBank.state_dict()"

@@ -34,9 +34,9 @@ class MetaTestConfig:
     engine: str = "auto"  # batched (vmap over tasks), reference (one task at a time), auto (by device)
 
     def __post_init__(self) -> None:
-        if self.tasks < 1 or self.chunk < 1 or self.steps < 0 or self.lr <= 0:
+        if self.tasks < 1 or self.chunk < 1 or self.steps < 0 or not 0 < self.lr < math.inf:
             raise FastFreeError(
-                f"meta-test needs tasks >= 1, chunk >= 1, steps >= 0 and lr > 0; got tasks={self.tasks}, "
+                f"meta-test needs tasks >= 1, chunk >= 1, steps >= 0 and a finite lr > 0; got tasks={self.tasks}, "
                 f"chunk={self.chunk}, steps={self.steps}, lr={self.lr}"
             )
         if not self.shots or min(self.shots) < 1:

@@ -9,6 +9,7 @@ paths cannot drift.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -36,8 +37,8 @@ class OptimizerSpec:
                                 f"{self.milestones}, gamma={self.gamma}")
         if self.name not in OPTIMIZERS:
             raise FastFreeError(f"optimiser {self.name!r}: use one of {', '.join(OPTIMIZERS)}")
-        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise FastFreeError(f"optimiser needs lr > 0, 0 <= momentum < 1, weight_decay >= 0; got lr={self.lr}, "
+        if not 0 < self.lr < math.inf or not 0 <= self.momentum < 1 or not 0 <= self.weight_decay < math.inf:
+            raise FastFreeError(f"optimiser needs a finite lr > 0, 0 <= momentum < 1, weight_decay >= 0; got lr={self.lr}, "
                                 f"momentum={self.momentum}, weight_decay={self.weight_decay}")
         if self.name == "adam" and (self.momentum or self.weight_decay):
             raise FastFreeError("momentum and weight_decay belong to SGD here; Adam takes neither")

@@ -18,6 +18,7 @@ pool group by group: one batched run per architecture (and training-set size).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -80,8 +81,8 @@ class PretrainConfig:
             problems.append(f"epochs={self.epochs} (need >= 1)")
         if self.batch_size < 1 or self.group_size < 1 or self.eval_batch < 1:
             problems.append("batch_size, group_size and eval_batch must be >= 1")
-        if self.lr <= 0 or self.clip_norm <= 0:
-            problems.append(f"lr={self.lr} and clip_norm={self.clip_norm} must be > 0")
+        if not (0 < self.lr < math.inf and 0 < self.clip_norm < math.inf):
+            problems.append(f"lr={self.lr} and clip_norm={self.clip_norm} must be finite and > 0")
         if any(m < 1 for m in (*self.conv4_milestones, *self.resnet_milestones)) or not 0 < self.lr_gamma <= 1:
             problems.append(f"milestones {self.conv4_milestones} / {self.resnet_milestones} and lr_gamma="
                             f"{self.lr_gamma} (need epochs >= 1 and 0 < gamma <= 1)")

@@ -144,7 +144,9 @@ def test_bad_tasks_name_the_fix(run, tmp_path, capsys):
 
     fails("no config.json in", sup, query, "--run", str(tmp_path))
     fails("--support", tmp_path / "nothing")
-    fails("steps >= 0", sup, query, "--steps", "-1")
+    with pytest.raises(SystemExit):  # refused as the flags are read (tests/test_cli.py)
+        main(["adapt", "--run", str(run_dir), "--support", str(sup), "--query", str(query), "--steps", "-1"])
+    assert "--steps: must be an integer >= 0, got -1" in capsys.readouterr().err
     one = tmp_path / "one"
     shutil.copytree(sup / classes[0], one / classes[0])
     fails("at least 2 classes", one)

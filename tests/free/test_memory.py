@@ -199,6 +199,17 @@ def test_errors():
     assert len(bank) == 0  # nothing stored by a failed add
     with pytest.raises(FastFreeError, match="shots \\+ queries"):
         bank.sample_tasks(1, 2, 2, 3, torch.Generator())
+    for bad in (1.0, None, True, 0):  # counts must be integers >= 1 (1.0 crashed inside topk, None in int())
+        with pytest.raises(FastFreeError, match="sample_tasks needs ways >= 1"):
+            bank.sample_tasks(1, bad, 1, 1, torch.Generator())
     other = MemoryBank(capacity_per_class=5, image_shape=SHAPE)
     with pytest.raises(FastFreeError, match="checkpoint's settings"):
         other.load_state_dict(bank.state_dict())
+    # counts and write positions a bank cannot reach are refused, not loaded (a 4-per-class bank with 9 images)
+    bank.add(*tagged([0] * 5 + [1] * 2))
+    good = bank.state_dict()
+    for count, nxt in (([9, 2], [1, 2]), ([4, -2], [1, 2]), ([4, 2], [1, 0]), ([4, 2], [4, 2]), ([0, 2], [0, 2])):
+        with pytest.raises(FastFreeError, match="inconsistent"):
+            MemoryBank(capacity_per_class=4, image_shape=SHAPE).load_state_dict(
+                {**good, "count": torch.tensor(count), "next": torch.tensor(nxt)})
+    MemoryBank(capacity_per_class=4, image_shape=SHAPE).load_state_dict(good)  # the true state still loads
