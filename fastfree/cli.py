@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "of this pool (default: the authors' MultiStepLR, Conv4 at 70, ResNets at 30 50 80); "
                         "'none': a constant rate, as pools from before the schedule trained (grow one with it)")
     p.add_argument("--lr-gamma", type=_positive_real, help="the schedule's factor at each milestone (default 0.2)")
-    p.add_argument("--seed", type=int, help="seed of the teachers' classes, inits and data order")
+    p.add_argument("--seed", type=_non_negative, help="seed of the teachers' classes, inits and data order")
     p.add_argument("--group-size", type=_positive, help="teachers trained together in one vmapped step")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted pretraining in --out (its finished teachers are kept), or grow the "
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=_non_negative, help="SGD steps on the support set (default 10)")
     e.add_argument("--lr", type=_positive_real, help="adaptation learning rate (default 0.01)")
     e.add_argument("--chunk", type=_positive, help="tasks adapted together (vmap)")
-    e.add_argument("--seed", type=int, help="task seed: the same seed gives the same tasks")
+    e.add_argument("--seed", type=_non_negative, help="task seed: the same seed gives the same tasks")
     e.add_argument("--engine", choices=list(ENGINES),
                    help="batched: vmap over tasks; reference: one task at a time; "
                         "auto (default): batched on CUDA, reference on a CPU (faster there)")
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "gets the whole set's statistics a chunk at a time (default 512)")
     ad.add_argument("--compare-random", action="store_true",
                     help="also adapt a Random learner of the same shape on the task (the tables' baseline)")
-    ad.add_argument("--seed", type=int, default=0, help="--compare-random: the Random learner's seed")
+    ad.add_argument("--seed", type=_non_negative, default=0, help="--compare-random: the Random learner's seed")
     add_machine_flags(ad)
 
     ex = sub.add_parser("export", help="a run's meta-learner as one portable safetensors file",
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--teachers-per-iteration", type=_positive, help="b: teachers sampled per iteration")
     t.add_argument("--k", type=int, help="FIVE inner steps (5: FREE_5, 2: FREE_2; 0: no per-teacher adaptation, the "
                                          "meta-generator's own images)")
-    t.add_argument("--seed", type=int, help="seed of the generator, the meta-learner and the training's random "
+    t.add_argument("--seed", type=_non_negative, help="seed of the generator, the meta-learner and the training's random "
                                             "draws (teachers, latent codes, augmentation, replay tasks); meta-val and meta-test tasks "
                                             "have their own fixed seed, so runs of any seed meet the same tasks")
     t.add_argument("--eval-every", type=_positive, help="meta-val evaluation interval (model selection)")

@@ -70,6 +70,8 @@ class EpisodeSampler:
 
     def __init__(self, split: ImageSplit, normalization: Normalization, spec: EpisodeSpec, seed: int = 0,
                  image_size: int | None = None):
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise FastFreeError(f"task seed must be an integer >= 0 (numpy seeds each task from it), got {seed!r}")
         index = split.class_index()
         if len(index) < spec.ways:
             raise FastFreeError(

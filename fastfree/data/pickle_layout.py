@@ -108,6 +108,11 @@ def _validate_split_dict(obj: object, path: Path) -> dict:
         raise FastFreeError(
             f"{path}: 'data' has shape {tuple(data.shape)}, expected [N, H, W, 3] (HWC, RGB); {fix}"
         )
+    if data.shape[1] != data.shape[2]:
+        raise FastFreeError(
+            f"{path}: images are {data.shape[1]}x{data.shape[2]} (H x W), not square; fastfree's networks take "
+            "square images: resize or crop them to one size (CIFAR-FS is 32x32)"
+        )
     n = data.shape[0]
     labels = obj["labels"]
     if isinstance(labels, np.ndarray):
@@ -160,14 +165,15 @@ def restricted_load(path: str | Path, validate: bool = True) -> object:
         raise FastFreeError(
             f"{path}: truncated or corrupt pickle ({type(e).__name__}: {e}); re-download or re-export it"
         ) from e
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
-        # numpy's _reconstruct/__setstate__ complain this way about damaged array payloads.
+    except OSError as e:
+        raise FastFreeError(f"{path}: cannot read the file ({e}); check its permissions") from e
+    except Exception as e:
+        # numpy's _reconstruct/__setstate__ and pickle's framing complain about damaged payloads in many
+        # ways (ValueError, TypeError, OverflowError, SystemError, ...; found by fuzzing single bytes)
         raise FastFreeError(
             f"{path}: cannot rebuild the pickled data ({type(e).__name__}: {e}); the file is corrupt "
             "or not in the CIFAR-FS pickle layout: re-download or re-export it"
         ) from e
-    except OSError as e:
-        raise FastFreeError(f"{path}: cannot read the file ({e}); check its permissions") from e
     if validate:
         _validate_split_dict(obj, path)
     return obj

@@ -56,8 +56,10 @@ def model_files(paths: list[str | Path]) -> list[Path]:
             out.append(p)
         else:
             raise FastFreeError(f"no such model file or folder: {p}")
-    if len(set(out)) != len(out):
-        raise FastFreeError("a model file is named twice: each file is one teacher")
+    resolved = [p.resolve() for p in out]  # one file under two spellings (a/x.pt, ./a/x.pt, a folder and its file)
+    if len(set(resolved)) != len(resolved):
+        twice = next(p for p, r in zip(out, resolved) if resolved.count(r) > 1)
+        raise FastFreeError(f"a model file is named twice ({twice}): each file is one teacher")
     return out
 
 

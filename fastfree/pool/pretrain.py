@@ -79,6 +79,8 @@ class PretrainConfig:
             problems.append(f"ways={self.ways} (need >= 2)")
         if self.epochs < 1:
             problems.append(f"epochs={self.epochs} (need >= 1)")
+        if self.seed < 0:  # numpy seeds the teachers' class draws from it
+            problems.append(f"seed={self.seed} (need >= 0)")
         if self.batch_size < 1 or self.group_size < 1 or self.eval_batch < 1:
             problems.append("batch_size, group_size and eval_batch must be >= 1")
         if not (0 < self.lr < math.inf and 0 < self.clip_norm < math.inf):

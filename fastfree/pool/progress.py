@@ -97,9 +97,11 @@ class PretrainProgress:
         if replacing and not overwrite:
             raise FastFreeError(f"{self.out} already holds a pool: pass --resume to keep its teachers (a larger "
                                 f"--teachers grows it), --overwrite to replace it, or choose another --out")
-        self._write_fingerprint()
-        if replacing:  # so that --resume continues the replacement instead of growing the old pool
+        if replacing:  # so that --resume continues the replacement instead of growing the old pool; before
+            # the fingerprint, which makes the folder a run in progress: never one without its marker
+            self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / REPLACING).touch()
+        self._write_fingerprint()
 
     def _write_fingerprint(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -107,26 +107,50 @@ def save_pool(
         for r, sd in zip(records, state_dicts) for k, v in sd.items()
     }
     tmp_weights = path / (WEIGHTS + ".tmp")
-    save_readable(tensors, tmp_weights, metadata={"format": FORMAT})
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fastfree_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"name": dataset, "split": "train", "normalization": normalization.to_dict()},
-        "pretrain": pretrain_config or {},
-        **({"provenance": provenance} if provenance is not None else {}),
-        **({"imported": imported} if imported is not None else {}),
-        "teachers": [r.to_dict() for r in records],
-        "weights_file": WEIGHTS,
-        "weights_sha256": sha256_file(tmp_weights),
-    }
-    manifest["manifest_sha256"] = _manifest_digest(manifest)
     tmp_manifest = path / (MANIFEST + ".tmp")
-    tmp_manifest.write_text(json.dumps(manifest, indent=2))
+    try:
+        save_readable(tensors, tmp_weights, metadata={"format": FORMAT})
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "fastfree_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "dataset": {"name": dataset, "split": "train", "normalization": normalization.to_dict()},
+            "pretrain": pretrain_config or {},
+            **({"provenance": provenance} if provenance is not None else {}),
+            **({"imported": imported} if imported is not None else {}),
+            "teachers": [r.to_dict() for r in records],
+            "weights_file": WEIGHTS,
+            "weights_sha256": sha256_file(tmp_weights),
+        }
+        manifest["manifest_sha256"] = _manifest_digest(manifest)
+        tmp_manifest.write_text(json.dumps(manifest, indent=2))
+    except BaseException:  # nothing half-written stays behind; the pool in place is untouched
+        tmp_weights.unlink(missing_ok=True)
+        tmp_manifest.unlink(missing_ok=True)
+        raise
+    # the commit: the weights, then the manifest. A save killed between the two renames leaves the
+    # new weights beside the old manifest, the new one under its temporary name: load_pool finishes it
     os.replace(tmp_weights, path / WEIGHTS)
     os.replace(tmp_manifest, path / MANIFEST)
     return path
+
+
+def _finish_interrupted_save(path: Path) -> bool:
+    """Complete a save_pool killed between its two renames: the temporary manifest is intact and names
+    the weights now in place (their checksum). True when it did; otherwise nothing is touched."""
+    pending, weights = path / (MANIFEST + ".tmp"), path / WEIGHTS
+    if not pending.is_file() or not weights.is_file():
+        return False
+    try:
+        manifest = json.loads(pending.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return False  # a save killed while writing it: its weights were never put in place
+    if (not isinstance(manifest, dict) or manifest.get("manifest_sha256") != _manifest_digest(manifest)
+            or manifest.get("weights_sha256") != sha256_file(weights)):
+        return False
+    os.replace(pending, path / MANIFEST)
+    return True
 
 
 def _fail(path: Path, problem: str, fix: str) -> FastFreeError:
@@ -138,6 +162,7 @@ def load_pool(path: str | Path) -> Pool:
     regen = f"Re-create it with `fastfree pretrain --out {path}`."
     if not path.is_dir():
         raise _fail(path, "no such directory", f"Train a pool first with `fastfree pretrain --out {path}`, or pass --pool.")
+    _finish_interrupted_save(path)
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise _fail(path, f"{MANIFEST} is missing", f"A pool directory holds {MANIFEST} and {WEIGHTS}. {regen}")

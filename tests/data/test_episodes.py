@@ -55,3 +55,6 @@ def test_bad_episode_specs(tiny_split):
         EpisodeSampler(tiny_split, CIFAR100_NORM, EpisodeSpec(5, 1, 10))
     with pytest.raises(FastFreeError, match="ways >= 2"):
         EpisodeSpec(1, 1, 1)
+    for seed in (-1, 1.5):  # numpy refused a negative seed with a bare ValueError at the first task
+        with pytest.raises(FastFreeError, match="task seed must be an integer >= 0"):
+            EpisodeSampler(tiny_split, CIFAR100_NORM, EpisodeSpec(5, 1, 1), seed)

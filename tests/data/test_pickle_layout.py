@@ -328,3 +328,19 @@ def test_real_cifar_fs_chw_matches_pickle(real_cifar_fs):
         real_cifar_fs.val.images[torch.from_numpy(idx)].numpy(), raw["data"][idx].transpose(0, 3, 1, 2)
     )
     assert real_cifar_fs.val.labels.tolist() == list(raw["labels"])
+
+
+def test_corrupt_bytes_give_a_clear_error(tmp_path):
+    """Single damaged bytes made pickle or numpy raise OverflowError / SystemError, which escaped as
+    tracebacks (found by fuzzing); every failure to rebuild the data is a FastFreeError."""
+    raw = bytearray(pickle.dumps(_split_dict([0]), protocol=4))
+    raw[10] = 0xFF  # the frame length: OverflowError inside the unpickler
+    (tmp_path / "f.pickle").write_bytes(bytes(raw))
+    with pytest.raises(FastFreeError, match=r"f.pickle: (truncated or corrupt|cannot rebuild)"):
+        restricted_load(tmp_path / "f.pickle")
+
+
+def test_non_square_images_are_refused(tmp_path):
+    rect = {**_split_dict([0]), "data": np.zeros((3, 32, 28, 3), dtype=np.uint8)}
+    with pytest.raises(FastFreeError, match="images are 32x28 .H x W., not square"):
+        restricted_load(_dump(rect, tmp_path / "r.pickle"))

@@ -80,6 +80,8 @@ def test_refusals_name_the_problem(tmp_path):
                                                                     tmp_path / "bad.safetensors").value)
     (tmp_path / "empty").mkdir()
     for paths, message in (([tmp_path / "empty"], "holds no model files"), ([tmp_path / "nope.pt"], "no such"),
-                           ([tmp_path / "small.pt", tmp_path / "small.pt"], "named twice")):
+                           ([tmp_path / "small.pt", tmp_path / "small.pt"], "named twice"),
+                           # one file under two spellings is one teacher too
+                           ([tmp_path / "small.pt", tmp_path / "empty" / ".." / "small.pt"], "named twice")):
         with pytest.raises(FastFreeError, match=message):
             model_files(paths)

@@ -13,7 +13,7 @@ from fastfree.data.split import CIFAR100_NORM
 from fastfree.errors import FastFreeError
 from fastfree.pool import pretrain as pretrain_module
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
-from fastfree.pool.progress import PROGRESS, PretrainProgress, fingerprint
+from fastfree.pool.progress import PROGRESS, REPLACING, PretrainProgress, fingerprint
 from fastfree.pool.store import MANIFEST, WEIGHTS, load_pool
 from fastfree.pool.teachers import sample_teacher_specs
 from tests.pool.test_pretrain import NOISE_ONLY
@@ -208,6 +208,20 @@ def test_an_interrupted_overwrite_resumes_as_a_replacement(tmp_path, monkeypatch
     a, b = _weights(tmp_path / "new"), _weights(tmp_path / "pool")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "pool" / PROGRESS).exists()
+
+
+def test_an_overwrite_marks_itself_before_its_progress_exists(tmp_path, monkeypatch):
+    """Killed right after the progress folder's fingerprint was written, an overwrite must already
+    carry its marker, or --resume would grow the old pool instead of replacing it."""
+    assert _pretrain(tmp_path / "pool", 2) == 0
+
+    def killed(self):
+        assert (self.dir / REPLACING).is_file()
+        raise Killed
+
+    monkeypatch.setattr(PretrainProgress, "_write_fingerprint", killed)
+    with pytest.raises(Killed):
+        _pretrain(tmp_path / "pool", 2, "--seed", "7", "--overwrite")
 
 
 def test_a_pool_from_before_the_learning_rate_schedule_still_grows(tmp_path):

@@ -92,3 +92,46 @@ def test_replaced_weights_and_garbage(tmp_path):
     (path / MANIFEST).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(FastFreeError, match="not a fastfree pool manifest"):
         load_pool(path)
+
+
+def test_a_save_killed_between_its_renames_is_finished_on_load(tmp_path, monkeypatch):
+    """Overwriting a pool renames the weights, then the manifest: killed in between, the new weights
+    sat beside the old manifest and neither pool loaded. load_pool now completes the save."""
+    path, _, _ = _pool(tmp_path, n=2)
+    import fastfree.pool.store as store
+
+    real, calls = store.os.replace, []
+
+    def killed_after_the_weights(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies before the manifest's rename
+        real(src, dst)
+
+    torch.manual_seed(1)
+    models = [Conv4(num_classes=5) for _ in range(3)]
+    records = [TeacherRecord(i, "conv4", 32, 5, 32, (0, 1, 2, 3, 4), 0.5, i) for i in range(3)]
+    monkeypatch.setattr(store.os, "replace", killed_after_the_weights)
+    with pytest.raises(KeyboardInterrupt):
+        save_pool(path, records, [m.state_dict() for m in models], "tiny", CIFAR100_NORM)
+    monkeypatch.setattr(store.os, "replace", real)
+    assert (path / (MANIFEST + ".tmp")).is_file()
+    pool = load_pool(path)  # the new pool, whole
+    assert pool.records == records and not list(path.glob("*.tmp"))
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(pool.models()[2](x), models[2].eval()(x), rtol=0, atol=0)
+
+
+def test_a_save_that_fails_while_writing_leaves_the_pool_in_place(tmp_path, monkeypatch):
+    path, _, records = _pool(tmp_path, n=2)
+    import fastfree.pool.store as store
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "sha256_file", disk_full)  # after the weights' temporary file is written
+    with pytest.raises(OSError):
+        save_pool(path, records + [TeacherRecord(2, "conv4", 32, 5, 32, (0, 1, 2, 3, 4), 0.5, 2)],
+                  [Conv4(num_classes=5).state_dict() for _ in range(3)], "tiny", CIFAR100_NORM)
+    monkeypatch.undo()
+    assert not list(path.glob("*.tmp")) and load_pool(path).records == records
