@@ -247,9 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "replaces the preset's domains")
     t.add_argument("--run-dir", metavar="DIR", help="run directory (default: runs/<preset>)")
     t.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its checkpoint; with another --iterations, lengthen a "
-                        "run (finished or not; the old end's results files are kept as results-<N>it.* and "
-                        "results_per_task-<N>it.json)")
+                   help="continue an interrupted run from its checkpoint, to its own --iterations; with another "
+                        "--iterations, lengthen a run (finished or not; the old end's results files are kept as "
+                        "results-<N>it.* and results_per_task-<N>it.json)")
     t.add_argument("--iterations", type=_positive, help="outer iterations of Algorithm 3")
     t.add_argument("--warmup", type=int, help="warm-up iterations (generator only)")
     t.add_argument("--teachers-per-iteration", type=_positive, help="b: teachers sampled per iteration")

@@ -71,7 +71,9 @@ def test_clear_errors(tmp_path, capsys):
                           (["pretrain", "--lr-gamma", "-0.2"], "must be a finite number > 0"),
                           (["profile", "run", "--peak-tflops", "x"], "'x' is not a number"),
                           (["eval", "--steps", "-1"], "must be an integer >= 0, got -1"),
-                          (["adapt", "--steps", "1.5"], "'1.5' is not an integer")):
+                          (["adapt", "--steps", "1.5"], "'1.5' is not an integer"),
+                          (["eval", "--seed", "-1"], "must be an integer >= 0, got -1"),
+                          (["pretrain", "--seed", "-3"], "must be an integer >= 0, got -3")):
         with pytest.raises(SystemExit):
             main(argv)
         assert message in capsys.readouterr().err, argv
@@ -141,6 +143,34 @@ def test_train_resume_lengthens_a_finished_run_and_keeps_its_old_results(pool_di
     assert json.loads((run_dir / "config.json").read_text())["free"]["iterations"] == 4  # untouched by the refusal
     assert main([*train, "--resume", "--iterations", "4", "--seed", "9"]) == 2  # any other flag still differs
     assert "different configuration" in capsys.readouterr().err
+
+
+def test_train_resume_keeps_the_runs_own_length_and_a_refused_start_its_files(pool_dir, tmp_path, capsys,
+                                                                                monkeypatch):
+    import fastfree.commands.train as train_command
+
+    real = train_command.train_free
+    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None: real(ctx, resume, progress,
+                                                                                           stop_after=3))
+    run_dir = tmp_path / "run"
+    assert TINY_FREE[:2] == ["--iterations", "3"]
+    flags = TINY_FREE[2:]
+    train = ["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), *flags, *SMALL]
+    assert main([*train, "--iterations", "5"]) == 0  # "killed" after iteration 3 of 5 (meta-val at 2 only)
+    monkeypatch.setattr(train_command, "train_free", real)
+    config = (run_dir / "config.json").read_text()
+    # a start without --resume into the run is refused before it writes anything of its own
+    assert main([*train, "--iterations", "5", "--seed", "7"]) == 2
+    assert "already holds a run: pass --resume" in capsys.readouterr().err
+    assert (run_dir / "config.json").read_text() == config
+    # ending it at 3, where meta-val never looked, would not be the run of 3 iterations
+    assert main([*train, "--resume", "--iterations", "3"]) == 2
+    assert "stopped at iteration 3, which meta-val did not evaluate (every 2)" in capsys.readouterr().err
+    # --resume alone continues to the run's own 5 iterations (not the preset's 60)
+    assert main([*train, "--resume"]) == 0
+    assert json.loads((run_dir / "config.json").read_text())["free"]["iterations"] == 5
+    assert json.loads((run_dir / "results.json").read_text())["iterations"] == 5
+    assert [json.loads(x)["iteration"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3, 4]
 
 
 def test_train_refuses_contradictory_engine_flags(pool_dir, tmp_path, capsys):

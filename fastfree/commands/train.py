@@ -95,9 +95,16 @@ def run(args) -> dict:
     domains = domain_configs(args, preset)
     cfg = free_config(args, preset.free)
     run_dir = Path(args.run_dir or f"runs/{preset.name}")
-    if args.resume and not (run_dir / CHECKPOINT).is_file():  # before any data is read or a pool pretrained
+    config_path = run_dir / "config.json"
+    # before any data is read, a pool pretrained or a file of the run written
+    if args.resume and not (run_dir / CHECKPOINT).is_file():
         raise FastFreeError(f"--resume: no {CHECKPOINT} in {run_dir}; start the run without --resume")
+    if not args.resume and (run_dir / CHECKPOINT).is_file():  # its config.json must stay the run's own
+        raise FastFreeError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
     started_at = completed_iterations(run_dir) if args.resume else 0  # train_seconds counts this call's only
+    if args.resume and args.iterations is None and config_path.is_file():
+        # the run's own length: only an explicit --iterations lengthens it (not the preset's default)
+        cfg = replace(cfg, iterations=json.loads(config_path.read_text())["free"]["iterations"])
     options, engine_settings = engine_options(args, device)
     if domains:
         resolved = {"preset": preset.name, "domains": [c.__dict__ for c in domains], "free": cfg.to_dict(),
@@ -108,7 +115,6 @@ def run(args) -> dict:
                     "pool": args.pool[0] if args.pool else None, "engine": engine_settings, "dtype": args.dtype}
     if args.shots is not None:  # recorded only when given, so runs from before the flag resume as they were
         resolved["shots"] = [args.shots]
-    config_path = run_dir / "config.json"
     if args.resume and config_path.is_file():
         stored = json.loads(config_path.read_text())
         engine = stored.get("engine", {})
@@ -125,6 +131,12 @@ def run(args) -> dict:
         lengthen = free.get("iterations") != cfg.iterations
         if lengthen:
             free["iterations"] = cfg.iterations
+            if cfg.iterations == started_at and not (started_at > cfg.warmup and started_at % cfg.eval_every == 0):
+                # a run ends with a meta-val evaluation of its last iteration; this one was not evaluated
+                raise FastFreeError(f"--resume --iterations {cfg.iterations}: {run_dir} stopped at iteration "
+                                    f"{started_at}, which meta-val did not evaluate (every {cfg.eval_every}); a run "
+                                    f"of {cfg.iterations} iterations evaluates its last: pass --iterations "
+                                    f"{started_at + 1} or more")
         if stored != now:
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
                                 f"started with ({config_path}: {settings_diff(stored, now)}); resume with the same "

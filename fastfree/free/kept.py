@@ -36,7 +36,12 @@ def keep_learner(run_dir: Path, iteration: int, val: dict[str, list[float]], lea
     state = {k: v.detach().cpu().clone() for k, v in learner_state.items()}
     (run_dir / LEARNERS).mkdir(parents=True, exist_ok=True)
     atomic_torch_save({"iteration": int(iteration), "val": val, "learner": state},
-                      run_dir / LEARNERS / f"iter_{iteration:05d}.pt")
+                      kept_path(run_dir, iteration))
+
+
+def kept_path(run_dir: Path, iteration: int) -> Path:
+    """Where the learner of the meta-val evaluation at `iteration` is kept."""
+    return Path(run_dir) / LEARNERS / f"iter_{iteration:05d}.pt"
 
 
 def drop_kept_after(run_dir: Path, iteration: int) -> None:
@@ -63,4 +68,4 @@ def read_kept(run_dir: Path, device: torch.device | str = "cpu") -> list[KeptLea
     return sorted(out, key=lambda k: k.iteration)
 
 
-__all__ = ["LEARNERS", "KeptLearner", "drop_kept_after", "keep_learner", "read_kept"]
+__all__ = ["LEARNERS", "KeptLearner", "drop_kept_after", "keep_learner", "kept_path", "read_kept"]

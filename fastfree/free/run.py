@@ -27,10 +27,10 @@ from torch import nn
 from fastfree.data.domains import MultiDomainData
 from fastfree.data.split import FewShotDataset
 from fastfree.errors import FastFreeError
-from fastfree.free.atomic import atomic_torch_save
+from fastfree.free.atomic import atomic_torch_save, atomic_write_text
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask
-from fastfree.free.kept import drop_kept_after, keep_learner
+from fastfree.free.kept import drop_kept_after, keep_learner, kept_path
 from fastfree.free.selection import BEST, for_shots, improved_shots, is_legacy, read_selected, selected_label, \
     write_selected
 from fastfree.free.trainer import FreeState, free_iteration, init_state
@@ -112,12 +112,44 @@ def _append_metrics(path: Path, record: dict) -> None:
 
 
 def _truncate_metrics(path: Path, completed: int) -> None:
-    """Drop lines of iterations after the checkpoint (they will run again on resume)."""
+    """Drop lines of iterations after the checkpoint (they will run again on resume), and a line torn
+    by a kill or a full disk (lines are appended before the checkpoint is written, so a torn one is
+    always after it). Rewritten atomically: a kill here leaves the old file."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("iteration", -1) < completed]
-    path.write_text("".join(line + "\n" for line in keep))
+
+    def before_checkpoint(line: str) -> bool:
+        try:
+            return json.loads(line).get("iteration", -1) < completed
+        except ValueError:
+            return False
+
+    keep = [line for line in path.read_text().splitlines() if line.strip() and before_checkpoint(line)]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _roll_back_selection(run_dir: Path, state: FreeState) -> None:
+    """Make best_learner.pt the checkpoint's picks again: an evaluation after the checkpoint may have
+    written a pick that the resumed run never meets again (it may end sooner, or on a GPU measure
+    otherwise). Each such pick goes back to the checkpoint's (its kept learner), or away if it had none."""
+    path = run_dir / BEST
+    if not path.is_file():
+        return
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    shots = dict(saved.get("shots", {}))
+    later = [k for k, v in shots.items() if int(v["iteration"]) > state.iteration]
+    if not later:
+        return
+    for key in later:
+        earlier = state.best.get(key)
+        kept = kept_path(run_dir, earlier["iteration"]) if earlier else None
+        if kept is not None and kept.is_file():
+            learner = torch.load(kept, map_location="cpu", weights_only=True)["learner"]
+            shots[key] = {"iteration": earlier["iteration"], "val": earlier["val"], "learner": learner}
+        else:  # no pick before the checkpoint, or its learner was not kept (runs from before learners/)
+            del shots[key]
+            state.best = {k: v for k, v in state.best.items() if k != key}
+    atomic_torch_save({"shots": shots}, path)
 
 
 def _shot_table(results: list[ShotResult]) -> dict:
@@ -143,6 +175,8 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
                                 f"--iterations {cfg.iterations}; pass --iterations {state.iteration} or more")
         if is_legacy(state.best):
             _upgrade_selection(ctx, state)
+        else:
+            _roll_back_selection(run_dir, state)
     elif ckpt.exists():
         raise FastFreeError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
     else:  # a fresh start: an earlier attempt here never checkpointed; its picks are not this run's
@@ -185,8 +219,8 @@ def _upgrade_selection(ctx: RunContext, state: FreeState) -> None:
     counts: measure that learner per shot count on meta-val, so later iterations compete with it
     fairly and nothing it was chosen for is lost."""
     old = read_selected(ctx.run_dir / BEST, ctx.device)
-    state.best = {}
-    if None not in old:
+    if None not in old:  # the file was upgraded already (by a resume that ran no iteration): its picks stand
+        state.best = {str(k): {"iteration": v.iteration, "val": v.val} for k, v in old.items()}
         return
     learner = copy.deepcopy(state.learner)
     learner.load_state_dict(old[None].learner)

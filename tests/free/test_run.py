@@ -59,6 +59,15 @@ def test_resume_gives_the_same_final_parameters(tiny_dataset, tmp_path):
     assert all(torch.equal(x.learner[n], y.learner[n]) for x, y in zip(kept_a, kept_b) for n in x.learner)
 
 
+def test_a_metrics_line_torn_by_a_kill_does_not_stop_the_resume(tiny_dataset, tmp_path):
+    train_free(_ctx(tmp_path / "b", tiny_dataset), resume=False, stop_after=3)
+    with open(tmp_path / "b" / METRICS, "a") as f:
+        f.write('{"iteration": 3, "five_lo')  # the disk filled up mid-line
+    train_free(_ctx(tmp_path / "b", tiny_dataset), resume=True)
+    lines = [json.loads(x) for x in (tmp_path / "b" / METRICS).read_text().splitlines()]
+    assert [m["iteration"] for m in lines] == [0, 1, 2, 3, 4]
+
+
 def test_a_finished_run_lengthened_on_resume_ends_where_the_longer_run_does(tiny_dataset, tmp_path):
     """--resume with a larger --iterations: a 4-iteration run continued to 6 equals a 6-iteration run
     (its old end, 4, was an evaluation point anyway); fewer iterations than are done is refused."""

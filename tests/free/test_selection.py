@@ -66,6 +66,23 @@ def test_resuming_a_checkpoint_from_before_per_shot_selection(tiny_dataset, tmp_
     assert upgraded.best == {"1": {"iteration": picked.iteration, "val": pytest.approx(picked.val)}}
     now = read_selected(run / BEST)
     assert set(now) == {1} and all(torch.equal(now[1].learner[k], picked.learner[k]) for k in picked.learner)
+    # the checkpoint is still in the old format; resuming again reads the upgraded picks, not none
+    assert train_free(_ctx(run, tiny_dataset), resume=True, stop_after=3).best == upgraded.best
     state = train_free(_ctx(run, tiny_dataset), resume=True)  # and it competes with later iterations
     assert set(state.best) == {"1"} and state.best["1"]["val"] >= picked.val
     assert read_selected(run / BEST)[1].iteration == state.best["1"]["iteration"]
+
+
+def test_resume_takes_back_a_pick_made_after_the_checkpoint(tiny_dataset, tmp_path):
+    """An evaluation after the last checkpoint wrote its pick, then the run died: the resumed run's
+    best_learner.pt holds the checkpoint's pick again (the resumed run may never meet that iteration)."""
+    run = tmp_path / "run"
+    state = train_free(_ctx(run, tiny_dataset), resume=False, stop_after=3)
+    before = read_selected(run / BEST)[1]
+    assert state.best["1"]["iteration"] == before.iteration <= 3
+    late = {k: torch.zeros_like(v) for k, v in before.learner.items()}
+    write_selected(run / BEST, late, {"1": {"iteration": 4, "val": 99.0}})  # after the checkpoint at 3
+    resumed = train_free(_ctx(run, tiny_dataset), resume=True, stop_after=3)
+    now = read_selected(run / BEST)[1]
+    assert (now.iteration, now.val) == (before.iteration, pytest.approx(before.val)) and resumed.best == state.best
+    assert all(torch.equal(now.learner[k], before.learner[k]) for k in before.learner)
