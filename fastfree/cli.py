@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--domain", metavar="SPEC", action="append",
                    help="one domain of a multi-domain run (Table 3), repeated: SOURCE[:ROOT][,size=N][,seed=N]"
                         "[,images=N][,norm=NAME], e.g. --domain builtin --domain cifar-fs:/data/cifar-fs; "
-                        "replaces the preset's domains")
+                        "replaces the preset's domains (size: builtin and image folders; seed, images: builtin; "
+                        "norm: the folder layout)")
     t.add_argument("--run-dir", metavar="DIR", help="run directory (default: runs/<preset>)")
     t.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its checkpoint, to its own --iterations; with another "

@@ -6,7 +6,9 @@ e.g. ``builtin``, ``builtin,size=48,seed=1``, ``cifar-fs:/data/cifar-fs``,
 ``mini-imagenet:/data/mini``, ``cub:/data/cub,size=84``. Unset fields come from the
 `base` config of the same source when the preset has one (so a preset's domains keep their
 settings when only their roots are given), else from the source's defaults (84 px for
-mini-imagenet and CUB, 32 px otherwise).
+mini-imagenet and CUB, 32 px otherwise). size= applies to the built-in data and the image
+folders (CIFAR-FS's pickles are 32 px, and another size is refused), seed= and images= to the
+built-in data, norm= to the folder layout.
 """
 
 from __future__ import annotations

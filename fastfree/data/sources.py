@@ -47,6 +47,9 @@ class DataConfig:
             raise FastFreeError(f"unknown image decoder {self.decoder!r}: use one of {', '.join(DECODERS)}")
         if self.image_size < 16:
             raise FastFreeError(f"image_size must be at least 16, got {self.image_size}")
+        if self.source == "cifar-fs" and self.image_size != 32:  # the pickles are read as they are, never resized
+            raise FastFreeError(f"CIFAR-FS images are 32 x 32 and used as they are, not at {self.image_size} px: drop "
+                                f"--image-size (size= in --domain); for other sizes use the image-folder layout")
 
         if self.source in NAMED_FOLDERS and self.normalization != "imagenet":
             raise FastFreeError(f"{self.source} is normalised with ImageNet's mean/std (the authors'); "

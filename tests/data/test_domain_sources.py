@@ -27,6 +27,7 @@ def test_specs_parse_into_data_configs():
     ("builtin,colour=2", "bad option"),
     ("builtin,size=big", "size must be an integer"),
     ("cub:/x,norm=cifar100", "ImageNet's mean/std"),
+    ("cifar-fs:/x,size=48", "CIFAR-FS images are 32 x 32 and used as they are, not at 48 px"),  # was ignored
 ])
 def test_bad_specs_name_the_fix(spec, message):
     with pytest.raises(FastFreeError, match=message):
