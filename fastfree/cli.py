@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="+", choices=["five", "iteration", "pool", "metatest"],
                    help="run only these sections (default: all)")
     b.add_argument("--repeats", type=_positive, default=3, help="timed repeats per variant (default 3)")
+    b.add_argument("--fast-only", action="store_true",
+                   help="with --only iteration: time the fast engine alone (another variant on a device whose "
+                        "reference an earlier call timed; no ratio)")
     b.add_argument("--teachers-per-iteration", type=_positive, help="b: teachers per FIVE epoch / iteration")
     b.add_argument("--k", type=_positive, help="FIVE inner steps")
     b.add_argument("--pool-teachers", type=_positive, help="teachers in the pool benchmark (default: the preset's)")

@@ -38,11 +38,13 @@ def time_engine(w: Workload, options, repeats: int) -> dict:
     }
 
 
-def bench(w: Workload, fast_options, repeats: int, on_engine=None) -> dict:
+def bench(w: Workload, fast_options, repeats: int, on_engine=None, reference: bool = True) -> dict:
     """Reference, then fast; `on_engine(partial_result)` after each (so a run cut off while the fast
-    engine compiles still keeps the reference's time)."""
+    engine compiles still keeps the reference's time). `reference=False`: the fast engine only (a
+    second variant timed on a device whose reference an earlier call timed)."""
     times = {}
-    for name, options in (("reference", None), ("fast", fast_options)):
+    engines = (("reference", None),) if reference else ()
+    for name, options in (*engines, ("fast", fast_options)):
         times[name] = time_engine(w, options, repeats)
         if on_engine is not None:
             on_engine(_result(w, fast_options, repeats, times))

@@ -13,11 +13,12 @@ reference (``maml_meta_batch_reference``), the fast engine's torch.func path
 
 from __future__ import annotations
 
+import traceback
 from functools import partial
 
 import torch
 
-from fastfree.commands.common import run_metadata
+from fastfree.commands.common import run_metadata, write_json
 from fastfree.data.split import CIFAR100_NORM
 from fastfree.engine.replay import GraphedMetaBatch, maml_meta_batch_fast
 from fastfree.free.memory import MemoryBank
@@ -30,7 +31,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def bench(tasks: int, ways: int, shots: int, queries: int, inner_steps: int, first_order: bool, width: int,
-          image_size: int, dtype: torch.dtype, repeats: int, device: torch.device) -> dict:
+          image_size: int, dtype: torch.dtype, repeats: int, device: torch.device, on_variant=None) -> dict:
+    """Time each variant; `on_variant(result so far)` after each one (the script saves it then)."""
     cfg = ReplayConfig(meta_batch=tasks, ways=ways, shots=shots, queries=queries, inner_steps=inner_steps,
                        second_order=not first_order)
     torch.manual_seed(0)
@@ -48,20 +50,26 @@ def bench(tasks: int, ways: int, shots: int, queries: int, inner_steps: int, fir
         # the loss is read back so that each call is synchronised (and the host read is counted)
         return median_time(lambda: fn(learner, batch, CIFAR100_NORM, cfg)[1].item(), repeats, device)
 
-    return {
+    variants = {"fast": maml_meta_batch_fast, "fast_chunk1": partial(maml_meta_batch_fast, chunk_size=1),
+                "reference": maml_meta_batch_reference}
+    if device.type == "cuda":  # the engine's replay on CUDA: the vmapped meta-batch captured in one CUDA graph
+        variants["fast_graphed"] = GraphedMetaBatch()
+    times, errors = {}, {}
+    result = {
         "benchmark": "cross-task replay meta-batch, vmapped over tasks vs sequential (seconds per meta-batch)",
         "tasks": tasks, "ways": ways, "shots": shots, "queries": queries, "inner_steps": inner_steps,
         "second_order": not first_order, "width": width, "image_size": image_size, "dtype": str(dtype),
-        "repeats": repeats,
-        "times": {
-            "fast": timed(maml_meta_batch_fast),
-            "fast_chunk1": timed(partial(maml_meta_batch_fast, chunk_size=1)),
-            "reference": timed(maml_meta_batch_reference),
-            # the engine's replay on CUDA: the vmapped meta-batch captured in one CUDA graph
-            **({"fast_graphed": timed(GraphedMetaBatch())} if device.type == "cuda" else {}),
-        },
-        **run_metadata(device),
+        "repeats": repeats, "times": times, "errors": errors, **run_metadata(device),
     }
+    for name, fn in variants.items():
+        try:
+            times[name] = timed(fn)
+        except Exception as e:  # one variant failing (a first capture on a new GPU) must not lose the others
+            traceback.print_exc()
+            errors[name] = f"{type(e).__name__}: {e}"[:2000]
+        if on_variant is not None:
+            on_variant(result)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,15 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     args = p.parse_args(argv)
     result = bench(args.tasks, args.ways, args.shots, args.queries, args.inner_steps, args.first_order, args.width,
-                   args.image_size, DTYPES[args.dtype], args.repeats, resolve_device(args.device))
+                   args.image_size, DTYPES[args.dtype], args.repeats, resolve_device(args.device),
+                   lambda partial: write_json(args.json, partial))
     t = result["times"]
-    result["speedup_fast_chunk1_over_reference"] = t["reference"]["median_s"] / t["fast_chunk1"]["median_s"]
-    print(f"fast with chunk_size=1: {1e3 * t['fast_chunk1']['median_s']:.1f} ms per meta-batch "
-          f"({result['speedup_fast_chunk1_over_reference']:.2f}x the reference)")
-    if "fast_graphed" in t:
-        result["speedup_fast_graphed_over_reference"] = t["reference"]["median_s"] / t["fast_graphed"]["median_s"]
-        print(f"fast, CUDA-graphed: {1e3 * t['fast_graphed']['median_s']:.1f} ms per meta-batch "
-              f"({result['speedup_fast_graphed_over_reference']:.2f}x the reference)")
+    if "reference" not in t or "fast" not in t:
+        print(f"not timed: {result['errors']}")
+        write_json(args.json, result)
+        return 1
+    for name in ("fast_chunk1", "fast_graphed"):
+        if name in t:
+            result[f"speedup_{name}_over_reference"] = t["reference"]["median_s"] / t[name]["median_s"]
+            print(f"{name}: {1e3 * t[name]['median_s']:.1f} ms per meta-batch "
+                  f"({result[f'speedup_{name}_over_reference']:.2f}x the reference)")
     report(result, "fast", "reference", "meta-batch", args.json)
     return 0
 

@@ -41,9 +41,10 @@ def _iteration(args, preset, cfg, dataset, options, device, dtype) -> dict:
                                "sections": {"iteration": partial}, **run_metadata(device)})
 
     r = bench(Workload(preset, cfg, dataset, teachers, classes, source, device, dtype), options, args.repeats,
-              save_partial)
+              save_partial, reference=not args.fast_only)
     t = r["times"]
-    return {**r, "row": ("FREE iteration", t["reference"]["median_s"], t["fast"]["median_s"], "fast")}
+    reference = t["reference"]["median_s"] if "reference" in t else None
+    return {**r, "row": ("FREE iteration", reference, t["fast"]["median_s"], "fast")}
 
 
 def _pool(args, preset, device) -> dict:
@@ -71,8 +72,9 @@ def _metatest(args, preset, device) -> list[dict]:
 def to_markdown(rows: list[tuple], meta: dict) -> str:
     lines = [f"fastfree bench on {meta['device_name']} (torch {meta['torch']}, {meta['threads']} threads): medians",
              "", "| benchmark | reference | fast | fast variant | speed-up |", "|---|---|---|---|---|"]
-    for name, ref, fast, variant in rows:
-        lines.append(f"| {name} | {1e3 * ref:.1f} ms | {1e3 * fast:.1f} ms | {variant} | {ref / fast:.2f}x |")
+    for name, ref, fast, variant in rows:  # ref None: not timed in this call (--fast-only)
+        lines.append(f"| {name} | " + (f"{1e3 * ref:.1f} ms" if ref is not None else "-") + f" | {1e3 * fast:.1f} ms "
+                     f"| {variant} | " + (f"{ref / fast:.2f}x" if ref is not None else "-") + " |")
     return "\n".join(lines)
 
 
@@ -89,6 +91,8 @@ def run(args) -> dict:
     if args.amp and args.dtype == "float64":
         raise FastFreeError("--amp (bf16) and --dtype float64 contradict each other; drop one")
     options = EngineOptions.from_flags(args, device)
+    if args.fast_only and sections != ["iteration"]:
+        raise FastFreeError("--fast-only times the iteration's fast engine alone: pass --only iteration with it")
     dataset = None
     if "iteration" in sections:
         dataset, _ = load_on_device(data_config(args, preset), device)
@@ -111,7 +115,8 @@ def run(args) -> dict:
     meta = run_metadata(device)
     print(to_markdown(rows, meta))
     payload = {"command": "bench", "preset": preset.name, "repeats": args.repeats, "fast_options": options.__dict__,
-               "summary": [{"benchmark": n, "reference_s": r, "fast_s": f, "fast_variant": v, "speedup": r / f}
+               "summary": [{"benchmark": n, "reference_s": r, "fast_s": f, "fast_variant": v,
+                            "speedup": r / f if r is not None else None}
                            for n, r, f, v in rows],
                "sections": results, **meta}
     write_json(args.json, payload)

@@ -154,7 +154,23 @@ def test_bench_replay_runs(tmp_path):
                               "--queries", "2", "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert set(r["times"]) == {"fast", "fast_chunk1", "reference"} and r["speedup_fast_over_reference"] > 0
-    assert r["device_name"] and r["torch"]
+    assert r["device_name"] and r["torch"] and r["errors"] == {}
+
+
+def test_bench_replay_keeps_the_other_variants_when_one_fails(tmp_path, monkeypatch):
+    """A variant that raises (as a first CUDA-graph capture on a new GPU might) is recorded as an
+    error; the variants timed before and after it are kept, on disk after each one."""
+    from fastfree.profiling import bench_replay
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(bench_replay, "maml_meta_batch_reference", broken)
+    out = tmp_path / "r.json"
+    assert bench_replay.main(["--tasks", "2", "--width", "4", "--image-size", "16", "--inner-steps", "1",
+                              "--queries", "2", "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 1
+    r = json.loads(out.read_text())
+    assert set(r["times"]) == {"fast", "fast_chunk1"} and "capture failed" in r["errors"]["reference"]
 
 
 def test_graphed_meta_batch_refuses_cpu_tensors_with_the_fix():

@@ -47,3 +47,17 @@ def test_the_iteration_bench_reports_each_engine_as_it_is_timed(monkeypatch):
     seen = []
     r = bench_iteration.bench(w, SimpleNamespace(), 1, lambda partial: seen.append(sorted(partial["times"])))
     assert seen == [["reference"], ["fast", "reference"]] and r["times"] == timed
+
+
+def test_the_iteration_fast_engine_alone(tmp_path, capsys):
+    """--fast-only: a second variant on a device whose reference an earlier call timed (the GPU check's
+    fallbacks), without timing the reference again; no ratio is made up."""
+    out = tmp_path / "f.json"
+    assert main(["bench", "--preset", "demo", "--device", "cpu", "--only", "iteration", "--fast-only", "--repeats",
+                 "1", "--k", "1", "--teachers-per-iteration", "1", "--images-per-class", "20", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert list(r["sections"]["iteration"]["times"]) == ["fast"]
+    assert r["summary"][0]["reference_s"] is None and r["summary"][0]["speedup"] is None
+    assert "| FREE iteration | - |" in capsys.readouterr().out
+    assert main(["bench", "--device", "cpu", "--fast-only"]) == 2
+    assert "pass --only iteration with it" in capsys.readouterr().err

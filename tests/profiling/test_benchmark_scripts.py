@@ -86,6 +86,41 @@ def test_every_five_variant_the_gpu_check_asks_for_exists(tmp_path):
     assert not bench_five.is_variant("fast_compile_graph_bf16")  # one letter off
 
 
+def test_the_gpu_checks_fastfree_commands_parse(tmp_path):
+    """A flag the CLI does not know would fail its step on the lent GPU: each one is parsed here."""
+    import sys
+
+    from fastfree.cli import build_parser
+    from fastfree.profiling import gpu_check
+
+    commands = [cmd for _, cmd, _, _ in gpu_check.steps(sys.executable, tmp_path, "/data/cifar-fs")
+                if cmd[1:3] == ["-m", "fastfree"]]
+    assert len(commands) >= 6
+    for cmd in commands:
+        build_parser().parse_args(cmd[3:])  # SystemExit (a failed test) on a flag it does not know
+
+
+def test_the_gpu_checks_two_test_steps_cover_every_gpu_test_once(tmp_path):
+    """gpu_tests (no compiling, first) and gpu_tests_compiled (later) split `pytest -m gpu` between them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fastfree.profiling import gpu_check
+
+    plan = {name: cmd for name, cmd, _, _ in gpu_check.steps(sys.executable, tmp_path, None)}
+    repo = Path(gpu_check.__file__).resolve().parents[1]
+
+    def collected(cmd: list[str]) -> set[str]:
+        select = cmd[cmd.index("-k"):cmd.index("-k") + 2] if "-k" in cmd else []
+        out = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", *select, "--collect-only", "-q", "-p",
+                              "no:cacheprovider", "tests"], capture_output=True, text=True, cwd=repo).stdout
+        return {line for line in out.splitlines() if "::" in line}
+
+    fast, compiled, every = collected(plan["gpu_tests"]), collected(plan["gpu_tests_compiled"]), collected([])
+    assert fast and compiled and not fast & compiled and fast | compiled == every
+
+
 def test_bench_kernels_runs_the_torch_variants_on_a_cpu(tmp_path):
     from fastfree.profiling import bench_kernels
 
