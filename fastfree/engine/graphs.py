@@ -60,12 +60,19 @@ class GraphedCallable:
             return self.fn(*args)
         flat, spec = tree_flatten(args)
         if self.graph is None:
+            stream = torch.cuda.current_stream() if torch.cuda.is_available() else None
             try:
                 self._capture(flat, spec)
             except FastFreeError:
                 raise
             except RuntimeError as e:
-                self.fallback = f"{type(e).__name__}: {e}"
+                # torch.cuda.graph's exit ends the capture before it restores the caller's stream, with no
+                # finally: a capture CUDA invalidated leaves its capture stream current; put the caller's back
+                if stream is not None:
+                    torch.cuda.set_stream(stream)
+                # CUDA's own error then only says the capture failed; the cause is the error it was handling
+                cause = e.__context__ if isinstance(e.__context__, Exception) else e
+                self.fallback = f"{type(cause).__name__}: {cause}"
                 warnings.warn(f"CUDA-graph capture of {self.name} failed ({self.fallback}); running it eagerly "
                               "(same values, slower). --no-cuda-graphs skips the attempt", RuntimeWarning,
                               stacklevel=2)
@@ -75,9 +82,10 @@ class GraphedCallable:
         elif spec != self.spec or self._signature(flat) != self.signature:
             raise FastFreeError("a CUDA-graphed call changed its input shapes, dtypes or constants; the graph was "
                                 "captured for fixed ones (run with --no-cuda-graphs to allow that)")
-        for static, a in zip(self.static_in, flat):
-            if isinstance(a, torch.Tensor):
-                static.copy_(a, non_blocking=True)
+        with torch.no_grad():  # plain copies into the graph's inputs: no autograd history chained onto them
+            for static, a in zip(self.static_in, flat):
+                if isinstance(a, torch.Tensor):
+                    static.copy_(a, non_blocking=True)
         self.graph.replay()
         self.replays += 1
         return self.static_out
