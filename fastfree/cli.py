@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--bell-outer", choices=["interpolate", "adam"],
                    help="interpolate: theta += eps (theta_tilde - theta) as Algorithm 2 (default); "
                         "adam: the published code's persistent Adam fed 67 (theta - theta_tilde)")
+    a.add_argument("--bell-inner", choices=["adam", "sgd"],
+                   help="the clone's steps in BELL: adam, Adam(1e-3) as the published code and Appendix A's "
+                        "'similarly' (default); sgd: theta_tilde -= alpha g, Algorithm 2 line 6 read literally")
     a.add_argument("--targets", choices=["soft", "hard"], help="soft: distillation (default); hard: Table 7's ablation")
     a.add_argument("--generator-optimizer", choices=["persistent", "fresh"],
                    help="persistent: one Adam for the meta-generator across iterations (default); fresh: a new "

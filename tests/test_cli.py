@@ -226,10 +226,11 @@ def test_short_free_run_on_real_cifar_fs(cifar_fs_root, tmp_path):
 def test_train_ablation_flags_reach_the_config(pool_dir, tmp_path):
     out = tmp_path / "a.json"
     flags = ["--generator", "sequential", "--learner-update", "erm", "--targets", "hard", "--replay-first-order",
-             "--k", "2", "--bell-outer", "adam"]
+             "--k", "2", "--bell-outer", "adam", "--bell-inner", "sgd"]
     assert main(["train", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "abl"), "--json", str(out),
                  *TINY_FREE, *SMALL, *flags]) == 0
     free = json.loads(out.read_text())["config"]["free"]
     assert free["generator"] == "sequential" and free["five"]["k"] == 2
     assert free["bell"]["mode"] == "erm" and free["bell"]["targets"] == "hard" and free["bell"]["outer"] == "adam"
+    assert free["bell"]["inner_optimizer"] == "sgd"
     assert free["replay"]["second_order"] is False

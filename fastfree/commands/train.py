@@ -60,7 +60,8 @@ def free_config(args, base: FreeConfig) -> FreeConfig:
         cfg = replace(cfg, replay=replace(cfg.replay, second_order=False))
     if args.shots is not None:
         cfg = replace(cfg, replay=replace(cfg.replay, shots=args.shots))
-    bell = {"mode": args.learner_update, "outer": args.bell_outer, "targets": args.targets,
+    bell = {"mode": args.learner_update, "outer": args.bell_outer, "inner_optimizer": args.bell_inner,
+            "targets": args.targets,
             "augment": True if args.bell_augment else None}
     return replace(cfg, bell=replace(cfg.bell, **{k: v for k, v in bell.items() if v is not None}))
 
