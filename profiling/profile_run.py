@@ -6,7 +6,9 @@ Sequence (all on one device, one process):
    inductor kernel is invisible to the dispatcher, so counting needs the eager run);
 2. one warm-up iteration with the chosen engine (compilation, CUDA-graph capture): untimed;
 3. `iterations` timed iterations: device time per phase from CUDA events (wall time on a CPU),
-   NVML telemetry sampled in a background thread, peak memory;
+   NVML telemetry sampled in a background thread, peak memory; an iteration whose FIVE compiled
+   or captured a variant first (a mixed pool meets new architecture groups and teacher counts
+   later) is left out of the medians;
 4. the meta-test phase: the meta-learner adapted on `metatest_tasks` tasks per shot count.
 FLOPs are those FlopCounterMode counts (of the model: the eager run keeps the generator's
 upsample-then-convolve, see `_eager`): convolutions and matmuls (forward and backward), plus
@@ -24,13 +26,16 @@ from dataclasses import replace
 
 import torch
 
-from fastfree.free.run import learner_init
+from fastfree.free.run import is_evaluation, learner_init
 from fastfree.free.trainer import PhaseTimer, free_iteration
 from fastfree.metatest.protocol import run_metatest
 from fastfree.profiling.flops import GlobalFlopCounter
 from fastfree.profiling.peaks import peak_tflops, precision_key
 from fastfree.profiling.telemetry import Telemetry
 from fastfree.profiling.workload import PHASES, CountingTimer, Workload, fresh_state, make_engine
+
+# the phases --amp runs under bf16 autocast (engine/five.py, engine/bell.py); the others stay in fp32/TF32
+AUTOCAST_PHASES = ("five", "bell")
 
 # the paper's data-recovery GPU-hours (Table 2, one RTX 3090), by preset and k
 PAPER_RECOVERY_HOURS = {("cifar-fs", 5): 0.11, ("cifar-fs", 2): 0.05}
@@ -78,6 +83,11 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
     meta = run_metadata(device)
     precision = precision_key(device, w.dtype, bool(options and options.amp))
     peak = peak_override or peak_tflops(meta["device_name"], precision)
+    # --amp autocasts FIVE and BELL only (engine/five.py, engine/bell.py): the other phases and the
+    # meta-test compute in the unautocast precision, and their MFU is against that precision's peak
+    plain = precision_key(device, w.dtype, False)
+    plain_peak = peak_override or peak_tflops(meta["device_name"], plain)
+    phase_peak = {name: peak if name in AUTOCAST_PHASES else plain_peak for name in PHASES}
     state = fresh_state(w)
 
     # 1. FLOPs per phase, on one eager iteration (also the eager engine's warm-up)
@@ -107,6 +117,11 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
               {"host_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "note": "the whole process's peak resident memory (ru_maxrss)"})
 
+    # a mixed pool's FIVE compiles or captures a variant the first time it meets an architecture group
+    # with a new teacher count, which the one warm-up may not have met: such iterations are left out of
+    # the medians (their FIVE holds a one-time cost), unless every timed iteration had one
+    with_setup = [i for i, m in enumerate(timed) if m.get("five_setup")]
+    timed = [m for m in timed if not m.get("five_setup")] or timed
     batches = [m.get("replay", {}).get("meta_batches", 0) for m in timed]
     phases: dict[str, dict] = {}
     total_flops = 0.0
@@ -118,8 +133,13 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
             f = float(flops.get(name, 0))
         total_flops += f
         median = statistics.median(runs)
-        phases[name] = {"seconds_median": median, "seconds": runs, "flops": f, **_rate(f, median, peak)}
+        phases[name] = {"seconds_median": median, "seconds": runs, "flops": f,
+                        "precision": precision if name in AUTOCAST_PHASES else plain, **_rate(f, median, phase_peak[name])}
     iteration_s = statistics.median([sum(m["phase_s"].values()) for m in timed])
+    # the iteration's MFU: the time each phase's FLOPs take at its own precision's peak, over the iteration's
+    counted = [n for n, p in phases.items() if p["flops"]]
+    iteration_mfu = (sum(phases[n]["flops"] / (phase_peak[n] * 1e12) for n in counted) / iteration_s
+                     if iteration_s and all(phase_peak[n] for n in counted) else None)
     for p in phases.values():
         p["share"] = p["seconds_median"] / iteration_s if iteration_s else None
 
@@ -127,7 +147,7 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
     mt_s, mt_flops = _metatest(w, state, metatest_tasks)
     shots = w.preset.metatest.shots
     metatest = {"tasks": metatest_tasks, "shots": list(shots), "seconds_per_task": mt_s,
-                "flops_per_task": mt_flops, **_rate(mt_flops, mt_s, peak),
+                "flops_per_task": mt_flops, "precision": plain, **_rate(mt_flops, mt_s, plain_peak),
                 "note": "per task = one task at each shot count"}
 
     if trace:
@@ -141,7 +161,7 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
     cfg = w.cfg
     after = cfg.iterations - cfg.warmup
     five_s, gen_s = phases["five"]["seconds_median"], phases["generator"]["seconds_median"]
-    evals = cfg.iterations // cfg.eval_every
+    evals = sum(is_evaluation(it, cfg) for it in range(1, cfg.iterations + 1))  # as train_free evaluates
     extrapolation = {
         "iterations": cfg.iterations, "warmup": cfg.warmup,
         "data_recovery_hours": five_s * after / 3600,
@@ -156,15 +176,19 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
         "command": "profile run", "preset": w.preset.name,
         "engine": "reference" if options is None else {"engine": "fast", **options.__dict__},
         "dtype": str(w.dtype).removeprefix("torch."), "precision": precision,
-        "peak_tflops": peak, "peak_source": ("--peak-tflops" if peak_override else
+        "peak_tflops": peak, "unautocast_precision": plain, "unautocast_peak_tflops": plain_peak, "peak_source": ("--peak-tflops" if peak_override else
                                              "fastfree.profiling.peaks (data sheet, dense)" if peak else
                                              "unknown for this device: MFU not computed (pass --peak-tflops)"),
         "teachers": w.teachers_source, "b": cfg.teachers_per_iteration, "k": cfg.five.k,
         "images_per_task": w.ways * cfg.five.images_per_class, "image_size": w.dataset.image_size,
         "iterations_timed": iterations, "warmup_iteration_s": warmup_s,
+        # timed iterations whose FIVE compiled or captured a variant first (0-based; left out of the medians
+        # unless all were)
+        "timed_iterations_with_setup": with_setup, "iterations_in_medians": len(timed),
         "replay_meta_batches": batches, "replay_meta_batches_counted": counted_batches,
         "phases": phases,
-        "iteration": {"seconds_median": iteration_s, "flops": total_flops, **_rate(total_flops, iteration_s, peak)},
+        "iteration": {"seconds_median": iteration_s, "flops": total_flops,
+                      **_rate(total_flops, iteration_s, peak), "mfu": iteration_mfu},
         "metatest": metatest, "extrapolation": extrapolation, "memory": memory,
         "telemetry": telemetry.summary(iterations), "trace": trace,
         # why the replay meta-batch runs eagerly although CUDA graphs were asked for (None: it did not)
@@ -185,7 +209,11 @@ def to_markdown(r: dict) -> str:
 
     lines = [f"FREE iteration profile: preset {r['preset']}, {r['device_name']}, {r['precision']}, "
              f"b={r['b']} k={r['k']}, {r['image_size']} px; median of {r['iterations_timed']} iterations "
-             f"({r['timing']}); peak {f(r['peak_tflops'], '.1f')} TFLOP/s",
+             f"({r['timing']}); peak {f(r['peak_tflops'], '.1f')} TFLOP/s"
+             + (f" ({', '.join(n for n, p in r['phases'].items() if p['precision'] == r['precision'])}; the other "
+                f"phases and the meta-test in {r['unautocast_precision']}: "
+                f"{f(r['unautocast_peak_tflops'], '.1f')} TFLOP/s)"
+                if r["unautocast_precision"] != r["precision"] else ""),
              "",
              "| phase | ms | share | GFLOP | TFLOP/s | MFU |",
              "|---|---|---|---|---|---|"]
@@ -204,7 +232,10 @@ def to_markdown(r: dict) -> str:
                   f"device-hours" + (f" (paper: {paper} GPU-hours on an RTX 3090)" if paper else "") +
                   f", training {e['training_hours']:.4f} device-hours.",
               f"Replay meta-batches per timed iteration: {r['replay_meta_batches']}. Warm-up iteration "
-              f"(compile/capture): {r['warmup_iteration_s']:.1f} s.",
+              f"(compile/capture): {r['warmup_iteration_s']:.1f} s."
+              + (f" Timed iterations {r['timed_iterations_with_setup']} compiled or captured a FIVE variant first"
+                 f"{' (all did: kept)' if r['iterations_in_medians'] == r['iterations_timed'] else ': left out'}."
+                 if r["timed_iterations_with_setup"] else ""),
               f"Memory: {', '.join(f'{k} {v:.0f}' for k, v in r['memory'].items() if isinstance(v, float))}.",
               "Telemetry: " + (f"{r['telemetry'].get('utilization_mean_pct', 0):.0f}% mean utilisation, "
                                f"{f(r['telemetry'].get('power_mean_w'), '.0f')} W mean, "

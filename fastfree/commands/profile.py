@@ -32,8 +32,6 @@ def free_run(args) -> dict:
         cfg = replace(cfg, teachers_per_iteration=args.teachers_per_iteration)
     if args.k is not None:
         cfg = replace(cfg, five=replace(cfg.five, k=args.k))
-    if args.peak_tflops is not None and args.peak_tflops <= 0:
-        raise FastFreeError(f"--peak-tflops must be positive, got {args.peak_tflops}")
     options, _ = engine_options(args, device)
     dataset, _ = load_on_device(data_config(args, preset), device)
     teachers, classes, source = load_teachers(preset, dataset, args.pool, device, dtype)

@@ -106,6 +106,12 @@ class RunContext:
     dtype: torch.dtype = torch.float32  # of the generator and meta-learner (float64: equivalence checks)
 
 
+def is_evaluation(iteration: int, cfg: FreeConfig) -> bool:
+    """Whether meta-val evaluates after `iteration` (1-based) iterations: every eval_every-th after the
+    warm-up, and the last."""
+    return iteration > cfg.warmup and (iteration % cfg.eval_every == 0 or iteration == cfg.iterations)
+
+
 def _append_metrics(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record, default=float) + "\n")
@@ -190,7 +196,7 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
         it = state.iteration  # iterations completed
         if it % cfg.grid_every == 0 or it == cfg.iterations:
             save_grid(tasks, run_dir / "grids" / f"iter_{it:05d}.png")
-        if it > cfg.warmup and (it % cfg.eval_every == 0 or it == cfg.iterations):
+        if is_evaluation(it, cfg):
             results, per_domain = metatest_data(learner_init(state.learner), ctx.dataset, "val", ctx.val_config)
             metrics["val"] = {str(r.shots): [r.mean, r.ci95] for r in results}
             # each task's accuracy and what decides the tasks: two runs' meta-val curves compared

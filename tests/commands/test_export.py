@@ -144,8 +144,9 @@ def test_refusals_name_the_fix(run, tmp_path, capsys):
     assert "no learner file at" in capsys.readouterr().err
     assert main([*missing, "--run", str(tmp_path / "norun")]) == 2
     assert "no config.json in" in capsys.readouterr().err
-    assert main([*missing, "--learner-file", str(file), "--lr", "0"]) == 2
-    assert "lr > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused as the flag is read
+        main([*missing, "--learner-file", str(file), "--lr", "0"])
+    assert "--lr: must be a finite number > 0, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one source of the learner, not two
         main([*args, "--learner-file", str(file), "--run", str(run_dir)])
     with pytest.raises(SystemExit):

@@ -59,5 +59,55 @@ def test_without_a_known_peak_mfu_is_absent_and_says_why(profile, tmp_path, caps
 
 
 def test_bad_peak_is_a_clear_error(capsys):
-    assert main(["profile", "run", *TINY, "--peak-tflops", "0"]) == 2
-    assert "--peak-tflops must be positive" in capsys.readouterr().err
+    for bad in ("0", "nan", "inf"):  # refused as the flag is read
+        with pytest.raises(SystemExit):
+            main(["profile", "run", *TINY, "--peak-tflops", bad])
+        assert f"--peak-tflops: must be a finite number > 0, got {bad}" in capsys.readouterr().err
+
+
+def test_amp_phases_are_rated_in_bf16_and_the_rest_in_their_own_precision(tmp_path):
+    """--amp autocasts FIVE and BELL only: replay, alignment and the meta-test keep fp32 (TF32 on CUDA)
+    and are rated against that precision's peak; the iteration's MFU weighs each phase by its own."""
+    out = tmp_path / "a.json"
+    assert main(["profile", "run", *TINY, "--amp", "--peak-tflops", "2.0", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert {n: p["precision"] for n, p in r["phases"].items()} == {
+        "five": "bf16", "generator": "fp32", "bank": "fp32", "alignment": "fp32", "bell": "bf16", "replay": "fp32"}
+    assert r["metatest"]["precision"] == "fp32" and r["unautocast_precision"] == "fp32"
+    it = r["iteration"]  # one --peak-tflops for every precision: the weighted MFU is the plain ratio
+    assert it["mfu"] == pytest.approx(it["flops"] / it["seconds_median"] / 1e12 / 2.0)
+
+
+def test_timed_iterations_that_compiled_or_captured_are_left_out(tmp_path, monkeypatch):
+    """A mixed pool's FIVE meets a new (architecture, teacher count) variant after the warm-up: that
+    iteration's one-time cost stays out of the medians, and the report says which it was."""
+    from fastfree.profiling import profile_run
+
+    real, calls = profile_run._iteration, []
+
+    def second_timed_sets_up(*args, **kwargs):
+        m = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:  # 1: FLOP count, 2: warm-up, 3-5: timed
+            m["five_setup"] = True
+        return m
+
+    monkeypatch.setattr(profile_run, "_iteration", second_timed_sets_up)
+    out = tmp_path / "s.json"
+    argv = [a if a != "1" or i != TINY.index("--iterations") + 1 else "3" for i, a in enumerate(TINY)]
+    assert main(["profile", "run", *argv, "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["iterations_timed"] == 3 and r["timed_iterations_with_setup"] == [1] and r["iterations_in_medians"] == 2
+    assert len(r["phases"]["five"]["seconds"]) == 2
+
+
+def test_the_protocols_meta_val_count_is_the_runs():
+    from fastfree.free.config import FreeConfig
+    from fastfree.free.run import is_evaluation
+
+    # the cifar-fs protocol: 1000 iterations, 19 warm-up, every 20: 50 evaluations, the last among them
+    cfg = FreeConfig(iterations=1000, warmup=19, eval_every=20)
+    assert sum(is_evaluation(i, cfg) for i in range(1, 1001)) == 50
+    # every 30: 30, 60, ..., 990 and the last (1000): 34 (iterations // eval_every said 33)
+    cfg = FreeConfig(iterations=1000, warmup=19, eval_every=30)
+    assert sum(is_evaluation(i, cfg) for i in range(1, 1001)) == 34
