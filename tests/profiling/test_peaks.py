@@ -15,6 +15,10 @@ def test_peaks_by_device_name_most_specific_first():
 
 def test_unknown_devices_have_no_peak():
     assert peak_tflops("cpu (x86_64)", "fp32") is None
+    # names that contain a known one without being it: no sibling's figures (MFU off by 16 % or worse)
+    for name in ("NVIDIA RTX A1000 Laptop GPU", "NVIDIA H200 NVL", "NVIDIA GeForce RTX 3090 Ti"):
+        assert peak_tflops(name, "bf16") is None, name
+    assert peak_tflops("NVIDIA GeForce RTX 3090", "tf32") == 35.6
 
 
 def test_precision_follows_amp_dtype_and_tf32():
