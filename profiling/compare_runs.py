@@ -26,13 +26,12 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from fastfree.commands.common import write_json
+from fastfree.commands.every_learner import paired_difference
 from fastfree.commands.train import PER_TASK, kept_name
 from fastfree.errors import FastFreeError
-from fastfree.free.run import METRICS, meta_val_log, meta_val_per_task, shot_cells
-from fastfree.metatest.protocol import MetaTestConfig, confidence_interval, task_protocol
+from fastfree.free.run import meta_val_log, meta_val_per_task, metric_records, shot_cells
+from fastfree.metatest.protocol import MetaTestConfig, task_protocol
 from fastfree.settings_diff import settings_diff
 
 
@@ -55,8 +54,7 @@ def read_run(run_dir: Path, at: int | None = None) -> dict:
     config = run_dir / "config.json"
     if not config.is_file():
         raise FastFreeError(f"{run_dir}: no config.json, not a `fastfree train` run directory")
-    metrics = run_dir / METRICS
-    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.is_file() else []
+    lines = metric_records(run_dir)
     ends = _ends(run_dir)
     if at is not None and at not in ends:
         raise FastFreeError(f"{run_dir}: no meta-test at {at} iterations (it has: "
@@ -123,9 +121,7 @@ def paired_meta_val(base: dict, other: dict) -> dict[int, dict]:
         a, b = base["val_per_task"][it], other["val_per_task"][it]
         if not same_data or a["protocol"] != b["protocol"]:
             continue
-        out[it] = {s: dict(zip(("mean", "ci95"), confidence_interval(np.asarray(b["accuracies"][s])
-                                                                      - np.asarray(a["accuracies"][s]))),
-                           tasks=len(a["accuracies"][s]))
+        out[it] = {s: paired_difference(b["accuracies"][s], a["accuracies"][s])
                    for s in sorted(set(a["accuracies"]) & set(b["accuracies"]), key=int)}
     return out
 
@@ -159,7 +155,7 @@ def paired_differences(base: dict, other: dict) -> dict | None:
         if a is None or b is None:
             continue
         out[label] = {
-            s: dict(zip(("mean", "ci95"), confidence_interval(np.asarray(b[s]) - np.asarray(a[s]))), tasks=len(a[s]))
+            s: paired_difference(b[s], a[s])
             for s in sorted(set(a) & set(b), key=int) if len(a[s]) == len(b[s])}
     return out
 

@@ -18,6 +18,7 @@ from fastfree.data.sources import DEFAULT_IMAGE_SIZES, NAMED_FOLDERS, DataConfig
 from fastfree.data.split import FewShotDataset
 from fastfree.device import device_name, resolve_device
 from fastfree.errors import FastFreeError
+from fastfree.free.atomic import atomic_write_text
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -94,9 +95,7 @@ def write_json(path: str | os.PathLike | None, payload: dict) -> None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str))
 
 
 def machine(args) -> tuple[torch.device, torch.dtype]:

@@ -14,8 +14,8 @@ from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
 from fastfree.errors import FastFreeError
 from fastfree.free.config import FreeConfig
-from fastfree.free.run import CHECKPOINT, RunContext, completed_iterations, final_results, results_markdown, \
-    train_free
+from fastfree.free.run import CHECKPOINT, RunContext, completed_iterations, final_results, is_evaluation, \
+    results_markdown, train_free
 from fastfree.metatest.initializations import random_init
 from fastfree.models import build_model
 from fastfree.pool.fit import check_pool_fits
@@ -131,9 +131,11 @@ def run(args) -> dict:
         # --iterations may differ: resuming lengthens (or shortens, down to what is done) the run
         lengthen = free.get("iterations") != cfg.iterations
         if lengthen:
+            # a run ends with a meta-val evaluation of its last iteration; ending where the run stopped
+            # needs that iteration to have been evaluated as the run was then configured
+            evaluated = is_evaluation(started_at, replace(cfg, iterations=free["iterations"]))
             free["iterations"] = cfg.iterations
-            if cfg.iterations == started_at and not (started_at > cfg.warmup and started_at % cfg.eval_every == 0):
-                # a run ends with a meta-val evaluation of its last iteration; this one was not evaluated
+            if cfg.iterations == started_at and not evaluated:
                 raise FastFreeError(f"--resume --iterations {cfg.iterations}: {run_dir} stopped at iteration "
                                     f"{started_at}, which meta-val did not evaluate (every {cfg.eval_every}); a run "
                                     f"of {cfg.iterations} iterations evaluates its last: pass --iterations "

@@ -50,23 +50,25 @@ def completed_iterations(run_dir: Path) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=True)["iteration"])
 
 
+def metric_records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's records, one per iteration (0-based "iteration"), in order."""
+    path = run_dir / METRICS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def meta_val_log(run_dir: Path) -> list[dict]:
     """Every meta-val evaluation metrics.jsonl records, in order: {"iteration": N (1-based, as the
     labels count), "val": {shots: {"mean", "ci95"}}}, the curve model selection read."""
-    path = run_dir / METRICS
-    lines = path.read_text().splitlines() if path.is_file() else []
     return [{"iteration": m["iteration"] + 1,  # metrics.jsonl counts iterations from 0
              "val": {s: {"mean": v[0], "ci95": v[1]} for s, v in m["val"].items()}}
-            for m in map(json.loads, lines) if "val" in m]
+            for m in metric_records(run_dir) if "val" in m]
 
 
 def meta_val_per_task(run_dir: Path) -> dict[int, dict]:
     """{iteration (1-based): {"protocol": task_protocol, "accuracies": {shots: [per task]}}} of every
     meta-val evaluation that stored its tasks' accuracies (runs from before 2026-12-02 did not)."""
-    path = run_dir / METRICS
-    lines = path.read_text().splitlines() if path.is_file() else []
     return {m["iteration"] + 1: {"protocol": m["val_protocol"], "accuracies": m["val_per_task"]}
-            for m in map(json.loads, lines) if "val_per_task" in m}
+            for m in metric_records(run_dir) if "val_per_task" in m}
 
 
 def learner_init(learner: nn.Module) -> Initialization:

@@ -136,21 +136,19 @@ def save_pool(
     return path
 
 
-def _finish_interrupted_save(path: Path) -> bool:
+def _finish_interrupted_save(path: Path) -> None:
     """Complete a save_pool killed between its two renames: the temporary manifest is intact and names
-    the weights now in place (their checksum). True when it did; otherwise nothing is touched."""
+    the weights now in place (their checksum). Otherwise nothing is touched."""
     pending, weights = path / (MANIFEST + ".tmp"), path / WEIGHTS
     if not pending.is_file() or not weights.is_file():
-        return False
+        return
     try:
         manifest = json.loads(pending.read_text())
     except (ValueError, UnicodeDecodeError):
-        return False  # a save killed while writing it: its weights were never put in place
-    if (not isinstance(manifest, dict) or manifest.get("manifest_sha256") != _manifest_digest(manifest)
-            or manifest.get("weights_sha256") != sha256_file(weights)):
-        return False
-    os.replace(pending, path / MANIFEST)
-    return True
+        return  # a save killed while writing it: its weights were never put in place
+    if (isinstance(manifest, dict) and manifest.get("manifest_sha256") == _manifest_digest(manifest)
+            and manifest.get("weights_sha256") == sha256_file(weights)):
+        os.replace(pending, path / MANIFEST)
 
 
 def _fail(path: Path, problem: str, fix: str) -> FastFreeError:
