@@ -8,7 +8,9 @@ row loss, and (when asked) the gradient of the row loss w.r.t. M per unit of ups
     dL/dM = (softmax(M) - onehot(y)) - eta * p * (log p - log q - KL),   p = softmax(M), q = softmax(F)
 
 so backward is one broadcast multiply. Accumulates in float32 whatever the input dtype; no host
-synchronisation; the inputs are only read. The student F gets no gradient.
+synchronisation; the inputs are only read. The student F gets no gradient. A label outside
+[0, C) other than -100 (cross_entropy's ignore_index) gives that row a NaN loss and gradient,
+where the torch path raises (raising here would need a host synchronisation).
 """
 
 import torch
@@ -42,6 +44,9 @@ def _inversion_kernel(
 
     is_y = cols[None, :] == y[:, None]
     valid = y != -100  # cross_entropy's default ignore_index
+    # A label outside [0, C) (other than -100) makes the row NaN: torch raises there, and a check
+    # on the host would synchronise; the row's CE would otherwise silently read 0.
+    bad = valid & ((y < 0) | (y >= C))
     ce = -tl.sum(tl.where(is_y, log_p, 0.0), axis=1)
     eta = (tl.argmax(m, axis=1, tie_break_left=True) == tl.argmax(f, axis=1, tie_break_left=True)).to(tl.float32)
     diff = tl.where(col_ok[None, :], log_p - log_q, 0.0)
@@ -50,12 +55,14 @@ def _inversion_kernel(
         loss = ce - eta * kl
     else:
         loss = ce
+    loss = tl.where(bad, float("nan"), loss)
     tl.store(loss_ptr + rows, loss, mask=row_ok)
     tl.store(eta_ptr + rows, eta, mask=row_ok)
     if COMPUTE_GRAD:
         grad = tl.where(valid[:, None], p - tl.where(is_y, 1.0, 0.0), 0.0)
         if ADVERSARIAL:
             grad = grad - eta[:, None] * p * (diff - kl[:, None])
+        grad = tl.where(bad[:, None], float("nan"), grad)
         tl.store(grad_ptr + offs, grad, mask=mask)
 
 

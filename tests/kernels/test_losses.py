@@ -196,6 +196,25 @@ def test_no_numpy_warnings_from_masked_rows_and_columns():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_labels_out_of_range_give_nan_rows(device):
+    """Torch raises on a label outside [0, C); the kernel cannot without a host sync, so those rows
+    (and only those) come out NaN, loss and gradient, instead of a CE that silently reads 0."""
+    if device == "cpu" and not _dispatch.INTERPRET:
+        pytest.skip("needs TRITON_INTERPRET=1")
+    m, f, y = make((6,), 5, device, seed=6)
+    y[1], y[3], y[4] = 5, -1, -100
+    mk = m.clone().requires_grad_()
+    rows, _ = fk.inversion_loss_rows(mk, f, y)
+    rows.sum().backward()
+    bad = torch.tensor([False, True, False, True, False, False], device=device)
+    assert rows[bad].isnan().all() and mk.grad[bad].isnan().all()
+    good = ~bad
+    mr = m.clone().requires_grad_()
+    ref_rows(mr[good], f[good], y[good]).sum().backward()
+    torch.testing.assert_close(mk.grad[good], mr.grad[good], **TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_vmap(device):
     """torch.func.vmap (batch dims folded into rows) and vmap(grad) match the reference."""
     m, f, y = make((4, 10), 5, device, seed=5)
