@@ -177,7 +177,9 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
     if resume:
         if not ckpt.is_file():
             raise FastFreeError(f"--resume: no {CHECKPOINT} in {run_dir}; start the run without --resume")
-        state.load_state_dict(torch.load(ckpt, map_location=ctx.device, weights_only=True))
+        # read on the CPU: the RNG states must stay there (a CPU generator refuses a CUDA state); every
+        # other part moves its own tensors to the run's device when it loads
+        state.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
         if state.iteration > cfg.iterations:  # a run is lengthened, never cut (its later learners exist)
             raise FastFreeError(f"--resume: {run_dir} has completed {state.iteration} iterations, more than "
                                 f"--iterations {cfg.iterations}; pass --iterations {state.iteration} or more")

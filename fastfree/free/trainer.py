@@ -76,7 +76,7 @@ class FreeState:
         self.learner_opt.load_state_dict(d["learner_opt"])
         self.bank.load_state_dict(d["bank"])
         for k, g in self.rngs.items():
-            g.set_state(d["rngs"][k])
+            g.set_state(d["rngs"][k].cpu())  # a checkpoint read onto the GPU still restores
         self.recovery_seconds = float(d["recovery_seconds"])
         self.setup_seconds = float(d.get("setup_seconds", 0.0))  # absent from checkpoints before it existed
         self.best = dict(d["best"])
