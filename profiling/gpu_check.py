@@ -17,6 +17,8 @@ skipped, and `--steps` reruns a chosen few). Most important first:
   bench_iteration    one whole FREE iteration, reference vs fast (--amp --compile), each phase's share
                      (bench_iteration_eager: the eager fast engine alone, only if that one failed)
   bench_kernels      the fused losses vs torch vs torch.compile (issue 5)
+  train_demo         `fastfree train --preset demo --amp --compile` for 6 iterations, as users run it
+                     (train_demo_resume: lengthened to 8 by --resume, from its checkpoint)
   bench_five_84px    the FIVE epoch at 84 px (8x), teachers vmapped and looped
   gpu_tests_compiled the compiled GPU tests (graph replay of the compiled epoch, looped + compiled
                      == reference, full-graph compile of the losses)
@@ -72,6 +74,7 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
     if importlib.util.find_spec("pytest_timeout"):  # a hung test is named, and the others still run
         pytest += ["--timeout", "100"]
     iteration = [*ff, "bench", *paper, "--only", "iteration", "--repeats", "3"]
+    demo = [*ff, "train", "--preset", "demo", "--amp", "--compile", "--eval-every", "3", "--run-dir", str(work / "demo")]
     # Seen on an H100 (2026-11-26): compilation dominates. The 32 px step with the reference and two
     # compiled variants took 150 s (cut off in a third), gpu_tests 114 s with its compiled tests, 36 s
     # without. The first steps fit one 540 s call: correctness without compiling, then issue 4's and
@@ -96,6 +99,10 @@ def steps(py: str, work: Path, cifar_fs: str | None) -> list[tuple[str, list[str
          "bench_iteration"),
         ("bench_kernels", [py, "-m", "fastfree.profiling.bench_kernels", "--repeats", "5", *js("bench_kernels")], 60,
          None),
+        # the product as users run it (never yet on a GPU): the demo job with --amp --compile (pool, FREE,
+        # meta-val, meta-test), then the same run lengthened by --resume from its checkpoint
+        ("train_demo", [*demo, "--iterations", "6", *js("train_demo")], 150, None),
+        ("train_demo_resume", [*demo, "--iterations", "8", "--resume", *js("train_demo_resume")], 90, None),
         five(84, ["reference", "fast_compile_graphs_bf16", "fast_loop_compile_graphs_bf16", "fast_graphs_bf16",
                   "reference_bf16"], 150, "bench_five_84px"),
         ("gpu_tests_compiled", [*pytest, "-k", "compile", "tests"], 150, None),
