@@ -57,6 +57,15 @@ def plain_autograd(tensor: torch.Tensor) -> bool:
     return not traced(tensor) and torch._C._functorch.peek_interpreter_stack() is None
 
 
+def needs_gradient(tensor: torch.Tensor) -> bool:
+    """Whether a loss of `tensor` must carry a gradient: grad mode on and `tensor` tracks one. Inside a
+    torch.func transform (vmap) a tensor reports requires_grad False even where the tensor it wraps
+    tracks a gradient (grad of vmap, or vmap followed by backward), so there the gradient is always
+    computed and attached (with no gradient wanted it is a zero term; the cost is one multiply)."""
+    return torch.is_grad_enabled() and (
+        tensor.requires_grad or torch._C._functorch.peek_interpreter_stack() is not None)
+
+
 def launcher(kernel, tensor: torch.Tensor):
     """How to launch `kernel` on `tensor`: through `wrap_triton` when traced, so that torch.compile and
     make_fx see the kernel; the plain Triton launch when run eagerly, because wrap_triton's eager

@@ -12,7 +12,8 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
 from ._attach import with_gradient
-from ._dispatch import accumulation_dtype, blocks, launch_options, launchable, launcher, num_rows, plain_autograd
+from ._dispatch import (accumulation_dtype, blocks, launch_options, launchable, launcher, needs_gradient, num_rows,
+                        plain_autograd)
 from ._rows import load_rows, softmax_rows
 
 # Per element (exp/log as 1): two log-softmaxes ~9, KL ~3; gradient q - p ~2 (q = exp/sum)
@@ -102,7 +103,7 @@ def _flops(teacher_shape, student_shape, compute_grad, *args, out_shape=None, **
 
 def kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """KL(softmax(M) || softmax(F)) per row [...]; gradient only w.r.t. the student."""
-    compute_grad = torch.is_grad_enabled() and student_logits.requires_grad
+    compute_grad = needs_gradient(student_logits)
     if compute_grad and plain_autograd(student_logits):  # eager: the op's own formula, no extra launches
         return kl_rows_op(teacher_logits.detach(), student_logits, True)[0]
     kl, unit = kl_rows_op(teacher_logits.detach(), student_logits.detach(), compute_grad)

@@ -21,7 +21,8 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
 from ._attach import with_gradient
-from ._dispatch import accumulation_dtype, blocks, launch_options, launchable, launcher, num_rows, plain_autograd
+from ._dispatch import (accumulation_dtype, blocks, launch_options, launchable, launcher, needs_gradient, num_rows,
+                        plain_autograd)
 from ._rows import load_rows, softmax_rows
 
 # Honest per-element FLOP counts (exp/log counted as 1): two log-softmaxes (max, sub, exp, sum,
@@ -146,7 +147,7 @@ def inversion_loss_rows(
     teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor, adversarial: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row Eq. 1 loss [...] (float32, float64 for float64 logits) and eta [...] (no gradient)."""
-    compute_grad = torch.is_grad_enabled() and teacher_logits.requires_grad
+    compute_grad = needs_gradient(teacher_logits)
     if compute_grad and plain_autograd(teacher_logits):  # eager: the op's own formula, no extra launches
         loss, eta, _ = inversion_loss_rows_op(teacher_logits, student_logits.detach(), labels, adversarial, True)
         return loss, eta.detach()

@@ -51,3 +51,22 @@ def test_bell_with_the_kernels_equals_bell_with_torch_losses():
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
     for p, q in zip(*(m.parameters() for m in learners)):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+
+
+def test_bell_erm_with_the_kernels_equals_it_with_torch_losses():
+    """--learner-update erm maps its loss with vmap and then calls backward: with the kernels it stopped
+    ("element 0 of tensors does not require grad") before the losses attached their gradient under vmap."""
+    _, ts, learner = _float32()
+    learner.requires_grad_(True)  # a copy of a frozen teacher
+    stack = StackedTeachers(ts)
+    images = torch.rand(3, 10, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(5).repeat_interleave(2)
+    learners = [copy.deepcopy(learner) for _ in range(2)]
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in learners]
+    losses = [bell_fast(m, images, labels, stack.gather(torch.tensor([2, 0, 2])), stack, NORM, BellConfig(mode="erm"),
+                        EngineOptions(kernels=k), o) for m, k, o in zip(learners, (False, True), opts)]
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    moved = [any(not torch.equal(p, q) for p, q in zip(m.parameters(), learner.parameters())) for m in learners]
+    assert moved == [True, True]
+    for p, q in zip(*(m.parameters() for m in learners)):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)

@@ -238,6 +238,34 @@ def test_vmap(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_gradient_through_vmap_taken_outside_it(device):
+    """grad(vmap(loss)) and vmap(loss) then backward: inside vmap a tensor reports requires_grad False
+    even where the tensor it wraps tracks a gradient; the losses gave a silent zero gradient there
+    (and BELL's --learner-update erm, vmap then backward, stopped on the kernel path)."""
+    m, f, y = make((3, 7), 5, device, seed=7)
+    f[:, ::2] = m[:, ::2]
+    vmap, grad = torch.func.vmap, torch.func.grad
+
+    def total(fn):
+        return lambda m: vmap(lambda r, q, l: fn(r, q, l)[0])(m, f, y).sum()
+
+    want = grad(total(ref.inversion_loss))(m)
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(grad(total(fk.inversion_loss))(m), want, **TOL)
+    torch.testing.assert_close(grad(lambda q: vmap(fk.distillation_loss)(m, q).sum())(f),
+                               grad(lambda q: vmap(ref.distillation_loss)(m, q).sum())(f), **TOL)
+    for fn, other in ((fk, ref),):
+        a, b = m.clone().requires_grad_(), m.clone().requires_grad_()
+        vmap(lambda r, q, l: fn.inversion_loss(r, q, l)[0])(a, f, y).sum().backward()
+        vmap(lambda r, q, l: other.inversion_loss(r, q, l)[0])(b, f, y).sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, **TOL)
+        a, b = f.clone().requires_grad_(), f.clone().requires_grad_()
+        vmap(fn.distillation_loss)(m, a).sum().backward()
+        vmap(other.distillation_loss)(m, b).sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, **TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
     """torch.compile traces the ops without a graph break (CPU: aot_eager; GPU: inductor)."""
     torch._dynamo.reset()
