@@ -8,17 +8,22 @@ Sequence (all on one device, one process):
 3. `iterations` timed iterations: device time per phase from CUDA events (wall time on a CPU),
    NVML telemetry sampled in a background thread, peak memory; an iteration whose FIVE compiled
    or captured a variant first (a mixed pool meets new architecture groups and teacher counts
-   later) is left out of the medians;
+   later) is left out of the means;
 4. the meta-test phase: the meta-learner adapted on `metatest_tasks` tasks per shot count.
 FLOPs are those FlopCounterMode counts (of the model: the eager run keeps the generator's
 upsample-then-convolve, see `_eager`): convolutions and matmuls (forward and backward), plus
 the fused Triton losses through their registered formulas; element-wise work, normalisation
 and optimiser updates are not counted. Replay's FLOPs are per meta-batch (the count varies
-with its patience-based stop) times the meta-batches each timed iteration ran.
+with its patience-based stop) times the meta-batches each timed iteration ran. In a mixed pool
+FIVE's, alignment's and BELL's work depends on the teachers drawn (a ResNet-18 costs ~140 Conv4s),
+so each timed iteration is counted again, eagerly, on its own draw. Rates are each phase's FLOPs
+over its time summed across the timed iterations (the mean's ratio, so that FLOPs and time are of
+the same work), and the protocol's hours are mean times x iterations.
 """
 
 from __future__ import annotations
 
+import copy
 import resource
 import statistics
 import time
@@ -52,6 +57,25 @@ def _eager(options):
 def _iteration(w: Workload, state, engine, timer=None) -> dict:
     metrics, _ = free_iteration(state, w.teachers, w.teacher_classes, w.dataset.normalization, w.cfg, engine, timer)
     return metrics
+
+
+def _count(w: Workload, state, engine) -> tuple[dict[str, int], int]:
+    """FLOPs per phase of one eager iteration (the engine's eager variant), and its replay meta-batches."""
+    with GlobalFlopCounter() as counter:
+        timer = CountingTimer(w.device, counter)
+        metrics = _iteration(w, state, engine, timer)
+    return timer.flops(), metrics.get("replay", {}).get("meta_batches", 0)
+
+
+def _architecture(model) -> tuple:
+    return tuple((name, tuple(t.shape)) for name, t in model.state_dict().items())
+
+
+def _with_draw(state, draw: dict):
+    """`state` with its RNG streams set to `draw` (so the next iteration draws what that one drew)."""
+    for k, g in state.rngs.items():
+        g.set_state(draw[k])
+    return state
 
 
 def _metatest(w: Workload, state, tasks: int) -> tuple[float, int]:
@@ -91,12 +115,8 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
     state = fresh_state(w)
 
     # 1. FLOPs per phase, on one eager iteration (also the eager engine's warm-up)
-    with GlobalFlopCounter() as counter:
-        timer = CountingTimer(device, counter)
-        counted = _iteration(w, state, make_engine(w, _eager(options)), timer)
-    flops = timer.flops()
-    counted_batches = counted.get("replay", {}).get("meta_batches", 0)
-    replay_per_batch = flops.get("replay", 0) / counted_batches if counted_batches else None
+    counting = make_engine(w, _eager(options))
+    flops, counted_batches = _count(w, state, counting)
 
     # 2. warm-up of the chosen engine (compile, capture), untimed
     engine = make_engine(w, options)
@@ -104,12 +124,18 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
     _iteration(w, state, engine)
     warmup_s = time.perf_counter() - t0
 
-    # 3. timed iterations
+    # 3. timed iterations; a mixed pool's work depends on each iteration's teacher draw, so its RNG
+    # states are kept for the recount below
+    mixed = len({_architecture(t) for t in w.teachers}) > 1
+    draws = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     with Telemetry(device) as telemetry:
-        timed = [_iteration(w, state, engine) for _ in range(iterations)]
+        timed = []
+        for _ in range(iterations):
+            draws.append({k: g.get_state() for k, g in state.rngs.items()} if mixed else None)
+            timed.append(_iteration(w, state, engine))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     memory = ({"peak_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20,
@@ -119,29 +145,38 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
 
     # a mixed pool's FIVE compiles or captures a variant the first time it meets an architecture group
     # with a new teacher count, which the one warm-up may not have met: such iterations are left out of
-    # the medians (their FIVE holds a one-time cost), unless every timed iteration had one
+    # the means (their FIVE holds a one-time cost), unless every timed iteration had one
     with_setup = [i for i, m in enumerate(timed) if m.get("five_setup")]
-    timed = [m for m in timed if not m.get("five_setup")] or timed
+    kept = [i for i, m in enumerate(timed) if not m.get("five_setup")] or list(range(len(timed)))
+    timed, draws = [timed[i] for i in kept], [draws[i] for i in kept]
     batches = [m.get("replay", {}).get("meta_batches", 0) for m in timed]
+    # each timed iteration's FLOPs: a homogeneous pool's phases do the counted iteration's work, a mixed
+    # pool's are counted again on that iteration's draw (eagerly, on a scratch copy of the state: FLOPs
+    # depend on the draw, not on the weights); replay's scale with the meta-batches the iteration ran
+    scratch = copy.deepcopy(state) if mixed else None
+    per_iteration = []
+    for m, draw in zip(timed, draws):
+        f, nb = (flops, counted_batches) if draw is None else _count(w, _with_draw(scratch, draw), counting)
+        f = {name: float(f.get(name, 0)) for name in PHASES}
+        f["replay"] = f["replay"] / nb * m.get("replay", {}).get("meta_batches", 0) if nb else f["replay"]
+        per_iteration.append(f)
     phases: dict[str, dict] = {}
-    total_flops = 0.0
     for name in PHASES:
         runs = [m["phase_s"].get(name, 0.0) for m in timed]
-        if name == "replay" and replay_per_batch is not None:
-            f = replay_per_batch * statistics.mean(batches)
-        else:
-            f = float(flops.get(name, 0))
-        total_flops += f
-        median = statistics.median(runs)
-        phases[name] = {"seconds_median": median, "seconds": runs, "flops": f,
-                        "precision": precision if name in AUTOCAST_PHASES else plain, **_rate(f, median, phase_peak[name])}
-    iteration_s = statistics.median([sum(m["phase_s"].values()) for m in timed])
+        work = [f[name] for f in per_iteration]
+        phases[name] = {"seconds_mean": statistics.mean(runs), "seconds_median": statistics.median(runs),
+                        "seconds": runs, "flops": statistics.mean(work), "flops_per_iteration": work,
+                        "precision": precision if name in AUTOCAST_PHASES else plain,
+                        **_rate(sum(work), sum(runs), phase_peak[name])}
+    iteration_runs = [sum(m["phase_s"].values()) for m in timed]
+    iteration_s = statistics.mean(iteration_runs)
+    total_flops = sum(p["flops"] for p in phases.values())
     # the iteration's MFU: the time each phase's FLOPs take at its own precision's peak, over the iteration's
     counted = [n for n, p in phases.items() if p["flops"]]
     iteration_mfu = (sum(phases[n]["flops"] / (phase_peak[n] * 1e12) for n in counted) / iteration_s
                      if iteration_s and all(phase_peak[n] for n in counted) else None)
     for p in phases.values():
-        p["share"] = p["seconds_median"] / iteration_s if iteration_s else None
+        p["share"] = p["seconds_mean"] / iteration_s if iteration_s else None
 
     # 4. meta-test
     mt_s, mt_flops = _metatest(w, state, metatest_tasks)
@@ -160,15 +195,15 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
 
     cfg = w.cfg
     after = cfg.iterations - cfg.warmup
-    five_s, gen_s = phases["five"]["seconds_median"], phases["generator"]["seconds_median"]
+    five_s, gen_s = phases["five"]["seconds_mean"], phases["generator"]["seconds_mean"]
     evals = sum(is_evaluation(it, cfg) for it in range(1, cfg.iterations + 1))  # as train_free evaluates
     extrapolation = {
         "iterations": cfg.iterations, "warmup": cfg.warmup,
         "data_recovery_hours": five_s * after / 3600,
         "training_hours": (iteration_s * after + (five_s + gen_s) * cfg.warmup + evals * cfg.val_tasks * mt_s) / 3600,
         "paper_data_recovery_hours": PAPER_RECOVERY_HOURS.get((w.preset.name, cfg.five.k)),
-        "note": ("data recovery = median FIVE time x post-warm-up iterations (what results.json counts; the "
-                 "paper's GPU hours, measured on one RTX 3090); training = median iteration x post-warm-up "
+        "note": ("data recovery = mean FIVE time x post-warm-up iterations (what results.json counts; the "
+                 "paper's GPU hours, measured on one RTX 3090); training = mean iteration x post-warm-up "
                  "iterations + FIVE and generator steps of the warm-up + meta-val evaluations; warm-up FIVE "
                  "(no adversarial term) is a little cheaper than timed here"),
     }
@@ -182,13 +217,15 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
         "teachers": w.teachers_source, "b": cfg.teachers_per_iteration, "k": cfg.five.k,
         "images_per_task": w.ways * cfg.five.images_per_class, "image_size": w.dataset.image_size,
         "iterations_timed": iterations, "warmup_iteration_s": warmup_s,
-        # timed iterations whose FIVE compiled or captured a variant first (0-based; left out of the medians
+        # timed iterations whose FIVE compiled or captured a variant first (0-based; left out of the means
         # unless all were)
-        "timed_iterations_with_setup": with_setup, "iterations_in_medians": len(timed),
+        "timed_iterations_with_setup": with_setup, "iterations_in_means": len(timed),
+        "flops_per_draw": mixed,  # a mixed pool: each timed iteration's FLOPs counted on its own teacher draw
         "replay_meta_batches": batches, "replay_meta_batches_counted": counted_batches,
         "phases": phases,
-        "iteration": {"seconds_median": iteration_s, "flops": total_flops,
-                      **_rate(total_flops, iteration_s, peak), "mfu": iteration_mfu},
+        "iteration": {"seconds_mean": iteration_s, "seconds_median": statistics.median(iteration_runs),
+                      "seconds": iteration_runs, "flops": total_flops, **_rate(total_flops, iteration_s, peak),
+                      "mfu": iteration_mfu},
         "metatest": metatest, "extrapolation": extrapolation, "memory": memory,
         "telemetry": telemetry.summary(iterations), "trace": trace,
         # why the replay meta-batch runs eagerly although CUDA graphs were asked for (None: it did not)
@@ -208,7 +245,7 @@ def to_markdown(r: dict) -> str:
         return "-" if x is None else format(x, fmt)
 
     lines = [f"FREE iteration profile: preset {r['preset']}, {r['device_name']}, {r['precision']}, "
-             f"b={r['b']} k={r['k']}, {r['image_size']} px; median of {r['iterations_timed']} iterations "
+             f"b={r['b']} k={r['k']}, {r['image_size']} px; mean of {r['iterations_in_means']} iterations "
              f"({r['timing']}); peak {f(r['peak_tflops'], '.1f')} TFLOP/s"
              + (f" ({', '.join(n for n, p in r['phases'].items() if p['precision'] == r['precision'])}; the other "
                 f"phases and the meta-test in {r['unautocast_precision']}: "
@@ -218,10 +255,10 @@ def to_markdown(r: dict) -> str:
              "| phase | ms | share | GFLOP | TFLOP/s | MFU |",
              "|---|---|---|---|---|---|"]
     for name, p in r["phases"].items():
-        lines.append(f"| {name} | {1e3 * p['seconds_median']:.1f} | {100 * (p['share'] or 0):.0f}% | "
+        lines.append(f"| {name} | {1e3 * p['seconds_mean']:.1f} | {100 * (p['share'] or 0):.0f}% | "
                      f"{p['flops'] / 1e9:.2f} | {f(p['tflop_per_s'], '.3f')} | {f(p['mfu'], '.2%')} |")
     it = r["iteration"]
-    lines.append(f"| **iteration** | {1e3 * it['seconds_median']:.1f} | 100% | {it['flops'] / 1e9:.2f} | "
+    lines.append(f"| **iteration** | {1e3 * it['seconds_mean']:.1f} | 100% | {it['flops'] / 1e9:.2f} | "
                  f"{f(it['tflop_per_s'], '.3f')} | {f(it['mfu'], '.2%')} |")
     mt = r["metatest"]
     lines.append(f"| meta-test (per task) | {1e3 * mt['seconds_per_task']:.1f} | - | {mt['flops_per_task'] / 1e9:.2f} "
@@ -234,7 +271,7 @@ def to_markdown(r: dict) -> str:
               f"Replay meta-batches per timed iteration: {r['replay_meta_batches']}. Warm-up iteration "
               f"(compile/capture): {r['warmup_iteration_s']:.1f} s."
               + (f" Timed iterations {r['timed_iterations_with_setup']} compiled or captured a FIVE variant first"
-                 f"{' (all did: kept)' if r['iterations_in_medians'] == r['iterations_timed'] else ': left out'}."
+                 f"{' (all did: kept)' if r['iterations_in_means'] == r['iterations_timed'] else ': left out'}."
                  if r["timed_iterations_with_setup"] else ""),
               f"Memory: {', '.join(f'{k} {v:.0f}' for k, v in r['memory'].items() if isinstance(v, float))}.",
               "Telemetry: " + (f"{r['telemetry'].get('utilization_mean_pct', 0):.0f}% mean utilisation, "
