@@ -17,8 +17,8 @@ Where the result differs from PIL's (measured in tests/data/test_dali.py):
   interior pixels differ by at most 1 level; the outermost ring by a few levels on photographs
   and up to ~15 on pixel noise. Neither library exposes a switch to make them agree.
 - decode on the CPU: bit-identical to Pillow for 8-bit files (JPEG, grayscale, palette, RGBA
-  with alpha dropped, CMYK JPEG). 16-bit PNGs: DALI scales to 8 bits, Pillow's
-  ``convert("RGB")`` clips. EXIF orientation is ignored, as Pillow's ``Image.open`` does.
+  with alpha dropped, CMYK JPEG). 16-bit PNGs: both scale to 8 bits (the PIL
+  path scales 16-bit grayscale itself: Pillow's ``convert("RGB")`` clips it). EXIF orientation is ignored, as Pillow's ``Image.open`` does.
 - decode on the GPU: nvJPEG's IDCT differs from libjpeg's by a level or two; fancy chroma
   upsampling is switched on to match libjpeg's.
 """

@@ -137,11 +137,28 @@ def read_folder_splits(root: str | Path) -> dict[str, list[tuple[str, str]]]:
 CSV_ROW = "its row from the split CSV"  # how to drop a broken image of the image-folder layout
 
 
+def _eight_bit(im):
+    """A 16-bit grayscale image (Pillow's "I;16*" modes, or "I" as older Pillow opens a 16-bit PNG)
+    scaled to 8 bits: `convert("RGB")` clips such values to 255, which decoded them as solid white.
+    Floating-point images have no one scale (0..1 or 0..255): refused."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im, dtype=np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"32-bit integer pixels outside 0..65535 (mode {im.mode}); save the image with 8 bits "
+                             "per channel")
+        return Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8))  # 2-D uint8: mode L
+    if im.mode == "F":
+        raise ValueError("floating-point pixels (mode F) have no one scale; save the image with 8 bits per channel")
+    return im
+
+
 def _photo_rgb(im):
     """A photo as its viewer shows it: turned by its EXIF orientation, transparency over white."""
     from PIL import Image, ImageOps
 
-    im = ImageOps.exif_transpose(im)
+    im = _eight_bit(ImageOps.exif_transpose(im))
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
@@ -161,7 +178,7 @@ def _decode_into(
     for k, path in enumerate(paths):
         try:
             with Image.open(path) as im:
-                im = _photo_rgb(im) if photos else im.convert("RGB")
+                im = _photo_rgb(im) if photos else _eight_bit(im).convert("RGB")
                 if im.size != size:
                     im = im.resize(size, Image.Resampling.BILINEAR)
                 arr = np.asarray(im)

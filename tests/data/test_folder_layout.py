@@ -124,6 +124,23 @@ def test_grayscale_and_rgba_become_rgb(tmp_path):
     assert ds.train.images[1][:, 0, 0].tolist() == [10, 20, 30]
 
 
+def test_sixteen_bit_grayscale_is_scaled_and_float_refused(tmp_path):
+    """Pillow's convert("RGB") clips 16-bit values to 255 (a 16-bit scan decoded as solid white): they
+    are scaled to 8 bits, from a 16-bit PNG ("I;16") and a 32-bit integer TIFF ("I") alike; a float
+    TIFF has no one scale and is refused, naming the file."""
+    root = tmp_path / "ds"
+    make_dataset(root)
+    Image.fromarray(np.full((SIZE, SIZE), 30000, np.uint16)).save(root / "images" / "n0300_00.png")
+    Image.fromarray(np.full((SIZE, SIZE), 20000, np.int32)).save(root / "images" / "n0300_01.png", format="TIFF")
+    assert Image.open(root / "images" / "n0300_00.png").mode == "I;16"
+    assert Image.open(root / "images" / "n0300_01.png").mode == "I"
+    ds = load_image_folder(root, SIZE, IMAGENET_NORM)
+    assert torch.all(ds.train.images[0] == 117) and torch.all(ds.train.images[1] == 78)  # round(v / 257)
+    Image.fromarray(np.full((SIZE, SIZE), 0.5, np.float32)).save(root / "images" / "n0300_02.png", format="TIFF")
+    with pytest.raises(FastFreeError, match=r"n0300_02\.png.*floating-point pixels.*8 bits per channel"):
+        load_image_folder(root, SIZE, IMAGENET_NORM)
+
+
 def test_many_images_keep_their_order_across_chunks(tmp_path):
     """More images than one thread-pool chunk: each row's image lands at its own index."""
     root = tmp_path / "big"

@@ -49,6 +49,16 @@ def test_photos_are_turned_by_exif_and_transparency_is_white(tmp_path):
     assert query[0, 0].eq(255).all() and query[0, 1:].eq(0).all()  # no alpha: as stored
 
 
+def test_a_sixteen_bit_photo_is_scaled_not_clipped_to_white(tmp_path):
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    _save(tmp_path / "s" / "a" / "scan.png", ramp)
+    _save(tmp_path / "s" / "b" / "other.png", ramp)
+    _save(tmp_path / "q" / "x.png", (ramp // 257).astype(np.uint8))  # the same picture at 8 bits
+    support, query = decode_task(read_task(tmp_path / "s", tmp_path / "q"), 16)
+    assert (support[0].int() - query[0].int()).abs().max() <= 1
+    assert 120 < support[0].float().mean() < 135  # clipped, 99.6 % of it was 255
+
+
 def test_a_folder_that_is_not_a_task_is_refused(tmp_path):
     with pytest.raises(FastFreeError, match="not a folder"):
         read_task(tmp_path / "missing", tmp_path)
