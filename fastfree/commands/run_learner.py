@@ -78,7 +78,8 @@ def run_data(config: dict, device: torch.device) -> FewShotDataset | MultiDomain
 def write_input_space(run_dir: Path, data: FewShotDataset | MultiDomainData) -> None:
     """Record the learner's input space beside config.json, so its learners can be used without the
     run's data (`fastfree adapt`). Derived from the loaded data, so it is what training used."""
-    write_json(run_dir / INPUT_SPACE, {"image_size": data.image_size, **data.normalization.to_dict()})
+    names = [d.name for d in data.domains] if isinstance(data, MultiDomainData) else [data.name]
+    write_json(run_dir / INPUT_SPACE, {"image_size": data.image_size, **data.normalization.to_dict(), "data": names})
 
 
 def run_input_space(run_dir: Path, config: dict, device: torch.device) -> tuple[int, Normalization]:
@@ -129,10 +130,21 @@ def shots_of_pick(selected: dict[int | None, Selected], key: int | None) -> tupl
     return tuple(sorted(k for k, v in selected.items() if _same_weights(v.learner, mine)))
 
 
-def data_names(config: dict) -> tuple[str, ...]:
-    """The names the run's data sets load under (an image folder's: its folder's), without loading them."""
+def data_names(config: dict, run_dir: Path | None = None) -> tuple[str, ...]:
+    """The names the run's data sets loaded under (an image folder's: its folder's), without loading them:
+    as `train` recorded them in input_space.json, or for a run from before that, from config.json's roots
+    (as typed: `--data-root .` names no folder, so such a root is resolved here, at best)."""
+    path = None if run_dir is None else Path(run_dir) / INPUT_SPACE
+    if path is not None and path.is_file():
+        recorded = json.loads(path.read_text()).get("data")
+        if recorded:
+            return tuple(recorded)
+
     def name(d: dict) -> str:
-        return Path(d["root"]).name if d["source"] == "folder" and d.get("root") else d["source"]
+        if d["source"] != "folder" or not d.get("root"):
+            return d["source"]
+        root = Path(d["root"])
+        return root.name if root.name not in ("", ".", "..") else root.resolve().name
 
     return tuple(name(d) for d in (config.get("domains") or [config["data"]]))
 
@@ -158,7 +170,7 @@ def run_learner_card(run_dir: Path, config: dict, which: str, choose: Callable[[
         architecture="conv4", width=int(config["free"]["learner_width"]),
         ways=int(state["classifier.weight"].shape[0]), image_size=image_size, mean=normalization.mean,
         std=normalization.std, steps=protocol.steps, lr=protocol.lr, queries=protocol.queries, which=which,
-        shots=shots, iteration=iteration, meta_val=meta_val, preset=config["preset"], data=data_names(config),
+        shots=shots, iteration=iteration, meta_val=meta_val, preset=config["preset"], data=data_names(config, run_dir),
         source=Path(run_dir).resolve().name, fastfree_version=__version__)
     return state, card
 

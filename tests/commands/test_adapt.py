@@ -115,7 +115,7 @@ def test_the_input_space_is_recorded_and_older_runs_read_their_data(run, tmp_pat
     run_dir, _ = run
     recorded = json.loads((run_dir / INPUT_SPACE).read_text())
     data = run_data(read_run_config(run_dir), CPU)
-    assert recorded == {"image_size": data.image_size, **data.normalization.to_dict()}
+    assert recorded == {"image_size": data.image_size, **data.normalization.to_dict(), "data": [data.name]}
     _write_task(run_dir, tmp_path, 1)
     older = tmp_path / "older"
     shutil.copytree(run_dir, older)
@@ -129,6 +129,22 @@ def test_the_input_space_is_recorded_and_older_runs_read_their_data(run, tmp_pat
     monkeypatch.setattr(run_learner, "run_data", no_data)
     without = _adapt(tmp_path, run_dir, "--dtype", "float64")
     assert without["predictions"] == with_data["predictions"]
+
+
+def test_the_data_names_are_the_loaded_ones_not_the_root_as_typed(tmp_path, monkeypatch):
+    """`train --data folder --data-root .` stored the root as typed: its name was '' and `adapt --run` and
+    `export` stopped on the learner card. train records the loaded names; older runs resolve such a root."""
+    from fastfree.commands.run_learner import data_names
+
+    config = {"data": {"source": "folder", "root": "."}}
+    (tmp_path / "my-images").mkdir()
+    monkeypatch.chdir(tmp_path / "my-images")
+    assert data_names(config, tmp_path) == ("my-images",)  # a run from before input_space.json recorded them
+    assert data_names({"data": {"source": "folder", "root": "../my-images"}}) == ("my-images",)
+    assert data_names({"data": {"source": "builtin", "root": None}}) == ("builtin",)
+    (tmp_path / INPUT_SPACE).write_text(json.dumps({"image_size": 32, "mean": [0, 0, 0], "std": [1, 1, 1],
+                                                    "data": ["photos"]}))
+    assert data_names(config, tmp_path) == ("photos",)
 
 
 def test_bad_tasks_name_the_fix(run, tmp_path, capsys):
