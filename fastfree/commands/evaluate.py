@@ -114,7 +114,8 @@ def learner_file(args, preset, device, dtype) -> dict:
     """`eval --learner-file FILE`: the file's learner on the data the flags name, in the learner's input
     space (its image size, its normalisation), adapted with its run's steps and learning rate."""
     module, card = load_learner(args.learner_file, device, dtype)
-    cfg = metatest_config(args, replace(preset.metatest, steps=card.steps, lr=card.lr, queries=card.queries))
+    cfg = metatest_config(args, replace(preset.metatest, ways=card.ways, steps=card.steps, lr=card.lr,
+                                        queries=card.queries))
     dataset, _ = load_on_device(data_config(args, preset), device)
     if dataset.name not in card.data:
         print(f"note: the learner's run learned from {', '.join(card.data)}; these tasks are {dataset.name}'s "

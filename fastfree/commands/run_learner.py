@@ -45,10 +45,13 @@ class RunLearner:
     label: str  # e.g. "FREE (selected on meta-val, iteration 50)"
     iteration: int | None  # of the last learner
     shots: tuple[int, ...] | None = None  # a run of one shot setting (train --shots K); None: the preset's
+    ways: int | None = None  # the run's N (its pool's classes per teacher); None: unknown, the preset's
 
     def protocol(self) -> MetaTestConfig:
-        """The run's meta-test protocol: its preset's, at the run's shot setting if it had one."""
+        """The run's meta-test protocol: its preset's, N-way as the run's learner, at the run's shot
+        setting if it had one (as `train` meta-tested it)."""
         base = get_preset(self.preset).metatest
+        base = base if self.ways is None else replace(base, ways=self.ways)
         return base if self.shots is None else replace(base, shots=self.shots)
 
     @property
@@ -75,11 +78,27 @@ def run_data(config: dict, device: torch.device) -> FewShotDataset | MultiDomain
     return load_on_device(DataConfig(**config["data"]), device)[0]
 
 
-def write_input_space(run_dir: Path, data: FewShotDataset | MultiDomainData) -> None:
+def write_input_space(run_dir: Path, data: FewShotDataset | MultiDomainData, ways: int) -> None:
     """Record the learner's input space beside config.json, so its learners can be used without the
-    run's data (`fastfree adapt`). Derived from the loaded data, so it is what training used."""
+    run's data (`fastfree adapt`). Derived from the loaded data, so it is what training used; with the
+    data sets' names and the learner's N (its outputs, the run's meta-test's N-way)."""
     names = [d.name for d in data.domains] if isinstance(data, MultiDomainData) else [data.name]
-    write_json(run_dir / INPUT_SPACE, {"image_size": data.image_size, **data.normalization.to_dict(), "data": names})
+    write_json(run_dir / INPUT_SPACE, {"image_size": data.image_size, **data.normalization.to_dict(), "data": names,
+                                       "ways": ways})
+
+
+def run_ways(run_dir: Path) -> int | None:
+    """The run's N: as `train` recorded it, or for a run from before that, its learners' outputs."""
+    path = run_dir / INPUT_SPACE
+    if path.is_file() and json.loads(path.read_text()).get("ways"):
+        return int(json.loads(path.read_text())["ways"])
+    if (run_dir / BEST).is_file():
+        picks = read_selected(run_dir / BEST, "cpu")
+        if picks:
+            return int(next(iter(picks.values())).learner["classifier.weight"].shape[0])
+    if (run_dir / CHECKPOINT).is_file():
+        return int(last_learner(run_dir, "cpu")[0]["classifier.weight"].shape[0])
+    return None
 
 
 def run_input_space(run_dir: Path, config: dict, device: torch.device) -> tuple[int, Normalization]:
@@ -193,9 +212,9 @@ def load_run_learner(run_dir: str | Path, which: str | None, device: torch.devic
     data = run_data(config, device)
     shots = tuple(config["shots"]) if config.get("shots") else None
     if which is None:
-        return RunLearner(data, config["preset"], width, None, {}, "Random", None, shots)
+        return RunLearner(data, config["preset"], width, None, {}, "Random", None, shots, run_ways(run_dir))
     return RunLearner(data, config["preset"], width, learner_module(state, width, data.image_size, device, dtype),
-                      selected, label, it, shots)
+                      selected, label, it, shots, int(state["classifier.weight"].shape[0]))
 
 
 def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initialization | dict[int, Initialization]:
@@ -206,5 +225,5 @@ def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initializati
 
 
 __all__ = ["INPUT_SPACE", "WHICH", "RunLearner", "data_names", "last_learner", "read_run_selected", "run_learner_card",
-           "shots_of_pick", "load_run_learner", "read_run_config",
+           "shots_of_pick", "load_run_learner", "read_run_config", "run_ways",
            "run_data", "run_input_space", "run_learner_init", "write_input_space"]

@@ -166,7 +166,7 @@ def run(args) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or a pool that does not fit leave nothing
     if not args.resume or not config_path.is_file():
         write_json(config_path, resolved)
-    write_input_space(run_dir, dataset)  # what `fastfree adapt` needs without the data
+    write_input_space(run_dir, dataset, ways)  # what `fastfree adapt` needs without the data
     shots = (args.shots,) if args.shots is not None else preset.metatest.shots
     val_cfg = replace(preset.metatest, tasks=cfg.val_tasks, shots=shots, engine="auto")
     test_cfg = replace(preset.metatest, tasks=args.test_tasks or preset.metatest.tasks, shots=shots, ways=ways,

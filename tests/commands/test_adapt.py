@@ -115,7 +115,7 @@ def test_the_input_space_is_recorded_and_older_runs_read_their_data(run, tmp_pat
     run_dir, _ = run
     recorded = json.loads((run_dir / INPUT_SPACE).read_text())
     data = run_data(read_run_config(run_dir), CPU)
-    assert recorded == {"image_size": data.image_size, **data.normalization.to_dict(), "data": [data.name]}
+    assert recorded == {"image_size": data.image_size, **data.normalization.to_dict(), "data": [data.name], "ways": 5}
     _write_task(run_dir, tmp_path, 1)
     older = tmp_path / "older"
     shutil.copytree(run_dir, older)

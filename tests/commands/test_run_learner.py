@@ -2,10 +2,13 @@
 again reproduces what the run reported on the same tasks; misuse names the fix."""
 
 import json
+import shutil
 
 import pytest
 
 from fastfree.cli import main
+from tests.commands.small_run import TRAIN
+from tests.test_cli import SMALL
 
 
 def _eval(tmp_path, run_dir, *extra) -> dict:
@@ -116,3 +119,38 @@ def test_every_learner_refusals(run, tmp_path, capsys):
                            (["--run", str(run_dir), "--data", "builtin"], "drop --data")):
         assert main(["eval", "--device", "cpu", "--method", "learner", "--learner", "every", *extra]) == 2, message
         assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def run3(tmp_path_factory):
+    """A run on a 3-way pool: (run directory, its reported results)."""
+    root = tmp_path_factory.mktemp("run3")
+    assert main(["pretrain", "--teachers", "2", "--ways", "3", "--epochs", "1", "--batch-size", "32", "--out",
+                 str(root / "pool"), "--device", "cpu", *SMALL]) == 0
+    out = root / "t.json"
+    assert main(["train", "--pool", str(root / "pool"), "--run-dir", str(root / "run"), "--json", str(out), *TRAIN,
+                 *SMALL]) == 0
+    return root / "run", json.loads(out.read_text())["results"]
+
+
+def test_eval_of_a_run_is_its_own_n_way(run3, tmp_path):
+    """train meta-tests at the pool's N; eval --run took the preset's 5-way: Random silently on other tasks,
+    the learners refused until --ways. Runs from before input_space.json recorded N read it from a learner."""
+    run_dir, reported = run3
+    selected = next(k for k in reported if k.startswith("FREE (selected"))
+    older = tmp_path / "older"
+    shutil.copytree(run_dir, older)
+    space = older / "input_space.json"
+    space.write_text(json.dumps({k: v for k, v in json.loads(space.read_text()).items() if k != "ways"}))
+    for where in (run_dir, older):
+        for extra, name in ((["--method", "random"], "Random"), (["--method", "learner"], selected)):
+            got = _eval(tmp_path, where, *extra)
+            assert got["config"]["ways"] == 3 and _table(got) == {s: v["mean"] for s, v in reported[name].items()}
+    every = _eval(tmp_path, run_dir, "--method", "learner", "--learner", "every")
+    assert every["config"]["ways"] == 3
+    file = tmp_path / "l3.safetensors"
+    assert main(["export", "--run", str(run_dir), "--out", str(file)]) == 0
+    out = tmp_path / "f.json"  # an exported learner is tested at its own N too, without --ways
+    assert main(["eval", "--method", "learner", "--learner-file", str(file), "--tasks", "3", "--device", "cpu",
+                 "--json", str(out), *SMALL]) == 0
+    assert json.loads(out.read_text())["config"]["ways"] == 3
