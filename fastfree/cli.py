@@ -354,9 +354,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the flags that name a file a command writes (import-pool's and pretrain's --out name folders)
+OUTPUT_FILES = {"json": "--json", "out": "--out"}
+OUTPUT_FILE_COMMANDS = {"adapt", "export"}  # whose --out is a file
+
+
+def check_output_files(args) -> None:
+    """Refuse, before any work, an output file the command could not write at its end: an existing
+    folder of that name, or a parent that is a file."""
+    for attr, flag in OUTPUT_FILES.items():
+        value = getattr(args, attr, None)
+        if value is None or (attr == "out" and args.command not in OUTPUT_FILE_COMMANDS):
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise FastFreeError(f"{flag} {value} is a directory: give the file to write (a path inside it, or another)")
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise FastFreeError(f"{flag} {value}: {blocking} is a file, not a folder: choose another path")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_output_files(args)
         if args.command == "pretrain":
             from fastfree.commands import pretrain
 

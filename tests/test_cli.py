@@ -79,6 +79,39 @@ def test_clear_errors(tmp_path, capsys):
         assert message in capsys.readouterr().err, argv
 
 
+def test_output_files_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """A --json or --out naming a folder (or under a file) failed only at the end, after all the work,
+    with a traceback, leaving NAME.tmp behind (for `eval --learner every`, hours of results)."""
+    import fastfree.commands.evaluate as evaluate
+
+    def no_work(args):
+        raise AssertionError("the command ran")
+
+    monkeypatch.setattr(evaluate, "run", no_work)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for argv, message in (
+            (["eval", "--method", "random", "--json", str(tmp_path / "folder")], "is a directory: give the file"),
+            (["eval", "--method", "random", "--json", str(tmp_path / "afile" / "r.json")], "afile is a file, not a"),
+            (["adapt", "--run", "r", "--support", "s", "--query", "q", "--out", str(tmp_path / "folder")],
+             "--out"),
+            (["export", "--run", "r", "--out", str(tmp_path / "afile" / "x.safetensors")], "is a file, not a folder")):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder"]
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
+    from fastfree.free.atomic import atomic_torch_save, atomic_write_text
+
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(OSError):
+        atomic_write_text(tmp_path / "taken", "text")
+    with pytest.raises(OSError):
+        atomic_torch_save({"a": 1}, tmp_path / "taken")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
 def test_pool_from_another_dataset_is_refused(pool_dir, cifar_fs_root, capsys):
     assert main(["eval", "--method", "average", "--pool", str(pool_dir), "--data", "cifar-fs",
                  "--data-root", str(cifar_fs_root), "--tasks", "1"]) == 2

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
+import io
 import sys
 import time
 from dataclasses import asdict, replace
@@ -30,6 +30,7 @@ from fastfree.commands.common import machine, run_metadata, write_json
 from fastfree.commands.run_learner import read_run_config, run_learner_card
 from fastfree.data.task_folder import TaskFiles, decode_task, read_task
 from fastfree.errors import FastFreeError
+from fastfree.free.atomic import atomic_write_text
 from fastfree.free.learner_file import LearnerCard, learner_from_state, learner_module, read_learner_file
 from fastfree.free.run import learner_init
 from fastfree.metatest.initializations import random_init
@@ -77,17 +78,16 @@ def _accuracy(predicted: list[int], labels: tuple[int, ...] | None, classes: tup
 def _write_csv(path: Path, task: TaskFiles, probs: torch.Tensor, predicted: list[int]) -> None:
     """One row per query image: file, predicted class, each class's probability (and the label)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "predicted", *(f"p({c})" for c in task.classes),
-                    *(["label"] if task.query_labels is not None else [])])
-        for i, (file, p, c) in enumerate(zip(task.query, probs.tolist(), predicted)):
-            row = [str(file), task.classes[c], *(f"{v:.6f}" for v in p)]
-            if task.query_labels is not None:
-                row.append(task.classes[task.query_labels[i]])
-            w.writerow(row)
-    os.replace(tmp, path)
+    rows = io.StringIO(newline="")
+    w = csv.writer(rows)
+    w.writerow(["file", "predicted", *(f"p({c})" for c in task.classes),
+                *(["label"] if task.query_labels is not None else [])])
+    for i, (file, p, c) in enumerate(zip(task.query, probs.tolist(), predicted)):
+        row = [str(file), task.classes[c], *(f"{v:.6f}" for v in p)]
+        if task.query_labels is not None:
+            row.append(task.classes[task.query_labels[i]])
+        w.writerow(row)
+    atomic_write_text(path, rows.getvalue())
 
 
 def run(args) -> dict:
@@ -141,10 +141,6 @@ def run(args) -> dict:
                   **(_accuracy(random_probs.argmax(-1).tolist(), task.query_labels, task.classes) or {})}
     seconds = time.perf_counter() - t0
 
-    if args.out:
-        _write_csv(Path(args.out), task, probs, predicted)
-    _print(task, label, args.run or args.learner_file, protocol.steps, protocol.lr, head, scores, random, predicted,
-           probs, args.out, args.bn_stats, protocol.queries)
     payload = {
         "command": "adapt", "run": None if run_dir is None else str(run_dir), "learner_file": args.learner_file,
         "learner": label, "card": asdict(card), "learner_iteration": iteration,
@@ -160,7 +156,12 @@ def run(args) -> dict:
         "per_class_accuracy": None if scores is None else scores["per_class"],
         "random": random, "csv": args.out, "seconds": seconds, **run_metadata(device),
     }
+    # the files first: a closed stdout (`fastfree adapt ... | head`) must not lose them
+    if args.out:
+        _write_csv(Path(args.out), task, probs, predicted)
     write_json(args.json, payload)
+    _print(task, label, args.run or args.learner_file, protocol.steps, protocol.lr, head, scores, random, predicted,
+           probs, args.out, args.bn_stats, protocol.queries)
     return payload
 
 

@@ -8,16 +8,24 @@ from pathlib import Path
 import torch
 
 
-def atomic_torch_save(obj, path: Path) -> None:
+def _replace_with(path: Path, write) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`; a failure (or an
+    interrupt) removes the temporary file, so none is left behind."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    _replace_with(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _replace_with(path, lambda tmp: tmp.write_text(text))
 
 
 __all__ = ["atomic_torch_save", "atomic_write_text"]
