@@ -231,7 +231,8 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
         # why the replay meta-batch runs eagerly although CUDA graphs were asked for (None: it did not)
         "replay_graph_fallback": getattr(getattr(engine, "meta_batch_fn", None), "fallback", None),
         "five_graph_fallbacks": getattr(engine, "five_graph_fallbacks", []),  # likewise for FIVE's epochs
-        "flops_counted": ("FlopCounterMode on one eager iteration: convolutions and matmuls forward and backward, "
+        "flops_counted": ("FlopCounterMode on one eager iteration (in a mixed pool, again on each timed iteration's "
+                          "teacher draw): convolutions and matmuls forward and backward, "
                           "and the fused Triton losses by their registered formulas; element-wise work, "
                           "normalisation and optimiser updates are not counted; the model's FLOPs: the generator "
                           "counted as upsample-then-convolve, which the fast engine runs fused in fewer"),
