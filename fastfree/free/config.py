@@ -65,6 +65,11 @@ class FreeConfig:
         if not (0 < self.generator_lr < math.inf and 0 < self.learner_lr < math.inf):
             problems.append(f"learning rates must be finite and > 0, got generator_lr={self.generator_lr}, "
                             f"learner_lr={self.learner_lr}")
+        # replay's outer step is the meta-learner's one persistent Adam, built with learner_lr: a replay rate
+        # set apart from its default would be ignored silently
+        if self.replay.outer_lr not in (ReplayConfig.outer_lr, self.learner_lr):
+            problems.append(f"replay.outer_lr={self.replay.outer_lr} differs from learner_lr={self.learner_lr}: replay's "
+                            "outer step is the meta-learner's one Adam, whose rate is learner_lr; set learner_lr")
         if problems:
             raise FastFreeError("invalid FREE config: " + "; ".join(problems))
 

@@ -42,7 +42,9 @@ class ReplayConfig:
     """Cross-task replay settings; defaults are the authors' (5-way, 15 queries, 5 inner SGD steps
     at lr 0.01, second order, outer Adam lr 1e-3 on the sum over 10 tasks, patience 10).
 
-    outer_lr is for the caller, who builds the persistent outer optimiser (torch.optim.Adam).
+    outer_lr is for the caller, who builds the persistent outer optimiser (torch.optim.Adam); in a FREE
+    run that is the meta-learner's one Adam, whose rate is FreeConfig.learner_lr (a different outer_lr
+    is refused there).
     max_meta_batches caps one replay call so it always ends.
     """
 

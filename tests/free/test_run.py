@@ -158,6 +158,9 @@ def test_bad_free_config():
         FreeConfig(generator="sequential", generator_optimizer="fresh")
     with pytest.raises(FastFreeError, match="drop --bell-augment"):
         FreeConfig(bell=BellConfig(mode="none", augment=True))
+    # replay's outer step is the meta-learner's one Adam (built with learner_lr): a second rate would be ignored
+    with pytest.raises(FastFreeError, match=r"replay.outer_lr=0.01 differs from learner_lr=0.001"):
+        FreeConfig(replay=ReplayConfig(outer_lr=0.01))
 
 
 def test_table5_baseline_switches_run(tiny_dataset, tmp_path):
