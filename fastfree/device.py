@@ -8,16 +8,28 @@ from fastfree.errors import FastFreeError
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """'auto'/None -> cuda when available, else cpu; an explicit cuda without CUDA is an error."""
+    """'auto'/None -> cuda when available, else cpu; an explicit cuda without CUDA is an error.
+
+    A CUDA device is made the current one and returned with its index: CUDA graphs capture on the
+    current device's streams, the Triton kernels launch there and the phase timer's events record
+    there, so with cuda:1 not current a graph would capture nothing (pytorch/pytorch#87894) and a
+    kernel would refuse its pointers (triton-lang/triton#2441)."""
     if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as e:
         raise FastFreeError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise FastFreeError(f"--device {name} asked for CUDA but torch sees no GPU: use --device cpu")
-    return device
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise FastFreeError(f"--device {name}: torch sees {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    if device.index is not None:
+        torch.cuda.set_device(device)
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def device_name(device: torch.device) -> str:

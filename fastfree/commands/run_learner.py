@@ -123,8 +123,8 @@ def last_learner(run_dir: Path, device: torch.device) -> tuple[dict, int]:
     if not path.is_file():
         raise FastFreeError(f"{run_dir} has no {CHECKPOINT}: the run has not completed a checkpointed iteration; "
                             "train it further, or use the learner selected on meta-val (--learner selected)")
-    saved = torch.load(path, map_location=device, weights_only=True)
-    return saved["learner"], int(saved["iteration"])
+    saved = torch.load(path, map_location="cpu", weights_only=True)  # the bank and optimisers stay off the GPU
+    return {k: v.to(device) for k, v in saved["learner"].items()}, int(saved["iteration"])
 
 
 def read_run_selected(run_dir: Path, device: torch.device | str) -> dict[int | None, Selected]:
