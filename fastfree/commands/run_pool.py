@@ -9,19 +9,36 @@ import torch
 
 from fastfree.data.split import FewShotDataset
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
+from fastfree.pool.progress import PretrainProgress, fingerprint
 from fastfree.pool.store import Pool, load_pool, records_from_training, save_pool
 from fastfree.pool.teachers import sample_teacher_specs
 
 
 def pool_in_run_dir(pool_dir: Path, dataset: FewShotDataset, cfg: PretrainConfig, dtype: torch.dtype,
                     what: str) -> Pool:
-    """Load the pool at `pool_dir`, pretraining it with `cfg` (its seed draws the teachers) if absent."""
+    """Load the pool at `pool_dir`, pretraining it with `cfg` (its seed draws the teachers) if absent.
+
+    Each finished teacher is kept in the pool's progress folder as `fastfree pretrain` keeps it, and
+    the same command run again continues from them (an interrupt lost the whole pretraining: hours for
+    the paper's 100 teachers); other settings than the interrupted pretraining's are refused."""
     if not (pool_dir / "manifest.json").is_file():
         specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed, cfg.archs)
-        print(f"{what}: pretraining {cfg.teachers} teachers into {pool_dir}")
-        trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, "auto", dtype)
+        progress = PretrainProgress(pool_dir, fingerprint(cfg.to_dict(), dataset.name, dataset.normalization.to_dict(),
+                                                          dataset.image_size, {}, str(dtype).removeprefix("torch."),
+                                                          "auto"))
+        if progress.exists():
+            done = progress.resume(specs)
+            print(f"{what}: pretraining {cfg.teachers} teachers into {pool_dir}, continued: {len(done)} already "
+                  "trained", flush=True)
+        else:
+            progress.start()
+            done = {}
+            print(f"{what}: pretraining {cfg.teachers} teachers into {pool_dir}", flush=True)
+        trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, "auto", dtype, done=done,
+                                on_trained=progress.save)
         save_pool(pool_dir, records_from_training(trained, cfg, dataset.image_size), [t.state_dict for t in trained],
                   dataset.name, dataset.normalization, cfg.to_dict())
+        progress.finish()
     return load_pool(pool_dir)
 
 

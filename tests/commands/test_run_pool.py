@@ -40,3 +40,37 @@ def test_each_domain_draws_from_the_seed_plus_its_index(tiny_dataset, small_data
         specs = sample_teacher_specs(dataset.train.classes, 2, 3, CFG.seed + i, CFG.archs)
         assert [r.classes for r in pool.records] == [s.classes for s in specs], i
         assert (tmp_path / f"pool-{i}-{data.labels[i]}" / "manifest.json").is_file()
+
+
+def test_an_interrupted_pretraining_continues_from_its_finished_teachers(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """train without --pool lost its whole pool pretraining to an interrupt (hours for the paper's pool):
+    finished teachers are kept as `fastfree pretrain` keeps them, and the same call continues from them."""
+    cfg = replace(CFG, teachers=3, group_size=1)  # one teacher per group: one saved before the interrupt
+    straight = pool_in_run_dir(tmp_path / "a", tiny_dataset, cfg, torch.float32, "no --pool given")
+    real = run_pool.pretrain_pool
+
+    def interrupted(*args, on_trained, **kwargs):
+        def save_then_stop(trained):
+            on_trained(trained)
+            raise KeyboardInterrupt
+
+        return real(*args, on_trained=save_then_stop, **kwargs)
+
+    monkeypatch.setattr(run_pool, "pretrain_pool", interrupted)
+    try:
+        pool_in_run_dir(tmp_path / "b", tiny_dataset, cfg, torch.float32, "no --pool given")
+    except KeyboardInterrupt:
+        pass
+    assert len(list((tmp_path / "b" / ".progress").glob("teacher*.safetensors"))) == 1
+    trained_again = []
+
+    def counting(*args, done, **kwargs):
+        trained_again.append(len(done))
+        return real(*args, done=done, **kwargs)
+
+    monkeypatch.setattr(run_pool, "pretrain_pool", counting)
+    resumed = pool_in_run_dir(tmp_path / "b", tiny_dataset, cfg, torch.float32, "no --pool given")
+    assert trained_again == [1] and "continued: 1 already trained" in capsys.readouterr().out
+    assert not (tmp_path / "b" / ".progress").exists()
+    for x, y in zip(straight.state_dicts, resumed.state_dicts):
+        assert all(torch.equal(x[k], y[k]) for k in x)
