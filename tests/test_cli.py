@@ -204,6 +204,12 @@ def test_train_resume_keeps_the_runs_own_length_and_a_refused_start_its_files(po
     assert json.loads((run_dir / "config.json").read_text())["free"]["iterations"] == 5
     assert json.loads((run_dir / "results.json").read_text())["iterations"] == 5
     assert [json.loads(x)["iteration"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3, 4]
+    # a finished run whose checkpoint was deleted (to save space) is not overwritten by a fresh start
+    (run_dir / "checkpoint.pt").unlink()
+    results = (run_dir / "results.json").read_text()
+    assert main([*train, "--iterations", "2"]) == 2
+    assert "holds a finished run (results.json, results.md) without its checkpoint.pt" in capsys.readouterr().err
+    assert (run_dir / "results.json").read_text() == results and (run_dir / "learners").is_dir()
 
 
 def test_train_refuses_contradictory_engine_flags(pool_dir, tmp_path, capsys):

@@ -102,6 +102,11 @@ def run(args) -> dict:
         raise FastFreeError(f"--resume: no {CHECKPOINT} in {run_dir}; start the run without --resume")
     if not args.resume and (run_dir / CHECKPOINT).is_file():  # its config.json must stay the run's own
         raise FastFreeError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
+    finished = [n for n in ("results.json", "results.md") if (run_dir / n).is_file()]
+    if not args.resume and finished:  # a finished run whose checkpoint was deleted (to save space): a fresh
+        # start here would replace its results, selection and learners
+        raise FastFreeError(f"{run_dir} holds a finished run ({', '.join(finished)}) without its {CHECKPOINT}, "
+                            "so it cannot be continued: choose another --run-dir, or delete the folder to start over")
     started_at = completed_iterations(run_dir) if args.resume else 0  # train_seconds counts this call's only
     if args.resume and args.iterations is None and config_path.is_file():
         # the run's own length: only an explicit --iterations lengthens it (not the preset's default)
