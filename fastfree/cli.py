@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -354,24 +355,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# the flags that name a file a command writes (import-pool's and pretrain's --out name folders)
-OUTPUT_FILES = {"json": "--json", "out": "--out"}
-OUTPUT_FILE_COMMANDS = {"adapt", "export"}  # whose --out is a file
+# what each command writes: (attribute, flag, "file" or "folder"); a file's folder is created if absent
+OUTPUTS = {
+    "pretrain": [("out", "--out", "folder")], "import-pool": [("out", "--out", "folder")],
+    "train": [("run_dir", "--run-dir", "folder")], "adapt": [("out", "--out", "file")],
+    "export": [("out", "--out", "file")], "profile": [("trace", "--trace", "file")],
+}
 
 
 def check_output_files(args) -> None:
-    """Refuse, before any work, an output file the command could not write at its end: an existing
-    folder of that name, or a parent that is a file."""
-    for attr, flag in OUTPUT_FILES.items():
+    """Refuse, before any work, an output the command could not write at its end (after hours, for
+    `eval --learner every`): a folder where a file goes or the reverse, a parent that is a file, a
+    place this user cannot write."""
+    for attr, flag, kind in [("json", "--json", "file"), *OUTPUTS.get(args.command, [])]:
         value = getattr(args, attr, None)
-        if value is None or (attr == "out" and args.command not in OUTPUT_FILE_COMMANDS):
+        if value is None:
             continue
         path = Path(value)
-        if path.is_dir():
+        if kind == "file" and path.is_dir():
             raise FastFreeError(f"{flag} {value} is a directory: give the file to write (a path inside it, or another)")
+        if kind == "folder" and path.exists() and not path.is_dir():
+            raise FastFreeError(f"{flag} {value} is a file: give a folder (new, or the one to continue)")
         blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             raise FastFreeError(f"{flag} {value}: {blocking} is a file, not a folder: choose another path")
+        writes_in = path if kind == "folder" and path.is_dir() else next(p for p in path.parents if p.is_dir())
+        if not os.access(writes_in, os.W_OK | os.X_OK):
+            raise FastFreeError(f"{flag} {value}: {writes_in} is not writable for this user: choose another path")
+
+
+def interrupt_hint(args) -> str:
+    """What to run after Ctrl-C: nothing finished is lost where the command keeps progress."""
+    if args.command == "pretrain":
+        return "; run the same command with --resume to keep the teachers it finished"
+    if args.command == "train":
+        run_dir = Path(args.run_dir or f"runs/{args.preset}")
+        if (run_dir / "checkpoint.pt").is_file():
+            return "; run the same command with --resume to continue from its last checkpoint"
+        return ("; it had no checkpoint yet: run the same command again (its own pool's finished teachers are "
+                "kept)")
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,6 +440,16 @@ def main(argv: list[str] | None = None) -> int:
     except FastFreeError as e:
         print(f"fastfree {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.filename is None:  # not about a path of the user's: a bug, with its traceback
+            raise
+        where = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+        print(f"fastfree {args.command}: error: {e.strerror or e} ({where}): check the path and its permissions",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nfastfree {args.command}: interrupted{interrupt_hint(args)}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -20,8 +20,10 @@ def resolve_device(name: str | None) -> torch.device:
         device = torch.device(name)
     except RuntimeError as e:
         raise FastFreeError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from e
-    if device.type != "cuda":
-        return device
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":  # mps, xpu, meta, ...: torch may parse them, fastfree does not run there
+        raise FastFreeError(f"--device {name}: fastfree runs on cpu or cuda[:N]")
     if not torch.cuda.is_available():
         raise FastFreeError(f"--device {name} asked for CUDA but torch sees no GPU: use --device cpu")
     count = torch.cuda.device_count()

@@ -28,9 +28,11 @@ import resource
 import statistics
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
+from fastfree.errors import FastFreeError
 from fastfree.free.run import is_evaluation, learner_init
 from fastfree.free.trainer import PhaseTimer, free_iteration
 from fastfree.metatest.protocol import run_metatest
@@ -191,7 +193,10 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=acts) as prof:
             _iteration(w, state, engine)
+        Path(trace).parent.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(trace)
+        if not Path(trace).is_file():  # torch's export can fail without raising
+            raise FastFreeError(f"--trace {trace}: the trace was not written; choose another path")
 
     cfg = w.cfg
     after = cfg.iterations - cfg.warmup

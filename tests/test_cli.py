@@ -101,6 +101,49 @@ def test_output_files_that_cannot_be_written_are_refused_before_any_work(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder"]
 
 
+def test_output_folders_and_unwritable_places_are_refused_first(tmp_path, capsys, monkeypatch):
+    """Folder outputs (pretrain/import-pool --out, train --run-dir) and profile's --trace are checked like
+    the files; a place this user cannot write is refused before the work (eval's results were lost)."""
+    import os
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "folder").mkdir()
+    for argv, message in ((["pretrain", "--out", str(tmp_path / "afile")], "is a file: give a folder"),
+                          (["train", "--run-dir", str(tmp_path / "afile" / "run")], "is a file, not a folder"),
+                          (["import-pool", str(tmp_path), "--out", str(tmp_path / "afile")], "is a file: give a"),
+                          (["profile", "run", "--trace", str(tmp_path / "folder")], "is a directory")):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path / "folder") else real(p, mode))
+    assert main(["eval", "--method", "random", "--json", str(tmp_path / "folder" / "r.json")]) == 2
+    assert "folder is not writable for this user" in capsys.readouterr().err
+
+
+def test_errors_about_a_path_and_interrupts_are_one_line(tmp_path, capsys, monkeypatch):
+    import fastfree.commands.evaluate as evaluate
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x.tmp"))
+
+    monkeypatch.setattr(evaluate, "run", denied)
+    assert main(["eval", "--method", "random"]) == 2
+    assert "fastfree eval: error: Permission denied (" in capsys.readouterr().err
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    import fastfree.commands.train as train_command
+
+    monkeypatch.setattr(train_command, "run", interrupted)
+    assert main(["train", "--run-dir", str(tmp_path / "r")]) == 130
+    assert "interrupted; it had no checkpoint yet: run the same command again" in capsys.readouterr().err
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"")
+    assert main(["train", "--run-dir", str(tmp_path / "r")]) == 130
+    assert "--resume to continue from its last checkpoint" in capsys.readouterr().err
+
+
 def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
     from fastfree.free.atomic import atomic_torch_save, atomic_write_text
 

@@ -36,6 +36,10 @@ def test_cpu_and_bad_names():
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(FastFreeError, match="unknown device 'gpu'"):
         resolve_device("gpu")
+    assert resolve_device("cpu:3") == torch.device("cpu")
+    for other in ("mps", "xpu", "meta"):  # parsed by torch, crashed later (after the data loaded)
+        with pytest.raises(FastFreeError, match=f"--device {other}: fastfree runs on cpu or cuda"):
+            resolve_device(other)
     if not torch.cuda.is_available():
         with pytest.raises(FastFreeError, match="sees no GPU"):
             resolve_device("cuda:0")
