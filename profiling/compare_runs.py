@@ -210,13 +210,27 @@ def meta_val_pairs_markdown(name: str, base_name: str, table: dict[int, dict], s
     return rows
 
 
+def unique_names(run_dirs: list[Path]) -> list[str]:
+    """The runs' folder names, with as many parent folders as make them distinct (exp1/seed0, exp2/seed0):
+    the comparison is keyed by name, and a repeated one overwrote the other run."""
+    parts = [Path(p).resolve().parts for p in run_dirs]
+    for depth in range(1, max(len(x) for x in parts) + 1):
+        names = ["/".join(x[-depth:]) for x in parts]
+        if len(set(names)) == len(names):
+            return names
+    raise FastFreeError("a run directory is named twice: compare different runs")
+
+
 def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None = None,
             val_every: list[Path] | None = None) -> tuple[dict, str]:
     """The comparison as JSON and as markdown (`at`: every run as it was at that many iterations;
     `val_every`: per-task meta-val of runs that did not store it, see attach_val_evaluation)."""
     if len(run_dirs) < 2:
         raise FastFreeError("compare at least two run directories")
-    names = names or [p.name for p in run_dirs]
+    if names and len(set(names)) != len(names):
+        raise FastFreeError(f"--name given twice ({', '.join(sorted({n for n in names if names.count(n) > 1}))}): "
+                            "each run needs its own")
+    names = names or unique_names(run_dirs)
     if len(names) != len(run_dirs):
         raise FastFreeError(f"{len(names)} --name for {len(run_dirs)} runs: give one per run, or none")
     runs = [read_run(p, at) for p in run_dirs]

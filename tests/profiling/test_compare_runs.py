@@ -71,6 +71,19 @@ def test_the_command_writes_json_and_refuses_what_is_not_a_run(tmp_path, capsys)
     assert err.startswith("fastfree compare: error:") and "no config.json" in err
     assert main([str(a), str(b), "--name", "x"]) == 2
     assert "1 --name for 2 runs" in capsys.readouterr().err
+    assert main([str(a), str(b), "--name", "x", "--name", "x"]) == 2
+    assert "--name given twice (x)" in capsys.readouterr().err
+
+
+def test_runs_of_one_folder_name_keep_apart(tmp_path):
+    """exp1/seed0 and exp2/seed0 were both 'seed0': the second overwrote the first in the comparison."""
+    (tmp_path / "exp1").mkdir()
+    (tmp_path / "exp2").mkdir()
+    a = _run(tmp_path / "exp1" / "seed0", "interpolate", {3: {"1": [30.0, 1.0]}})
+    b = _run(tmp_path / "exp2" / "seed0", "adam", {3: {"1": [31.0, 1.0]}})
+    payload, md = compare([a, b])
+    assert list(payload["runs"]) == ["exp1/seed0", "exp2/seed0"]
+    assert payload["differences_from_first"] == {"exp2/seed0": "free.bell.outer: 'interpolate' there, 'adam' now"}
 
 
 def test_free_learners_are_compared_task_by_task_on_the_same_tasks(tmp_path):
