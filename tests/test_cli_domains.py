@@ -57,6 +57,9 @@ def test_multi_domain_errors_name_the_fix(pools, tmp_path, capsys):
         ([*DOMAINS, "--data-root", "/x"], "--data-root sets one data set"),
         (["--domain", "builtin", "--domain", "cifar-fs"], "--domain cifar-fs:PATH"),
         (["--pool", p32, "--pool", p48], "needs one --domain per pool"),
+        # one --domain was dropped silently (the preset's data trained instead); so was --data-root on built-in data
+        (["--domain", "cifar-fs:/x", "--pool", p32], "one --domain (cifar-fs:/x): --domain is for two or more"),
+        (["--data-root", "/x", "--pool", p32], "the built-in data has none: add --data cifar-fs"),
     ]
     for extra, message in cases:
         assert main([*base, *extra]) == 2, message

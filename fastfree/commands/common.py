@@ -53,7 +53,11 @@ def data_config(args, preset: Preset) -> DataConfig:
         overrides["normalization"] = args.normalization
     if args.decoder is not None:
         overrides["decoder"] = args.decoder
-    return replace(cfg, **overrides)
+    out = replace(cfg, **overrides)
+    if args.data_root is not None and out.source == "builtin":  # was ignored: the run used the built-in data
+        raise FastFreeError(f"--data-root {args.data_root} names the folder of --data cifar-fs or folder; the built-in "
+                            "data has none: add --data cifar-fs (MetaOptNet pickles) or --data folder (images)")
+    return out
 
 
 def progress_bar(**kwargs):

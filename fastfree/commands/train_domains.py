@@ -27,6 +27,9 @@ from fastfree.pool.store import Pool, load_pool
 def domain_configs(args, preset: Preset) -> list[DataConfig]:
     """The run's domains ([] for a single-domain run): --domain specs, else the preset's."""
     specs = args.domain or []
+    if len(specs) == 1:  # was dropped silently: the run trained on the preset's data instead
+        raise FastFreeError(f"one --domain ({specs[0]}): --domain is for two or more data sets; for one use --data "
+                            "SOURCE [--data-root DIR]")
     configs = [parse_domain(s, preset.domains) for s in specs] if specs else list(preset.domains)
     if len(configs) < 2:
         if len(args.pool or []) > 1:
