@@ -219,6 +219,18 @@ def test_train_resume_lengthens_a_finished_run_and_keeps_its_old_results(pool_di
     assert json.loads((run_dir / "config.json").read_text())["free"]["iterations"] == 4  # untouched by the refusal
     assert main([*train, "--resume", "--iterations", "4", "--seed", "9"]) == 2  # any other flag still differs
     assert "different configuration" in capsys.readouterr().err
+    # a lengthening refused for its pool (here: moved away) leaves the run as it was: its results not
+    # renamed to an earlier end, its config not lengthened
+    results, config = (run_dir / "results.json").read_text(), (run_dir / "config.json").read_text()
+    moved = tmp_path / "moved-pool"
+    pool_dir.rename(moved)
+    try:
+        assert main([*train, "--resume", "--iterations", "6"]) == 2
+    finally:
+        moved.rename(pool_dir)
+    assert "no such directory" in capsys.readouterr().err
+    assert (run_dir / "results.json").read_text() == results and (run_dir / "config.json").read_text() == config
+    assert not (run_dir / "results-4it.json").exists()
 
 
 def test_train_resume_keeps_the_runs_own_length_and_a_refused_start_its_files(pool_dir, tmp_path, capsys,

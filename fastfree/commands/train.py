@@ -75,13 +75,17 @@ def kept_name(name: str, iterations: int) -> str:
     return f"{path.stem}-{iterations}it{path.suffix}"
 
 
+def refuse_cutting(run_dir: Path, iterations: int, done: int) -> None:
+    if done > iterations:
+        raise FastFreeError(f"--resume: {run_dir} has completed {done} iterations, more than --iterations "
+                            f"{iterations}; pass --iterations {done} or more")
+
+
 def change_length(run_dir: Path, iterations: int, done: int) -> None:
     """Before a run that has done `done` iterations is resumed to another --iterations: refuse to
     cut iterations already done, and keep the results of its old end rather than overwrite them
     (results.json, results.md and results_per_task.json become results-<N>it.json, ...)."""
-    if done > iterations:
-        raise FastFreeError(f"--resume: {run_dir} has completed {done} iterations, more than --iterations "
-                            f"{iterations}; pass --iterations {done} or more")
+    refuse_cutting(run_dir, iterations, done)
     old = run_dir / "results.json"
     if old.is_file():
         ended = json.loads(old.read_text()).get("iterations", done)
@@ -136,6 +140,7 @@ def run(args) -> dict:
         # --iterations may differ: resuming lengthens (or shortens, down to what is done) the run
         lengthen = free.get("iterations") != cfg.iterations
         if lengthen:
+            refuse_cutting(run_dir, cfg.iterations, started_at)  # before the data and pool are read
             # a run ends with a meta-val evaluation of its last iteration; ending where the run stopped
             # needs that iteration to have been evaluated as the run was then configured
             evaluated = is_evaluation(started_at, replace(cfg, iterations=free["iterations"]))
@@ -149,9 +154,8 @@ def run(args) -> dict:
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
                                 f"started with ({config_path}: {settings_diff(stored, now)}); resume with the same "
                                 f"flags")
-        if lengthen:
-            change_length(run_dir, cfg.iterations, started_at)
-            write_json(config_path, resolved)
+    else:
+        lengthen = False
     if domains:
         dataset = load_domains(domains, device)
         pools = domain_pools(args, preset, dataset, run_dir, dtype)
@@ -169,6 +173,9 @@ def run(args) -> dict:
         teacher_classes = [r.classes for r in pool.records]
         ways = pool.records[0].num_classes
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or a pool that does not fit leave nothing
+    if lengthen:  # likewise: a lengthening refused for its data or pool leaves the run as it was
+        change_length(run_dir, cfg.iterations, started_at)
+        write_json(config_path, resolved)
     if not args.resume or not config_path.is_file():
         write_json(config_path, resolved)
     write_input_space(run_dir, dataset, ways)  # what `fastfree adapt` needs without the data
