@@ -267,6 +267,18 @@ def test_train_resume_keeps_the_runs_own_length_and_a_refused_start_its_files(po
     assert (run_dir / "results.json").read_text() == results and (run_dir / "learners").is_dir()
 
 
+def test_a_pool_wider_than_the_meta_test_splits_is_refused_before_training(tmp_path, capsys):
+    """20-way teachers and a 16-class meta-val split: the run trained until its first meta-val evaluation,
+    then stopped advising a --ways that train does not have."""
+    pool = tmp_path / "wide"
+    assert main(["pretrain", "--teachers", "1", "--ways", "20", "--epochs", "1", "--batch-size", "64", "--out",
+                 str(pool), "--device", "cpu", *SMALL]) == 0
+    assert main(["train", "--pool", str(pool), "--run-dir", str(tmp_path / "run"), *TINY_FREE, *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "solve 20-way tasks but builtin/val has 16 classes" in err and "pretrain --ways 16" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_refuses_contradictory_engine_flags(pool_dir, tmp_path, capsys):
     run = ["train", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "x"), *TINY_FREE, *SMALL]
     assert main([*run, "--engine", "reference", "--amp"]) == 2

@@ -172,6 +172,13 @@ def run(args) -> dict:
         teachers = [m.to(dtype).requires_grad_(False) for m in pool.models(device)]
         teacher_classes = [r.classes for r in pool.records]
         ways = pool.records[0].num_classes
+    for data in (dataset.domains if domains else [dataset]):  # else meta-val stops at its first evaluation
+        for split in (data.val, data.test):
+            if len(split.classes) < ways:
+                raise FastFreeError(f"the pool's teachers solve {ways}-way tasks but {split.name} has "
+                                    f"{len(split.classes)} classes, too few for {ways}-way meta-val and meta-test: "
+                                    f"use a pool of at most {len(split.classes)} classes per teacher (fastfree "
+                                    f"pretrain --ways {len(split.classes)})")
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or a pool that does not fit leave nothing
     if lengthen:  # likewise: a lengthening refused for its data or pool leaves the run as it was
         change_length(run_dir, cfg.iterations, started_at)
