@@ -267,6 +267,35 @@ def test_train_resume_keeps_the_runs_own_length_and_a_refused_start_its_files(po
     assert (run_dir / "results.json").read_text() == results and (run_dir / "learners").is_dir()
 
 
+def test_resume_continues_on_the_runs_own_teachers(pool_dir, tmp_path, capsys, monkeypatch):
+    """Another pool at the run's pool path (re-pretrained, overwritten) was taken silently on --resume; the
+    same pool under another path (moved, absolute vs relative) was refused. Both now follow the weights."""
+    import shutil
+
+    import fastfree.commands.train as train_command
+
+    real = train_command.train_free
+    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None: real(ctx, resume, progress,
+                                                                                           stop_after=2))
+    mine = tmp_path / "mine"
+    shutil.copytree(pool_dir, mine)
+    run_dir = tmp_path / "run"
+    train = ["train", "--run-dir", str(run_dir), *TINY_FREE, *SMALL]
+    assert main([*train, "--pool", str(mine)]) == 0  # "killed" after 2 iterations
+    monkeypatch.setattr(train_command, "train_free", real)
+    assert json.loads((run_dir / "pools.json").read_text())["pools"][0]["path"] == str(mine.resolve())
+    shutil.rmtree(mine)
+    assert main(["pretrain", "--teachers", "3", "--epochs", "1", "--batch-size", "32", "--seed", "7", "--out",
+                 str(mine), "--device", "cpu", *SMALL]) == 0
+    capsys.readouterr()
+    assert main([*train, "--pool", str(mine), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"the pool at {mine.resolve()} is not the one" in err and "its weights differ" in err
+    moved = tmp_path / "moved"
+    shutil.copytree(pool_dir, moved)
+    assert main([*train, "--pool", str(moved), "--resume"]) == 0  # the run's own teachers, elsewhere
+
+
 def test_a_pool_wider_than_the_meta_test_splits_is_refused_before_training(tmp_path, capsys):
     """20-way teachers and a 16-class meta-val split: the run trained until its first meta-val evaluation,
     then stopped advising a --ways that train does not have."""

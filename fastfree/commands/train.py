@@ -75,6 +75,27 @@ def kept_name(name: str, iterations: int) -> str:
     return f"{path.stem}-{iterations}it{path.suffix}"
 
 
+POOL_RECORD = "pools.json"  # which teachers the run learns from: each pool's path and weights digest
+
+
+def pool_identity(pool) -> dict:
+    return {"path": str(Path(pool.path).resolve()), "weights_sha256": pool.manifest.get("weights_sha256")}
+
+
+def check_same_pools(run_dir: Path, pools: list, resume: bool) -> None:
+    """A resumed run continues on the teachers it started with: another pool at the same path (re-pretrained,
+    grown, overwritten) was taken silently; the same pool moved or named another way is accepted."""
+    path = run_dir / POOL_RECORD
+    if not resume or not path.is_file():
+        return
+    started = json.loads(path.read_text())["pools"]
+    now = [pool_identity(p) for p in pools]
+    for i, (a, b) in enumerate(zip(started, now)):
+        if a["weights_sha256"] != b["weights_sha256"]:
+            raise FastFreeError(f"--resume: the pool at {b['path']} is not the one {run_dir} started with (its weights "
+                                f"differ from those of {a['path']} then, {path}): pass the run's own pool")
+
+
 def refuse_cutting(run_dir: Path, iterations: int, done: int) -> None:
     if done > iterations:
         raise FastFreeError(f"--resume: {run_dir} has completed {done} iterations, more than --iterations "
@@ -150,6 +171,8 @@ def run(args) -> dict:
                                     f"{started_at}, which meta-val did not evaluate (every {cfg.eval_every}); a run "
                                     f"of {cfg.iterations} iterations evaluates its last: pass --iterations "
                                     f"{started_at + 1} or more")
+        if (run_dir / POOL_RECORD).is_file():  # the pools are checked by their weights once loaded, so
+            stored["pool"] = now["pool"]  # their path may differ (moved, or given relative vs absolute)
         if stored != now:
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
                                 f"started with ({config_path}: {settings_diff(stored, now)}); resume with the same "
@@ -172,6 +195,8 @@ def run(args) -> dict:
         teachers = [m.to(dtype).requires_grad_(False) for m in pool.models(device)]
         teacher_classes = [r.classes for r in pool.records]
         ways = pool.records[0].num_classes
+        pools = [pool]
+    check_same_pools(run_dir, pools, args.resume)
     for data in (dataset.domains if domains else [dataset]):  # else meta-val stops at its first evaluation
         for split in (data.val, data.test):
             if len(split.classes) < ways:
@@ -183,6 +208,8 @@ def run(args) -> dict:
     if lengthen:  # likewise: a lengthening refused for its data or pool leaves the run as it was
         change_length(run_dir, cfg.iterations, started_at)
         write_json(config_path, resolved)
+    if not args.resume or not (run_dir / POOL_RECORD).is_file():  # a run from before it: its pool now
+        write_json(run_dir / POOL_RECORD, {"pools": [pool_identity(p) for p in pools]})
     if not args.resume or not config_path.is_file():
         write_json(config_path, resolved)
     write_input_space(run_dir, dataset, ways)  # what `fastfree adapt` needs without the data
