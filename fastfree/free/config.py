@@ -60,6 +60,19 @@ class FreeConfig:
                             "does not have (drop --generator-optimizer)")
         if self.bell.augment and self.bell.mode == "none":
             problems.append("bell.augment with no learner update: nothing distils (drop --bell-augment)")
+        if self.bell.mode == "none" and not self.replay_enabled:
+            problems.append("no learner update and no replay: the meta-learner would never change (drop "
+                            "--learner-update none or --no-replay)")
+        bell_default = BellConfig()
+        unused = [flag for flag, field, used_by in (("--bell-outer", "outer", ("bell",)),
+                                                    ("--bell-inner", "inner_optimizer", ("bell",)),
+                                                    ("--targets", "targets", ("bell", "erm")))
+                  if self.bell.mode not in used_by and getattr(self.bell, field) != getattr(bell_default, field)]
+        if unused:  # settings of an update that does not run, recorded as if they had acted
+            problems.append(f"{', '.join(unused)} set BELL's update, which --learner-update {self.bell.mode} does not "
+                            f"run (drop {', '.join(unused)})")
+        if not self.replay_enabled and not self.replay.second_order:
+            problems.append("first-order replay with replay off (drop --replay-first-order)")
         if self.generator not in ("meta", "sequential"):
             problems.append(f"generator={self.generator!r} (use meta or sequential)")
         if not (0 < self.generator_lr < math.inf and 0 < self.learner_lr < math.inf):

@@ -158,6 +158,15 @@ def test_bad_free_config():
         FreeConfig(generator="sequential", generator_optimizer="fresh")
     with pytest.raises(FastFreeError, match="drop --bell-augment"):
         FreeConfig(bell=BellConfig(mode="none", augment=True))
+    with pytest.raises(FastFreeError, match="would never change"):
+        FreeConfig(bell=BellConfig(mode="none"), replay_enabled=False)
+    with pytest.raises(FastFreeError, match=r"--bell-outer, --bell-inner set BELL's update, which --learner-update "
+                                            r"erm does not run"):
+        FreeConfig(bell=BellConfig(mode="erm", outer="adam", inner_optimizer="sgd", targets="hard"))
+    with pytest.raises(FastFreeError, match=r"--targets set"):
+        FreeConfig(bell=BellConfig(mode="none", targets="hard"))
+    with pytest.raises(FastFreeError, match="drop --replay-first-order"):
+        FreeConfig(replay_enabled=False, replay=ReplayConfig(second_order=False))
     # replay's outer step is the meta-learner's one Adam (built with learner_lr): a second rate would be ignored
     with pytest.raises(FastFreeError, match=r"replay.outer_lr=0.01 differs from learner_lr=0.001"):
         FreeConfig(replay=ReplayConfig(outer_lr=0.01))
