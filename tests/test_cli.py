@@ -296,6 +296,27 @@ def test_resume_continues_on_the_runs_own_teachers(pool_dir, tmp_path, capsys, m
     assert main([*train, "--pool", str(moved), "--resume"]) == 0  # the run's own teachers, elsewhere
 
 
+def test_a_run_started_on_a_gpu_resumes_there(pool_dir, tmp_path, capsys, monkeypatch):
+    """The fast engine's settings follow the device: the same flags on a CPU gave another engine, and the
+    refusal said "resume with the same flags" (which they were). A GPU run is simulated by its config."""
+    import fastfree.commands.train as train_command
+
+    real = train_command.train_free
+    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None: real(ctx, resume, progress,
+                                                                                           stop_after=2))
+    run_dir = tmp_path / "run"
+    train = ["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), *TINY_FREE, *SMALL]
+    assert main(train) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    config["engine"].update(cuda_graphs=True, kernels=True, five_vmap=True, vectorize=True)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main([*train, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "was started on a GPU, and the fast engine's settings follow the device" in err
+    assert "resume it with --device cuda" in err
+
+
 def test_a_pool_wider_than_the_meta_test_splits_is_refused_before_training(tmp_path, capsys):
     """20-way teachers and a 16-class meta-val split: the run trained until its first meta-val evaluation,
     then stopped advising a --ways that train does not have."""

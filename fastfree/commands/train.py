@@ -96,6 +96,21 @@ def check_same_pools(run_dir: Path, pools: list, resume: bool) -> None:
                                 f"differ from those of {a['path']} then, {path}): pass the run's own pool")
 
 
+def refuse_another_device(run_dir: Path, stored: dict, now: dict, device) -> None:
+    """The fast engine's defaults follow the device (CUDA graphs and the Triton kernels on a GPU), so the
+    same flags on another kind of device give another engine: say so, rather than "resume with the same
+    flags" (which they were)."""
+    rest = [{k: v for k, v in d.items() if k != "engine"} for d in (stored, now)]
+    was, engine = stored.get("engine", {}), now.get("engine", {})
+    if rest[0] != rest[1] or was == engine or was.get("engine") != "fast" or engine.get("engine") != "fast":
+        return
+    on_gpu = bool(was.get("cuda_graphs") or was.get("kernels"))
+    if on_gpu != (device.type == "cuda"):
+        raise FastFreeError(f"--resume: {run_dir} was started on {'a GPU' if on_gpu else 'a CPU'}, and the fast "
+                            f"engine's settings follow the device ({settings_diff(was, engine)}): resume it with "
+                            f"--device {'cuda' if on_gpu else 'cpu'}")
+
+
 def refuse_cutting(run_dir: Path, iterations: int, done: int) -> None:
     if done > iterations:
         raise FastFreeError(f"--resume: {run_dir} has completed {done} iterations, more than --iterations "
@@ -173,6 +188,7 @@ def run(args) -> dict:
                                     f"{started_at + 1} or more")
         if (run_dir / POOL_RECORD).is_file():  # the pools are checked by their weights once loaded, so
             stored["pool"] = now["pool"]  # their path may differ (moved, or given relative vs absolute)
+        refuse_another_device(run_dir, stored, now, device)
         if stored != now:
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
                                 f"started with ({config_path}: {settings_diff(stored, now)}); resume with the same "
