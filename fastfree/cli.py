@@ -367,6 +367,12 @@ def check_output_files(args) -> None:
     """Refuse, before any work, an output the command could not write at its end (after hours, for
     `eval --learner every`): a folder where a file goes or the reverse, a parent that is a file, a
     place this user cannot write."""
+    files = [getattr(args, a, None) for a, _, k in [("json", "--json", "file"), *OUTPUTS.get(args.command, [])]
+             if k == "file"]
+    files = [Path(f).resolve() for f in files if f is not None]
+    if len(set(files)) < len(files):  # adapt --out p.csv --json p.csv: the JSON replaced the CSV
+        raise FastFreeError(f"two outputs name one file ({', '.join(sorted({str(f) for f in files if files.count(f) > 1}))})"
+                            ": give each its own")
     for attr, flag, kind in [("json", "--json", "file"), *OUTPUTS.get(args.command, [])]:
         value = getattr(args, attr, None)
         if value is None:

@@ -95,7 +95,9 @@ def test_output_files_that_cannot_be_written_are_refused_before_any_work(tmp_pat
             (["eval", "--method", "random", "--json", str(tmp_path / "afile" / "r.json")], "afile is a file, not a"),
             (["adapt", "--run", "r", "--support", "s", "--query", "q", "--out", str(tmp_path / "folder")],
              "--out"),
-            (["export", "--run", "r", "--out", str(tmp_path / "afile" / "x.safetensors")], "is a file, not a folder")):
+            (["export", "--run", "r", "--out", str(tmp_path / "afile" / "x.safetensors")], "is a file, not a folder"),
+            (["adapt", "--run", "r", "--support", "s", "--query", "q", "--out", str(tmp_path / "p.csv"), "--json",
+              str(tmp_path / "p.csv")], "two outputs name one file")):
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder"]

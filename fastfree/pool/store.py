@@ -158,10 +158,16 @@ def _fail(path: Path, problem: str, fix: str) -> FastFreeError:
 def load_pool(path: str | Path) -> Pool:
     path = Path(path)
     regen = f"Re-create it with `fastfree pretrain --out {path}`."
+    if path.is_file():
+        where = f" (the pool is {path.parent})" if path.name in (MANIFEST, WEIGHTS) else ""
+        raise _fail(path, "is a file, not a pool directory", f"Pass the folder that holds {MANIFEST}{where}.")
     if not path.is_dir():
         raise _fail(path, "no such directory", f"Train a pool first with `fastfree pretrain --out {path}`, or pass --pool.")
     _finish_interrupted_save(path)
     mpath = path / MANIFEST
+    if not mpath.is_file() and (path / "config.json").is_file():  # a run directory (fastfree train)
+        own = " Its own pool, if it pretrained one, is " + str(path / "pool") + "." if (path / "pool").is_dir() else ""
+        raise _fail(path, "is a run directory (fastfree train), not a pool", f"Pass a pool's folder.{own}")
     if not mpath.is_file():
         raise _fail(path, f"{MANIFEST} is missing", f"A pool directory holds {MANIFEST} and {WEIGHTS}. {regen}")
     try:

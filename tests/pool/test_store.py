@@ -47,6 +47,15 @@ def test_missing_directory_and_files(tmp_path):
     (path / MANIFEST).unlink()
     with pytest.raises(FastFreeError, match="manifest.json is missing"):
         load_pool(path)
+    # a run directory or a pool's file given as the pool: named as what it is, not "re-create it"
+    run = tmp_path / "run"
+    (run / "pool").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    with pytest.raises(FastFreeError, match=r"is a run directory \(fastfree train\), not a pool.*Its own pool"):
+        load_pool(run)
+    path, _, _ = _pool(tmp_path / "again")
+    with pytest.raises(FastFreeError, match=r"is a file, not a pool directory.*\(the pool is "):
+        load_pool(path / MANIFEST)
 
 
 def test_tampered_manifest_is_detected(tmp_path):
