@@ -51,6 +51,25 @@ def _check_method(args) -> None:
                             f"its shape); {args.method} starts from a pool: drop --run and pass --pool")
     if args.learner is not None and args.method != "learner":
         raise FastFreeError("--learner picks which of a run's meta-learners to test: it needs --method learner")
+    # flags that would be accepted and ignored (the output showed the run's own numbers)
+    ignored = []
+    if args.run:
+        ignored += [("--pool", args.pool, "the run's teachers are not used; its learner is"),
+                    ("--arch", args.arch, "the learner has the run's architecture"),
+                    ("--width", args.width, "the learner has the run's width")]
+        if args.data is None:
+            ignored += [(flag, value, "--run tests on the run's own data; to test another data set add --data SOURCE")
+                        for flag, value in (("--data-root", args.data_root), ("--image-size", args.image_size),
+                                            ("--images-per-class", args.images_per_class),
+                                            ("--normalization", args.normalization))]
+    if args.method in ("average", "best-model"):
+        ignored += [("--arch", args.arch, f"{args.method} starts from the pool's models"),
+                    ("--width", args.width, f"{args.method} starts from the pool's models")]
+    if args.per_task and not args.json:
+        ignored.append(("--per-task", True, "it writes each task's accuracy into --json: add --json FILE"))
+    for flag, value, why in ignored:
+        if value is not None:
+            raise FastFreeError(f"{flag} would be ignored here: {why}")
 
 
 def _print_results(title: str, results: list[ShotResult], ways: int, per_domain=None) -> None:

@@ -167,7 +167,8 @@ def test_eval_meta_tests_the_file_as_the_run(run, tmp_path, capsys):
     assert "cross-domain" not in capsys.readouterr().out
     state, card = read_learner_file(file)
     write_learner_file(tmp_path / "other.safetensors", state, replace(card, data=("cifar-fs",)))
-    assert main([*common, "--learner-file", str(tmp_path / "other.safetensors"), *SMALL]) == 0
+    assert main([*common, "--learner-file", str(tmp_path / "other.safetensors"), *SMALL, "--json",
+                 str(tmp_path / "o.json")]) == 0
     assert "learned from cifar-fs; these tasks are builtin's (a cross-domain test)" in capsys.readouterr().out
     for extra, message in ((["--method", "random"], "--learner-file goes with --method learner"),
                            (["--learner", "last"], "a learner file holds one")):

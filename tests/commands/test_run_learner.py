@@ -154,3 +154,20 @@ def test_eval_of_a_run_is_its_own_n_way(run3, tmp_path):
     assert main(["eval", "--method", "learner", "--learner-file", str(file), "--tasks", "3", "--device", "cpu",
                  "--json", str(out), *SMALL]) == 0
     assert json.loads(out.read_text())["config"]["ways"] == 3
+
+
+def test_flags_eval_would_ignore_are_refused(run, tmp_path, capsys):
+    """With --run the data, pool and architecture flags selected nothing (the run's own numbers came out)."""
+    run_dir, _ = run
+    base = ["eval", "--run", str(run_dir), "--tasks", "3", "--device", "cpu"]
+    for extra, message in (
+            (["--method", "learner", "--image-size", "40"], "--image-size would be ignored here: --run tests on the "
+                                                            "run's own data"),
+            (["--method", "learner", "--data-root", str(tmp_path)], "--data-root would be ignored here"),
+            (["--method", "random", "--arch", "resnet10"], "--arch would be ignored here"),
+            (["--method", "learner", "--pool", str(tmp_path)], "--pool would be ignored here"),
+            (["--method", "learner", "--per-task"], "add --json FILE")):
+        assert main([*base, *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert main(["eval", "--method", "average", "--width", "8", "--pool", str(tmp_path)]) == 2
+    assert "average starts from the pool's models" in capsys.readouterr().err
