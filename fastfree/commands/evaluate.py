@@ -59,7 +59,7 @@ def _check_method(args) -> None:
                     ("--width", args.width, "the learner has the run's width")]
         if args.data is None:
             ignored += [(flag, value, "--run tests on the run's own data; to test another data set add --data SOURCE")
-                        for flag, value in (("--data-root", args.data_root), ("--image-size", args.image_size),
+                        for flag, value in (("--image-size", args.image_size),
                                             ("--images-per-class", args.images_per_class),
                                             ("--normalization", args.normalization))]
     if args.method in ("average", "best-model"):
@@ -104,7 +104,7 @@ def run_of_training(args, device, dtype) -> dict:
     if args.learner == "every":
         return run_every_learner(args, partial(metatest_config, args), device, dtype)
     target: RunLearner = load_run_learner(args.run, (args.learner or "selected") if args.method == "learner" else None,
-                                          device, dtype)
+                                          device, dtype, args.data_root if args.data is None else None)
     run_preset = get_preset(target.preset)
     cfg = metatest_config(args, target.protocol())
     if target.learner is not None:

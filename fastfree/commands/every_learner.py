@@ -92,7 +92,7 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
         raise FastFreeError("--learner every meta-tests on the run's own data: drop --data (or test one learner on "
                             "another data set with --learner selected|last)")
     run_dir = Path(args.run)
-    target = load_run_learner(run_dir, None, device, dtype)  # the run's data and the learner's shape
+    target = load_run_learner(run_dir, None, device, dtype, args.data_root)  # the run's data, the learner's shape
     cfg = cfg_of(target.protocol())
     kept = read_kept(run_dir, device)
     missing = sorted(set(_logged_evaluations(run_dir)) - {k.iteration for k in kept})

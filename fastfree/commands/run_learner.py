@@ -71,11 +71,20 @@ def read_run_config(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def run_data(config: dict, device: torch.device) -> FewShotDataset | MultiDomainData:
-    """The run's data, loaded as training loaded it (several domains: combined the same way)."""
+def run_data(config: dict, device: torch.device, data_root: str | None = None) -> FewShotDataset | MultiDomainData:
+    """The run's data, loaded as training loaded it (several domains: combined the same way); `data_root`:
+    where its data lies now, if it moved (a run of one data set)."""
     if config.get("domains"):
+        if data_root is not None:
+            raise FastFreeError(f"--data-root moves a run's data set, but this run has {len(config['domains'])} "
+                                "domains: restore them where config.json names them")
         return load_domains([DataConfig(**d) for d in config["domains"]], device)
-    return load_on_device(DataConfig(**config["data"]), device)[0]
+    data = dict(config["data"])
+    if data_root is not None:
+        if data["source"] == "builtin":
+            raise FastFreeError("--data-root: this run's data is the built-in data set, which has no folder")
+        data["root"] = str(data_root)
+    return load_on_device(DataConfig(**data), device)[0]
 
 
 def write_input_space(run_dir: Path, data: FewShotDataset | MultiDomainData, ways: int) -> None:
@@ -195,7 +204,7 @@ def run_learner_card(run_dir: Path, config: dict, which: str, choose: Callable[[
 
 
 def load_run_learner(run_dir: str | Path, which: str | None, device: torch.device,
-                     dtype: torch.dtype = torch.float32) -> RunLearner:
+                     dtype: torch.dtype = torch.float32, data_root: str | None = None) -> RunLearner:
     """The run's data and, unless `which` is None, its selected (per shot count) or last meta-learner."""
     if which not in (None, "selected", "last"):
         raise FastFreeError(f"unknown learner {which!r}: use selected or last")
@@ -209,7 +218,7 @@ def load_run_learner(run_dir: str | Path, which: str | None, device: torch.devic
     elif which == "last":
         state, it = last_learner(run_dir, device)
         label = last_label(it)
-    data = run_data(config, device)
+    data = run_data(config, device, data_root)
     shots = tuple(config["shots"]) if config.get("shots") else None
     if which is None:
         return RunLearner(data, config["preset"], width, None, {}, "Random", None, shots, run_ways(run_dir))

@@ -75,6 +75,12 @@ def kept_name(name: str, iterations: int) -> str:
     return f"{path.stem}-{iterations}it{path.suffix}"
 
 
+def absolute_root(data: dict) -> dict:
+    """A data config with its root absolute: config.json must name the data wherever `eval --run` is
+    run from (a root recorded as typed, e.g. `--data-root cf`, was found only from the same folder)."""
+    return {**data, "root": str(Path(data["root"]).resolve())} if data.get("root") else data
+
+
 POOL_RECORD = "pools.json"  # which teachers the run learns from: each pool's path and weights digest
 
 
@@ -153,16 +159,20 @@ def run(args) -> dict:
         cfg = replace(cfg, iterations=json.loads(config_path.read_text())["free"]["iterations"])
     options, engine_settings = engine_options(args, device)
     if domains:
-        resolved = {"preset": preset.name, "domains": [c.__dict__ for c in domains], "free": cfg.to_dict(),
+        resolved = {"preset": preset.name, "domains": [absolute_root(c.__dict__) for c in domains], "free": cfg.to_dict(),
                     "pool": args.pool, "engine": engine_settings, "dtype": args.dtype}
     else:
         dcfg = data_config(args, preset)
-        resolved = {"preset": preset.name, "data": dcfg.__dict__, "free": cfg.to_dict(),
+        resolved = {"preset": preset.name, "data": absolute_root(dcfg.__dict__), "free": cfg.to_dict(),
                     "pool": args.pool[0] if args.pool else None, "engine": engine_settings, "dtype": args.dtype}
     if args.shots is not None:  # recorded only when given, so runs from before the flag resume as they were
         resolved["shots"] = [args.shots]
     if args.resume and config_path.is_file():
         stored = json.loads(config_path.read_text())
+        if stored.get("data"):  # a run from before roots were recorded absolute: as typed, from here
+            stored["data"] = absolute_root(stored["data"])
+        if stored.get("domains"):
+            stored["domains"] = [absolute_root(d) for d in stored["domains"]]
         engine = stored.get("engine", {})
         if engine.get("engine") == "fast" and "five_vmap" not in engine:  # a run started before the switch
             engine["five_vmap"] = engine.get("vectorize")  # existed: FIVE then mapped its teachers as replay

@@ -163,7 +163,7 @@ def test_flags_eval_would_ignore_are_refused(run, tmp_path, capsys):
     for extra, message in (
             (["--method", "learner", "--image-size", "40"], "--image-size would be ignored here: --run tests on the "
                                                             "run's own data"),
-            (["--method", "learner", "--data-root", str(tmp_path)], "--data-root would be ignored here"),
+            (["--method", "learner", "--data-root", str(tmp_path)], "the built-in data set, which has no folder"),
             (["--method", "random", "--arch", "resnet10"], "--arch would be ignored here"),
             (["--method", "learner", "--pool", str(tmp_path)], "--pool would be ignored here"),
             (["--method", "learner", "--per-task"], "add --json FILE")):
@@ -171,3 +171,19 @@ def test_flags_eval_would_ignore_are_refused(run, tmp_path, capsys):
         assert message in capsys.readouterr().err, extra
     assert main(["eval", "--method", "average", "--width", "8", "--pool", str(tmp_path)]) == 2
     assert "average starts from the pool's models" in capsys.readouterr().err
+
+
+def test_a_runs_data_is_named_absolute_and_can_be_found_where_it_moved(tmp_path, monkeypatch):
+    """`train --data-root cf` recorded 'cf', found only from the folder it ran in; and data that moved
+    could not be named (--data-root was ignored with --run)."""
+    import fastfree.commands.run_learner as run_learner
+    from fastfree.commands.train import absolute_root
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_root({"source": "cifar-fs", "root": "cf"})["root"] == str(tmp_path / "cf")
+    assert absolute_root({"source": "builtin", "root": None}) == {"source": "builtin", "root": None}
+    loaded = []
+    monkeypatch.setattr(run_learner, "load_on_device", lambda cfg, device: (loaded.append(cfg), None)[::-1])
+    config = {"data": {"source": "cifar-fs", "root": "/old/place"}}
+    run_learner.run_data(config, "cpu", "/new/place")
+    assert loaded[-1].root == "/new/place" and config["data"]["root"] == "/old/place"
