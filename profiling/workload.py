@@ -17,10 +17,10 @@ from torch import nn
 
 from fastfree.config import Preset
 from fastfree.data.split import FewShotDataset
-from fastfree.errors import FastFreeError
 from fastfree.free.config import FreeConfig
 from fastfree.free.trainer import FreeState, PhaseTimer, ReferenceEngine, init_state
 from fastfree.pool.pretrain import init_teacher
+from fastfree.pool.fit import check_pool_fits
 from fastfree.pool.store import load_pool
 from fastfree.pool.teachers import sample_teacher_specs
 
@@ -48,9 +48,9 @@ def load_teachers(preset: Preset, dataset: FewShotDataset, pool_dir: str | None,
     """The pool's teachers, or freshly initialised ones of the preset's pool configuration."""
     if pool_dir:
         pool = load_pool(pool_dir)
-        if pool.dataset != dataset.name:
-            raise FastFreeError(f"the pool at {pool.path} was trained on {pool.dataset!r} but the data set is "
-                                f"{dataset.name!r}: pass a matching --data or --pool")
+        # the data set, image size and normalisation, as train checks them (the size was not checked here)
+        check_pool_fits(pool, dataset, "this profile", "pass a matching --data or --pool",
+                        "pass --image-size {size} (the pool's)")
         models = [m.to(dtype).eval().requires_grad_(False) for m in pool.models(device)]
         return models, [r.classes for r in pool.records], f"pool {pool.path} ({len(models)} teachers)"
     cfg = preset.pretrain

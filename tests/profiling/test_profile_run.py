@@ -198,3 +198,13 @@ def test_a_mixed_pool_counts_each_timed_iteration_on_its_own_draw(monkeypatch):
     assert five["flops_per_iteration"] == [cost[d] for d in timed_draws]
     want = sum(cost[d] for d in timed_draws) / sum(1.0 + 9.0 * d for d in timed_draws)
     assert five["tflop_per_s"] * 1e12 == pytest.approx(want)
+
+
+def test_a_pool_of_another_image_size_is_refused(tmp_path, capsys):
+    """profile run and bench checked only the pool's data set name: a 32 px pool at --image-size 40 went ahead."""
+    pool = tmp_path / "pool"
+    assert main(["pretrain", "--teachers", "1", "--epochs", "1", "--batch-size", "64", "--images-per-class", "20",
+                 "--out", str(pool), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["profile", "run", *TINY, "--pool", str(pool), "--image-size", "40"]) == 2
+    assert "holds teachers of 32 px but this profile's images are 40 px" in capsys.readouterr().err
