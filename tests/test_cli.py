@@ -293,6 +293,10 @@ def test_resume_continues_on_the_runs_own_teachers(pool_dir, tmp_path, capsys, m
     assert main([*train, "--pool", str(mine), "--resume"]) == 2
     err = capsys.readouterr().err
     assert f"the pool at {mine.resolve()} is not the one" in err and "its weights differ" in err
+    # without --pool the run's own pool would be pretrained (the preset's: hours for cifar-fs) before the
+    # weights could be compared: refused by the configuration first, and nothing is pretrained
+    assert main([*train, "--resume"]) == 2
+    assert "pool: " in capsys.readouterr().err and not (run_dir / "pool").exists()
     moved = tmp_path / "moved"
     shutil.copytree(pool_dir, moved)
     assert main([*train, "--pool", str(moved), "--resume"]) == 0  # the run's own teachers, elsewhere
@@ -310,13 +314,34 @@ def test_a_run_started_on_a_gpu_resumes_there(pool_dir, tmp_path, capsys, monkey
     train = ["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), *TINY_FREE, *SMALL]
     assert main(train) == 0
     config = json.loads((run_dir / "config.json").read_text())
-    config["engine"].update(cuda_graphs=True, kernels=True, five_vmap=True, vectorize=True)
+    for gpu_engine in (dict(cuda_graphs=True, kernels=True, five_vmap=True, vectorize=True),
+                       dict(cuda_graphs=False, kernels=False, five_vmap=True, vectorize=True)):  # --no-cuda-graphs ...
+        config["engine"].update(gpu_engine)
+        (run_dir / "config.json").write_text(json.dumps(config))
+        capsys.readouterr()
+        assert main([*train, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "was started on a GPU, and the fast engine's settings follow the device" in err, gpu_engine
+        assert "resume it with --device cuda" in err
+
+
+def test_a_run_with_settings_now_refused_as_unused_still_resumes(pool_dir, tmp_path, capsys, monkeypatch):
+    """--learner-update erm --bell-outer adam is refused now (erm does not run BELL's update); a run started
+    with it before must still resume, without the flag."""
+    import fastfree.commands.train as train_command
+
+    real = train_command.train_free
+    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None: real(ctx, resume, progress,
+                                                                                           stop_after=2))
+    run_dir = tmp_path / "run"
+    train = ["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), *TINY_FREE, *SMALL, "--learner-update",
+             "erm"]
+    assert main(train) == 0
+    monkeypatch.setattr(train_command, "train_free", real)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["free"]["bell"]["outer"] = "adam"  # as such a run recorded it
     (run_dir / "config.json").write_text(json.dumps(config))
-    capsys.readouterr()
-    assert main([*train, "--resume"]) == 2
-    err = capsys.readouterr().err
-    assert "was started on a GPU, and the fast engine's settings follow the device" in err
-    assert "resume it with --device cuda" in err
+    assert main([*train, "--resume"]) == 0
 
 
 def test_a_pool_wider_than_the_meta_test_splits_is_refused_before_training(tmp_path, capsys):

@@ -75,6 +75,26 @@ def kept_name(name: str, iterations: int) -> str:
     return f"{path.stem}-{iterations}it{path.suffix}"
 
 
+def _given(pool) -> bool:
+    """Whether config.json's "pool" names pools (a path, or one per domain), not the run's own."""
+    return pool is not None and (not isinstance(pool, list) or all(p is not None for p in pool))
+
+
+def unused_settings_as_defaults(free: dict) -> None:
+    """A stored FREE config with the settings its update does not use set to their defaults: runs started
+    before such settings were refused (e.g. --learner-update erm --bell-outer adam) resume without them."""
+    from fastfree.free.bell import BellConfig
+    from fastfree.free.replay import ReplayConfig
+
+    bell, replay = free.get("bell", {}), free.get("replay", {})
+    mode = bell.get("mode", "bell")
+    for field, used_by in (("outer", ("bell",)), ("inner_optimizer", ("bell",)), ("targets", ("bell", "erm"))):
+        if mode not in used_by and field in bell:
+            bell[field] = getattr(BellConfig, field)
+    if not free.get("replay_enabled", True) and "second_order" in replay:
+        replay["second_order"] = ReplayConfig.second_order
+
+
 def absolute_root(data: dict) -> dict:
     """A data config with its root absolute: config.json must name the data wherever `eval --run` is
     run from (a root recorded as typed, e.g. `--data-root cf`, was found only from the same folder)."""
@@ -110,7 +130,7 @@ def refuse_another_device(run_dir: Path, stored: dict, now: dict, device) -> Non
     was, engine = stored.get("engine", {}), now.get("engine", {})
     if rest[0] != rest[1] or was == engine or was.get("engine") != "fast" or engine.get("engine") != "fast":
         return
-    on_gpu = bool(was.get("cuda_graphs") or was.get("kernels"))
+    on_gpu = bool(was.get("vectorize"))  # set by the device alone (graphs and kernels have --no- flags)
     if on_gpu != (device.type == "cuda"):
         raise FastFreeError(f"--resume: {run_dir} was started on {'a GPU' if on_gpu else 'a CPU'}, and the fast "
                             f"engine's settings follow the device ({settings_diff(was, engine)}): resume it with "
@@ -182,6 +202,7 @@ def run(args) -> dict:
         if "augment" not in free.get("bell", {}):  # a run started before BELL's augmentation was an option
             free.setdefault("bell", {})["augment"] = False  # had none
         free.setdefault("generator_optimizer", "persistent")  # likewise, before the generator's optimiser was
+        unused_settings_as_defaults(free)  # a run from before such settings were refused where they do not act
         now = json.loads(json.dumps(resolved))
         # --iterations may differ: resuming lengthens (or shortens, down to what is done) the run
         lengthen = free.get("iterations") != cfg.iterations
@@ -196,8 +217,10 @@ def run(args) -> dict:
                                     f"{started_at}, which meta-val did not evaluate (every {cfg.eval_every}); a run "
                                     f"of {cfg.iterations} iterations evaluates its last: pass --iterations "
                                     f"{started_at + 1} or more")
-        if (run_dir / POOL_RECORD).is_file():  # the pools are checked by their weights once loaded, so
-            stored["pool"] = now["pool"]  # their path may differ (moved, or given relative vs absolute)
+        if (run_dir / POOL_RECORD).is_file() and _given(stored.get("pool")) and _given(now.get("pool")):
+            # the pools are checked by their weights once loaded, so their path may differ (moved, or given
+            # relative vs absolute); a --pool given or dropped still differs here, before any pool is pretrained
+            stored["pool"] = now["pool"]
         refuse_another_device(run_dir, stored, now, device)
         if stored != now:
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
@@ -223,13 +246,12 @@ def run(args) -> dict:
         ways = pool.records[0].num_classes
         pools = [pool]
     check_same_pools(run_dir, pools, args.resume)
-    for data in (dataset.domains if domains else [dataset]):  # else meta-val stops at its first evaluation
-        for split in (data.val, data.test):
-            if len(split.classes) < ways:
-                raise FastFreeError(f"the pool's teachers solve {ways}-way tasks but {split.name} has "
-                                    f"{len(split.classes)} classes, too few for {ways}-way meta-val and meta-test: "
-                                    f"use a pool of at most {len(split.classes)} classes per teacher (fastfree "
-                                    f"pretrain --ways {len(split.classes)})")
+    splits = [split for data in (dataset.domains if domains else [dataset]) for split in (data.val, data.test)]
+    narrow = min(splits, key=lambda split: len(split.classes))  # else meta-val stops at its first evaluation
+    if len(narrow.classes) < ways:
+        raise FastFreeError(f"the pool's teachers solve {ways}-way tasks but {narrow.name} has {len(narrow.classes)} "
+                            f"classes, too few for {ways}-way meta-val and meta-test: use a pool of at most "
+                            f"{len(narrow.classes)} classes per teacher (fastfree pretrain --ways {len(narrow.classes)})")
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or a pool that does not fit leave nothing
     if lengthen:  # likewise: a lengthening refused for its data or pool leaves the run as it was
         change_length(run_dir, cfg.iterations, started_at)
