@@ -393,7 +393,10 @@ def check_output_files(args) -> None:
 def interrupt_hint(args) -> str:
     """What to run after Ctrl-C: nothing finished is lost where the command keeps progress."""
     if args.command == "pretrain":
-        return "; run the same command with --resume to keep the teachers it finished"
+        out = Path(args.out or PRESETS[args.preset].pool_dir)
+        if (out / ".progress").is_dir():
+            return "; run the same command with --resume to keep the teachers it finished"
+        return "; no teacher had finished: run the same command again"
     if args.command == "train":
         run_dir = Path(args.run_dir or f"runs/{args.preset}")
         if (run_dir / "checkpoint.pt").is_file():

@@ -144,6 +144,14 @@ def test_errors_about_a_path_and_interrupts_are_one_line(tmp_path, capsys, monke
     (tmp_path / "r" / "checkpoint.pt").write_bytes(b"")
     assert main(["train", "--run-dir", str(tmp_path / "r")]) == 130
     assert "--resume to continue from its last checkpoint" in capsys.readouterr().err
+    import fastfree.commands.pretrain as pretrain_command
+
+    monkeypatch.setattr(pretrain_command, "run", interrupted)
+    assert main(["pretrain", "--out", str(tmp_path / "p")]) == 130  # before any teacher finished
+    assert "no teacher had finished: run the same command again" in capsys.readouterr().err
+    (tmp_path / "p" / ".progress").mkdir(parents=True)
+    assert main(["pretrain", "--out", str(tmp_path / "p")]) == 130
+    assert "with --resume to keep the teachers it finished" in capsys.readouterr().err
 
 
 def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from fastfree.data.split import FewShotDataset
+from fastfree.device import resolve_engine
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
 from fastfree.pool.progress import PretrainProgress, fingerprint
 from fastfree.pool.store import Pool, load_pool, records_from_training, save_pool
@@ -23,9 +24,10 @@ def pool_in_run_dir(pool_dir: Path, dataset: FewShotDataset, cfg: PretrainConfig
     the paper's 100 teachers); other settings than the interrupted pretraining's are refused."""
     if not (pool_dir / "manifest.json").is_file():
         specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed, cfg.archs)
+        engine = resolve_engine("auto", dataset.train.images.device)  # teachers of one engine only, as pretrain's
         progress = PretrainProgress(pool_dir, fingerprint(cfg.to_dict(), dataset.name, dataset.normalization.to_dict(),
                                                           dataset.image_size, {}, str(dtype).removeprefix("torch."),
-                                                          "auto"))
+                                                          engine))
         if progress.exists():
             done = progress.resume(specs)
             print(f"{what}: pretraining {cfg.teachers} teachers into {pool_dir}, continued: {len(done)} already "
@@ -34,7 +36,7 @@ def pool_in_run_dir(pool_dir: Path, dataset: FewShotDataset, cfg: PretrainConfig
             progress.start()
             done = {}
             print(f"{what}: pretraining {cfg.teachers} teachers into {pool_dir}", flush=True)
-        trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, "auto", dtype, done=done,
+        trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, done=done,
                                 on_trained=progress.save)
         save_pool(pool_dir, records_from_training(trained, cfg, dataset.image_size), [t.state_dict for t in trained],
                   dataset.name, dataset.normalization, cfg.to_dict())

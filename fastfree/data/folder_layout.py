@@ -145,6 +145,8 @@ def _eight_bit(im):
 
     if im.mode.startswith("I;16") or im.mode == "I":
         arr = np.asarray(im, dtype=np.int64)
+        if im.mode == "I" and arr.size and 0 <= arr.min() and arr.max() <= 255:  # 8-bit values kept as 32-bit
+            return Image.fromarray(arr.astype(np.uint8))
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ValueError(f"32-bit integer pixels outside 0..65535 (mode {im.mode}); save the image with 8 bits "
                              "per channel")

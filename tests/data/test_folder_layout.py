@@ -136,6 +136,8 @@ def test_sixteen_bit_grayscale_is_scaled_and_float_refused(tmp_path):
     assert Image.open(root / "images" / "n0300_01.png").mode == "I"
     ds = load_image_folder(root, SIZE, IMAGENET_NORM)
     assert torch.all(ds.train.images[0] == 117) and torch.all(ds.train.images[1] == 78)  # round(v / 257)
+    Image.fromarray(np.full((SIZE, SIZE), 200, np.int32)).save(root / "images" / "n0300_01.png", format="TIFF")
+    assert torch.all(load_image_folder(root, SIZE, IMAGENET_NORM).train.images[1] == 200)  # 8-bit values in "I"
     Image.fromarray(np.full((SIZE, SIZE), 0.5, np.float32)).save(root / "images" / "n0300_02.png", format="TIFF")
     with pytest.raises(FastFreeError, match=r"n0300_02\.png.*floating-point pixels.*8 bits per channel"):
         load_image_folder(root, SIZE, IMAGENET_NORM)
