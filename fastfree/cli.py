@@ -367,13 +367,12 @@ def check_output_files(args) -> None:
     """Refuse, before any work, an output the command could not write at its end (after hours, for
     `eval --learner every`): a folder where a file goes or the reverse, a parent that is a file, a
     place this user cannot write."""
-    files = [getattr(args, a, None) for a, _, k in [("json", "--json", "file"), *OUTPUTS.get(args.command, [])]
-             if k == "file"]
-    files = [Path(f).resolve() for f in files if f is not None]
+    outputs = [("json", "--json", "file"), *OUTPUTS.get(args.command, [])]
+    files = [Path(getattr(args, a)).resolve() for a, _, k in outputs if k == "file" and getattr(args, a, None)]
     if len(set(files)) < len(files):  # adapt --out p.csv --json p.csv: the JSON replaced the CSV
         raise FastFreeError(f"two outputs name one file ({', '.join(sorted({str(f) for f in files if files.count(f) > 1}))})"
                             ": give each its own")
-    for attr, flag, kind in [("json", "--json", "file"), *OUTPUTS.get(args.command, [])]:
+    for attr, flag, kind in outputs:
         value = getattr(args, attr, None)
         if value is None:
             continue
@@ -398,8 +397,9 @@ def interrupt_hint(args) -> str:
             return "; run the same command with --resume to keep the teachers it finished"
         return "; no teacher had finished: run the same command again"
     if args.command == "train":
-        run_dir = Path(args.run_dir or f"runs/{args.preset}")
-        if (run_dir / "checkpoint.pt").is_file():
+        from fastfree.free.run import CHECKPOINT, default_run_dir
+
+        if (default_run_dir(args.run_dir, args.preset) / CHECKPOINT).is_file():
             return "; run the same command with --resume to continue from its last checkpoint"
         return ("; it had no checkpoint yet: run the same command again (its own pool's finished teachers are "
                 "kept)")

@@ -99,8 +99,9 @@ def write_input_space(run_dir: Path, data: FewShotDataset | MultiDomainData, way
 def run_ways(run_dir: Path) -> int | None:
     """The run's N: as `train` recorded it, or for a run from before that, its learners' outputs."""
     path = run_dir / INPUT_SPACE
-    if path.is_file() and json.loads(path.read_text()).get("ways"):
-        return int(json.loads(path.read_text())["ways"])
+    recorded = json.loads(path.read_text()).get("ways") if path.is_file() else None
+    if recorded:
+        return int(recorded)
     if (run_dir / BEST).is_file():
         picks = read_selected(run_dir / BEST, "cpu")
         if picks:

@@ -13,9 +13,9 @@ from fastfree.commands.run_learner import write_input_space
 from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
 from fastfree.errors import FastFreeError
-from fastfree.free.config import FreeConfig
-from fastfree.free.run import CHECKPOINT, RunContext, completed_iterations, final_results, is_evaluation, \
-    results_markdown, train_free
+from fastfree.free.config import BELL_SETTINGS_USED_BY, FreeConfig
+from fastfree.free.run import CHECKPOINT, RunContext, completed_iterations, default_run_dir, final_results, \
+    is_evaluation, refuse_cutting, results_markdown, train_free
 from fastfree.metatest.initializations import random_init
 from fastfree.models import build_model
 from fastfree.pool.fit import check_pool_fits
@@ -88,7 +88,7 @@ def unused_settings_as_defaults(free: dict) -> None:
 
     bell, replay = free.get("bell", {}), free.get("replay", {})
     mode = bell.get("mode", "bell")
-    for field, used_by in (("outer", ("bell",)), ("inner_optimizer", ("bell",)), ("targets", ("bell", "erm"))):
+    for _, field, used_by in BELL_SETTINGS_USED_BY:
         if mode not in used_by and field in bell:
             bell[field] = getattr(BellConfig, field)
     if not free.get("replay_enabled", True) and "second_order" in replay:
@@ -116,7 +116,7 @@ def check_same_pools(run_dir: Path, pools: list, resume: bool) -> None:
         return
     started = json.loads(path.read_text())["pools"]
     now = [pool_identity(p) for p in pools]
-    for i, (a, b) in enumerate(zip(started, now)):
+    for a, b in zip(started, now):
         if a["weights_sha256"] != b["weights_sha256"]:
             raise FastFreeError(f"--resume: the pool at {b['path']} is not the one {run_dir} started with (its weights "
                                 f"differ from those of {a['path']} then, {path}): pass the run's own pool")
@@ -137,12 +137,6 @@ def refuse_another_device(run_dir: Path, stored: dict, now: dict, device) -> Non
                             f"--device {'cuda' if on_gpu else 'cpu'}")
 
 
-def refuse_cutting(run_dir: Path, iterations: int, done: int) -> None:
-    if done > iterations:
-        raise FastFreeError(f"--resume: {run_dir} has completed {done} iterations, more than --iterations "
-                            f"{iterations}; pass --iterations {done} or more")
-
-
 def change_length(run_dir: Path, iterations: int, done: int) -> None:
     """Before a run that has done `done` iterations is resumed to another --iterations: refuse to
     cut iterations already done, and keep the results of its old end rather than overwrite them
@@ -161,7 +155,7 @@ def run(args) -> dict:
     preset, device, dtype = setup(args)
     domains = domain_configs(args, preset)
     cfg = free_config(args, preset.free)
-    run_dir = Path(args.run_dir or f"runs/{preset.name}")
+    run_dir = default_run_dir(args.run_dir, preset.name)
     config_path = run_dir / "config.json"
     # before any data is read, a pool pretrained or a file of the run written
     if args.resume and not (run_dir / CHECKPOINT).is_file():

@@ -11,6 +11,12 @@ from fastfree.free.five import FiveConfig
 from fastfree.free.replay import ReplayConfig
 
 
+# BELL's settings (flag, BellConfig field) and the learner updates (--learner-update) that use them:
+# elsewhere they are refused (FreeConfig) and, in a run from before that, read as defaults (train --resume)
+BELL_SETTINGS_USED_BY = (("--bell-outer", "outer", ("bell",)), ("--bell-inner", "inner_optimizer", ("bell",)),
+                         ("--targets", "targets", ("bell", "erm")))
+
+
 @dataclass(frozen=True)
 class FreeConfig:
     iterations: int = 1000  # outer iterations ("epochs") of Algorithm 3
@@ -64,9 +70,7 @@ class FreeConfig:
             problems.append("no learner update and no replay: the meta-learner would never change (drop "
                             "--learner-update none or --no-replay)")
         bell_default = BellConfig()
-        unused = [flag for flag, field, used_by in (("--bell-outer", "outer", ("bell",)),
-                                                    ("--bell-inner", "inner_optimizer", ("bell",)),
-                                                    ("--targets", "targets", ("bell", "erm")))
+        unused = [flag for flag, field, used_by in BELL_SETTINGS_USED_BY
                   if self.bell.mode not in used_by and getattr(self.bell, field) != getattr(bell_default, field)]
         if unused:  # settings of an update that does not run, recorded as if they had acted
             problems.append(f"{', '.join(unused)} set BELL's update, which --learner-update {self.bell.mode} does not "

@@ -164,6 +164,18 @@ def _shot_table(results: list[ShotResult]) -> dict:
     return {str(r.shots): {"mean": r.mean, "ci95": r.ci95, "tasks": r.tasks} for r in results}
 
 
+def refuse_cutting(run_dir: Path, iterations: int, done: int) -> None:
+    """A run is lengthened, never cut (its later learners exist)."""
+    if done > iterations:
+        raise FastFreeError(f"--resume: {run_dir} has completed {done} iterations, more than --iterations "
+                            f"{iterations}; pass --iterations {done} or more")
+
+
+def default_run_dir(run_dir: str | None, preset: str) -> Path:
+    """A train run's directory: --run-dir, else runs/<preset>."""
+    return Path(run_dir or f"runs/{preset}")
+
+
 def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] | None = None,
                stop_after: int | None = None) -> FreeState:
     """Run (or continue) Algorithm 3 to ctx.cfg.iterations; returns the final state.
@@ -180,9 +192,7 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
         # read on the CPU: the RNG states must stay there (a CPU generator refuses a CUDA state); every
         # other part moves its own tensors to the run's device when it loads
         state.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-        if state.iteration > cfg.iterations:  # a run is lengthened, never cut (its later learners exist)
-            raise FastFreeError(f"--resume: {run_dir} has completed {state.iteration} iterations, more than "
-                                f"--iterations {cfg.iterations}; pass --iterations {state.iteration} or more")
+        refuse_cutting(run_dir, cfg.iterations, state.iteration)
         if is_legacy(state.best):
             _upgrade_selection(ctx, state)
         else:
