@@ -403,6 +403,12 @@ def interrupt_hint(args) -> str:
             return "; run the same command with --resume to continue from its last checkpoint"
         return ("; it had no checkpoint yet: run the same command again (its own pool's finished teachers are "
                 "kept)")
+    if args.command == "eval" and getattr(args, "learner", None) == "every" and args.run:
+        from fastfree.commands.every_learner_progress import FOLDER
+
+        kept = Path(args.run) / FOLDER
+        if kept.is_dir():
+            return f"; run the same command again: the learners it finished are kept in {kept}"
     return ""
 
 

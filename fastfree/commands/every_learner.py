@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from fastfree.commands.common import progress_bar, run_metadata, write_json
+from fastfree.commands.every_learner_progress import EveryLearnerProgress, state_digest
 from fastfree.commands.run_learner import load_run_learner
 from fastfree.free.learner_file import learner_module
 from fastfree.device import resolve_engine
@@ -31,7 +32,7 @@ from fastfree.free.kept import read_kept
 from fastfree.free.run import learner_init, meta_val_log
 from fastfree.free.selection import BEST, for_shots, read_selected
 from fastfree.metatest.domains import metatest_data
-from fastfree.metatest.protocol import confidence_interval
+from fastfree.metatest.protocol import confidence_interval, task_protocol
 
 
 def paired_difference(a: list[float], b: list[float]) -> dict:
@@ -100,13 +101,25 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
         print(f"note: {len(missing)} meta-val evaluations have no kept learner (iterations "
               f"{', '.join(map(str, missing))}): the summary covers the {len(kept)} kept ones", flush=True)
     picks = _selected_iterations(run_dir, cfg.shots)
+    engine = resolve_engine(cfg.engine, device)
+    progress = EveryLearnerProgress(run_dir, {
+        "tasks": task_protocol(cfg), "split": args.split, "data": target.data.name, "image_size": target.image_size,
+        "dtype": args.dtype, "engine": engine, "device": device.type})
+    digests = {k.iteration: state_digest(k.learner) for k in kept}
+    earlier = [k.iteration for k in kept if progress.get(k.iteration, digests[k.iteration]) is not None]
+    if earlier:
+        print(f"continuing: {len(earlier)} of the {len(kept)} learners were meta-tested on these tasks before "
+              f"(iterations {', '.join(map(str, earlier))}; {progress.path})", flush=True)
     rows, per_task = [], {}
     t0 = time.perf_counter()
-    with progress_bar(total=cfg.tasks * len(cfg.shots) * len(kept), desc=f"meta-test {len(kept)} learners",
-                      unit="task") as bar:
+    with progress_bar(total=cfg.tasks * len(cfg.shots) * (len(kept) - len(earlier)),
+                      desc=f"meta-test {len(kept) - len(earlier)} learners", unit="task") as bar:
         for k in kept:
-            init = learner_init(learner_module(k.learner, target.width, target.image_size, device, dtype))
-            results, _ = metatest_data(init, target.data, args.split, cfg, dtype, bar.update)
+            results = progress.get(k.iteration, digests[k.iteration])
+            if results is None:
+                init = learner_init(learner_module(k.learner, target.width, target.image_size, device, dtype))
+                results, _ = metatest_data(init, target.data, args.split, cfg, dtype, bar.update)
+                progress.add(k.iteration, digests[k.iteration], results)
             # logged_val: what the run's meta-val measured when it kept this learner (apart from the
             # split measured now, which may be meta-val again: --split val)
             rows.append({"iteration": k.iteration, "logged_val": k.val,
@@ -123,13 +136,15 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
         "dataset": target.data.name,
         "split": args.split,
         "config": cfg.__dict__,
-        "engine": resolve_engine(cfg.engine, device),
+        "engine": engine,
         "dtype": args.dtype,
         "evaluations": rows,
         "evaluations_without_learner": missing,
         "summary": summary,
         "per_task_accuracy": {str(it): acc for it, acc in per_task.items()} if args.per_task else None,
-        "seconds": seconds,
+        "seconds": seconds,  # this invocation's: learners tested before are read back, not timed again
+        "learners_tested_before": earlier,
+        "progress_file": None if progress.unwritable else str(progress.path),
         **run_metadata(device),
     }
     _print(rows, summary, args.split, cfg.ways, seconds, payload["device_name"])

@@ -1,5 +1,5 @@
 """A small `fastfree train` run shared by the tests of the commands that read runs (eval --run, adapt).
-Those tests only read it."""
+Those tests only read it (`eval --learner every` adds its progress, RUN/metatests)."""
 
 import json
 

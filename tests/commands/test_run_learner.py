@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from fastfree.cli import main
 from tests.commands.small_run import TRAIN
@@ -193,3 +194,59 @@ def test_a_runs_data_is_named_absolute_and_can_be_found_where_it_moved(tmp_path,
     config = {"data": {"source": "cifar-fs", "root": "/old/place"}}
     run_learner.run_data(config, "cpu", "/new/place")
     assert loaded[-1].root == "/new/place" and config["data"]["root"] == "/old/place"
+
+
+def test_every_learner_continues_after_an_interrupt(run, tmp_path, monkeypatch, capsys):
+    """`--learner every` on CIFAR-FS meta-tests ~48 learners (hours on a CPU): an interrupt lost them
+    all. Each finished learner is kept in RUN/metatests; the same command continues, with the same result."""
+    import fastfree.commands.every_learner as every_learner
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir, ignore=shutil.ignore_patterns("metatests"))  # other tests' progress
+    args = ["--method", "learner", "--learner", "every", "--per-task"]
+    whole = _eval(tmp_path, run_dir, *args)
+    assert whole["learners_tested_before"] == []
+    shutil.rmtree(run_dir / "metatests")
+    tested, real = [], every_learner.metatest_data
+
+    def interrupted_on_the_second(*a, **k):
+        if tested:
+            raise KeyboardInterrupt
+        tested.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(every_learner, "metatest_data", interrupted_on_the_second)
+    base = ["eval", "--run", str(run_dir), "--tasks", "3", "--device", "cpu", "--json", str(tmp_path / "x.json")]
+    assert main([*base, *args]) == 130
+    assert "the learners it finished are kept in" in capsys.readouterr().err
+    monkeypatch.setattr(every_learner, "metatest_data", real)
+    again = _eval(tmp_path, run_dir, *args)
+    assert "continuing: 1 of the 2 learners were meta-tested on these tasks before" in capsys.readouterr().out
+    assert again["learners_tested_before"] == [2]
+    for key in ("evaluations", "summary", "per_task_accuracy"):
+        assert again[key] == whole[key], key
+    # a line torn by a kill is ignored (that learner runs again), and later lines still land whole
+    (progress,) = (run_dir / "metatests").iterdir()
+    lines = progress.read_text().splitlines()
+    assert len(lines) == 3 and "protocol" in json.loads(lines[0])
+    progress.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])
+    assert _eval(tmp_path, run_dir, *args)["learners_tested_before"] == [2]
+    assert all(json.loads(x) for x in [progress.read_text().splitlines()[i] for i in (0, 1, 3)])
+    assert _eval(tmp_path, run_dir, *args)["learners_tested_before"] == [2, 3]
+    # another protocol (here the task count) or another learner at the same iteration is tested afresh
+    assert _eval(tmp_path, run_dir, "--method", "learner", "--learner", "every", "--tasks", "2")[
+        "learners_tested_before"] == []
+    kept = run_dir / "learners" / "iter_00003.pt"
+    d = torch.load(kept, weights_only=True)
+    d["learner"]["classifier.bias"] = d["learner"]["classifier.bias"] + 1.0
+    torch.save(d, kept)
+    assert _eval(tmp_path, run_dir, *args)["learners_tested_before"] == [2]
+
+
+def test_every_learner_without_a_writable_run_directory_still_reports(run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir, ignore=shutil.ignore_patterns("metatests"))
+    (run_dir / "metatests").write_text("not a folder")  # stands in for a read-only run directory (tests run as root)
+    got = _eval(tmp_path, run_dir, "--method", "learner", "--learner", "every")
+    assert got["progress_file"] is None and [r["iteration"] for r in got["evaluations"]] == [2, 3]
+    assert capsys.readouterr().out.count("cannot keep eval's progress in the run directory") == 1
