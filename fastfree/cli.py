@@ -74,7 +74,8 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=_positive, help="image side in pixels (folder and builtin data)")
     g.add_argument("--images-per-class", type=_positive, help="builtin data: images rendered per class")
     g.add_argument("--normalization", choices=list(NORMALIZATIONS), help="folder data: mean/std to use")
-    g.add_argument("--decoder", choices=["auto", "dali", "pil"], help="folder data: auto (DALI on a CUDA device when installed, else PIL), dali, pil")
+    g.add_argument("--decoder", choices=["auto", "dali", "pil"], help="folder data: auto (DALI on a CUDA device when installed, else PIL), dali, pil; "
+                        "with eval --run, how to read the run's own image folders here")
 
 
 def _engine_flags(p: argparse.ArgumentParser, choose_engine: bool = True) -> None:
@@ -363,6 +364,17 @@ OUTPUTS = {
 }
 
 
+# what marks a folder as the command's own (one it may continue or replace): a pool, an interrupted
+# pretraining, a run's files (the modules' constants, tested equal; literal here so the check runs before
+# any of them is imported). A non-empty folder with none of them is somebody else's.
+OWN_ENTRIES = {
+    "pretrain": ("manifest.json", "weights.safetensors", ".progress"),
+    "import-pool": ("manifest.json", "weights.safetensors"),
+    "train": ("config.json", "checkpoint.pt", "metrics.jsonl", "pool", "pools.json", "input_space.json",
+              "learners", "best_learner.pt", "results.json"),
+}
+
+
 def check_output_files(args) -> None:
     """Refuse, before any work, an output the command could not write at its end (after hours, for
     `eval --learner every`): a folder where a file goes or the reverse, a parent that is a file, a
@@ -381,12 +393,26 @@ def check_output_files(args) -> None:
             raise FastFreeError(f"{flag} {value} is a directory: give the file to write (a path inside it, or another)")
         if kind == "folder" and path.exists() and not path.is_dir():
             raise FastFreeError(f"{flag} {value} is a file: give a folder (new, or the one to continue)")
+        if kind == "folder" and path.is_dir():
+            _refuse_somebody_elses_folder(path, flag, value, OWN_ENTRIES.get(args.command, ()))
         blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             raise FastFreeError(f"{flag} {value}: {blocking} is a file, not a folder: choose another path")
         writes_in = path if kind == "folder" and path.is_dir() else next(p for p in path.parents if p.is_dir())
         if not os.access(writes_in, os.W_OK | os.X_OK):
             raise FastFreeError(f"{flag} {value}: {writes_in} is not writable for this user: choose another path")
+
+
+def _refuse_somebody_elses_folder(path: Path, flag: str, value: str, own: tuple[str, ...]) -> None:
+    """`pretrain --out ~/pools` wrote its pool among the other pools' folders; `train --run-dir .` its
+    run among a project's files. Hidden entries (.git, .DS_Store) do not count."""
+    if not own or any((path / name).exists() for name in own):
+        return
+    others = sorted(e.name for e in path.iterdir() if not e.name.startswith("."))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise FastFreeError(f"{flag} {value} already holds other files ({shown}) and nothing of fastfree's: its files "
+                            f"would be written among them; give a new or empty folder (e.g. {path / 'NAME'})")
 
 
 def interrupt_hint(args) -> str:

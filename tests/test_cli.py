@@ -122,6 +122,53 @@ def test_output_folders_and_unwritable_places_are_refused_first(tmp_path, capsys
     assert "folder is not writable for this user" in capsys.readouterr().err
 
 
+def test_a_folder_of_somebody_elses_files_is_refused_as_output(tmp_path, capsys, monkeypatch):
+    """`pretrain --out ~/pools` wrote the pool among the other pools' folders; `train --run-dir .` its run
+    among a project's files. A folder of fastfree's own (a pool, a run, an interrupted one) is taken."""
+    import fastfree.commands.pretrain as pretrain
+    import fastfree.commands.train as train_command
+
+    ran = []
+    monkeypatch.setattr(pretrain, "run", lambda args: ran.append(args.out))
+    monkeypatch.setattr(train_command, "run", lambda args: ran.append(args.run_dir))
+    theirs = tmp_path / "pools"
+    for name in ("cifar", "mini", "notes.txt", "zzz"):
+        (theirs / name).mkdir(parents=True) if "." not in name else (theirs / name).write_text("x")
+    for argv in (["pretrain", "--out", str(theirs)], ["import-pool", str(tmp_path), "--out", str(theirs)],
+                 ["train", "--run-dir", str(theirs)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "already holds other files (cifar, mini, notes.txt and 1 more) and nothing of fastfree's" in err, argv
+        assert str(theirs / "NAME") in err
+    hidden = tmp_path / "hidden"
+    (hidden / ".git").mkdir(parents=True)
+    own = tmp_path / "own"
+    (own / ".progress").mkdir(parents=True)
+    (own / "other.txt").write_text("x")
+    run = tmp_path / "run"
+    (run / "pool").mkdir(parents=True)  # a train run interrupted while pretraining its own pool
+    for argv in (["pretrain", "--out", str(hidden)], ["pretrain", "--out", str(own)], ["train", "--run-dir", str(run)],
+                 ["pretrain", "--out", str(tmp_path / "new")]):
+        assert main(argv) == 0, argv
+    assert len(ran) == 4
+
+
+def test_the_own_entries_are_the_modules_names():
+    from fastfree.cli import OWN_ENTRIES
+    from fastfree.commands.run_learner import INPUT_SPACE
+    from fastfree.commands.train import POOL_RECORD
+    from fastfree.free.kept import LEARNERS
+    from fastfree.free.run import CHECKPOINT, METRICS
+    from fastfree.free.selection import BEST
+    from fastfree.pool.progress import PROGRESS
+    from fastfree.pool.store import MANIFEST, WEIGHTS
+
+    assert OWN_ENTRIES["pretrain"] == (MANIFEST, WEIGHTS, PROGRESS)
+    assert OWN_ENTRIES["import-pool"] == (MANIFEST, WEIGHTS)
+    assert set(OWN_ENTRIES["train"]) == {"config.json", CHECKPOINT, METRICS, "pool", POOL_RECORD, INPUT_SPACE,
+                                         LEARNERS, BEST, "results.json"}
+
+
 def test_errors_about_a_path_and_interrupts_are_one_line(tmp_path, capsys, monkeypatch):
     import fastfree.commands.evaluate as evaluate
 
