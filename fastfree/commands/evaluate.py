@@ -104,7 +104,8 @@ def run_of_training(args, device, dtype) -> dict:
     if args.learner == "every":
         return run_every_learner(args, partial(metatest_config, args), device, dtype)
     target: RunLearner = load_run_learner(args.run, (args.learner or "selected") if args.method == "learner" else None,
-                                          device, dtype, args.data_root if args.data is None else None)
+                                          device, dtype, args.data_root if args.data is None else None,
+                                          args.decoder if args.data is None else None, with_data=args.data is None)
     run_preset = get_preset(target.preset)
     cfg = metatest_config(args, target.protocol())
     if target.learner is not None:

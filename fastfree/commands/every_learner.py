@@ -93,7 +93,7 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
         raise FastFreeError("--learner every meta-tests on the run's own data: drop --data (or test one learner on "
                             "another data set with --learner selected|last)")
     run_dir = Path(args.run)
-    target = load_run_learner(run_dir, None, device, dtype, args.data_root)  # the run's data, the learner's shape
+    target = load_run_learner(run_dir, None, device, dtype, args.data_root, args.decoder)  # the run's data, its shape
     cfg = cfg_of(target.protocol())
     kept = read_kept(run_dir, device)
     missing = sorted(set(_logged_evaluations(run_dir)) - {k.iteration for k in kept})
@@ -104,7 +104,7 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
     engine = resolve_engine(cfg.engine, device)
     progress = EveryLearnerProgress(run_dir, {
         "tasks": task_protocol(cfg), "split": args.split, "data": target.data.name, "image_size": target.image_size,
-        "dtype": args.dtype, "engine": engine, "device": device.type})
+        "decoder": args.decoder, "dtype": args.dtype, "engine": engine, "device": device.type})
     digests = {k.iteration: state_digest(k.learner) for k in kept}
     earlier = [k.iteration for k in kept if progress.get(k.iteration, digests[k.iteration]) is not None]
     if earlier:

@@ -37,7 +37,9 @@ INPUT_SPACE = "input_space.json"  # the learner's image size and normalisation, 
 
 @dataclass
 class RunLearner:
-    data: FewShotDataset | MultiDomainData  # the run's data (its splits, the learner's input space)
+    data: FewShotDataset | MultiDomainData | None  # the run's data (its splits); None when not loaded (eval --data)
+    image_size: int  # the learner's input space: what it was trained on
+    normalization: Normalization
     preset: str
     width: int
     learner: nn.Module | None  # None when only the run's shape is needed (a Random baseline)
@@ -54,14 +56,6 @@ class RunLearner:
         base = base if self.ways is None else replace(base, ways=self.ways)
         return base if self.shots is None else replace(base, shots=self.shots)
 
-    @property
-    def image_size(self) -> int:
-        return self.data.image_size
-
-    @property
-    def normalization(self) -> Normalization:
-        return self.data.normalization
-
 
 def read_run_config(run_dir: Path) -> dict:
     path = run_dir / "config.json"
@@ -71,15 +65,25 @@ def read_run_config(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def run_data(config: dict, device: torch.device, data_root: str | None = None) -> FewShotDataset | MultiDomainData:
+def run_data(config: dict, device: torch.device, data_root: str | None = None,
+             decoder: str | None = None) -> FewShotDataset | MultiDomainData:
     """The run's data, loaded as training loaded it (several domains: combined the same way); `data_root`:
-    where its data lies now, if it moved (a run of one data set)."""
+    where its data lies now, if it moved (a run of one data set); `decoder`: how to read its image folders
+    here, if not as training did (e.g. PIL where DALI is not installed)."""
+    domains = [dict(d) for d in config["domains"]] if config.get("domains") else [dict(config["data"])]
+    if decoder is not None:
+        folders = [d for d in domains if d["source"] == "folder"]
+        if not folders:
+            raise FastFreeError(f"--decoder reads image folders; this run's data ({', '.join(d['source'] for d in domains)})"
+                                " has none: drop --decoder")
+        for d in folders:
+            d["decoder"] = decoder
     if config.get("domains"):
         if data_root is not None:
             raise FastFreeError(f"--data-root moves a run's data set, but this run has {len(config['domains'])} "
                                 "domains: restore them where config.json names them")
-        return load_domains([DataConfig(**d) for d in config["domains"]], device)
-    data = dict(config["data"])
+        return load_domains([DataConfig(**d) for d in domains], device)
+    (data,) = domains
     if data_root is not None:
         if data["source"] == "builtin":
             raise FastFreeError("--data-root: this run's data is the built-in data set, which has no folder")
@@ -205,8 +209,10 @@ def run_learner_card(run_dir: Path, config: dict, which: str, choose: Callable[[
 
 
 def load_run_learner(run_dir: str | Path, which: str | None, device: torch.device,
-                     dtype: torch.dtype = torch.float32, data_root: str | None = None) -> RunLearner:
-    """The run's data and, unless `which` is None, its selected (per shot count) or last meta-learner."""
+                     dtype: torch.dtype = torch.float32, data_root: str | None = None, decoder: str | None = None,
+                     with_data: bool = True) -> RunLearner:
+    """The run's data (unless `with_data` is False: another data set is tested, in the learner's input
+    space) and, unless `which` is None, its selected (per shot count) or last meta-learner."""
     if which not in (None, "selected", "last"):
         raise FastFreeError(f"unknown learner {which!r}: use selected or last")
     run_dir = Path(run_dir)
@@ -219,12 +225,18 @@ def load_run_learner(run_dir: str | Path, which: str | None, device: torch.devic
     elif which == "last":
         state, it = last_learner(run_dir, device)
         label = last_label(it)
-    data = run_data(config, device, data_root)
+    if with_data:
+        data = run_data(config, device, data_root, decoder)
+        image_size, normalization = data.image_size, data.normalization
+    else:
+        data, (image_size, normalization) = None, run_input_space(run_dir, config, device)
     shots = tuple(config["shots"]) if config.get("shots") else None
     if which is None:
-        return RunLearner(data, config["preset"], width, None, {}, "Random", None, shots, run_ways(run_dir))
-    return RunLearner(data, config["preset"], width, learner_module(state, width, data.image_size, device, dtype),
-                      selected, label, it, shots, int(state["classifier.weight"].shape[0]))
+        return RunLearner(data, image_size, normalization, config["preset"], width, None, {}, "Random", None, shots,
+                          run_ways(run_dir))
+    return RunLearner(data, image_size, normalization, config["preset"], width,
+                      learner_module(state, width, image_size, device, dtype), selected, label, it, shots,
+                      int(state["classifier.weight"].shape[0]))
 
 
 def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initialization | dict[int, Initialization]:

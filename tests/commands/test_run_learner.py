@@ -184,6 +184,11 @@ def test_a_runs_data_is_named_absolute_and_can_be_found_where_it_moved(tmp_path,
     monkeypatch.chdir(tmp_path)
     assert absolute_root({"source": "cifar-fs", "root": "cf"})["root"] == str(tmp_path / "cf")
     assert absolute_root({"source": "builtin", "root": None}) == {"source": "builtin", "root": None}
+    monkeypatch.setenv("FASTFREE_CIFAR_FS", "env-cf")  # a root named by the environment is recorded too
+    assert absolute_root({"source": "cifar-fs", "root": None})["root"] == str(tmp_path / "env-cf")
+    assert absolute_root({"source": "cifar-fs", "root": "cf"})["root"] == str(tmp_path / "cf")  # the flag wins
+    monkeypatch.delenv("FASTFREE_CIFAR_FS")
+    assert absolute_root({"source": "cifar-fs", "root": None})["root"] is None
     loaded = []
 
     def load_on_device(cfg, device):  # records what would be loaded
@@ -250,3 +255,36 @@ def test_every_learner_without_a_writable_run_directory_still_reports(run, tmp_p
     got = _eval(tmp_path, run_dir, "--method", "learner", "--learner", "every")
     assert got["progress_file"] is None and [r["iteration"] for r in got["evaluations"]] == [2, 3]
     assert capsys.readouterr().out.count("cannot keep eval's progress in the run directory") == 1
+
+
+def test_a_runs_folder_data_can_be_read_with_another_decoder(tmp_path, monkeypatch, run, capsys):
+    """A run trained with --decoder dali (on a GPU) could not be evaluated where DALI is not installed:
+    with --run, --decoder was ignored. It now says how to read the run's image folders here."""
+    import fastfree.commands.run_learner as run_learner
+
+    loaded = []
+    monkeypatch.setattr(run_learner, "load_on_device", lambda cfg, device: (loaded.append(cfg), 0.0))
+    monkeypatch.setattr(run_learner, "load_domains", lambda cfgs, device: loaded.extend(cfgs))
+    folder = {"source": "folder", "root": "/data/imgs", "decoder": "dali"}
+    run_learner.run_data({"data": folder}, "cpu", None, "pil")
+    assert loaded[-1].decoder == "pil" and loaded[-1].root == "/data/imgs" and folder["decoder"] == "dali"
+    run_learner.run_data({"domains": [folder, {"source": "cifar-fs", "root": "/c"}]}, "cpu", None, "pil")
+    assert [c.decoder for c in loaded[-2:]] == ["pil", "auto"]  # the folder domain's only
+    with pytest.raises(Exception, match="has none: drop --decoder"):
+        run_learner.run_data({"data": {"source": "cifar-fs", "root": "/c"}}, "cpu", None, "pil")
+    monkeypatch.undo()
+    assert main(["eval", "--run", str(run[0]), "--method", "learner", "--decoder", "pil", "--device", "cpu"]) == 2
+    assert "this run's data (builtin) has none: drop --decoder" in capsys.readouterr().err
+
+
+def test_testing_a_run_on_another_data_set_does_not_load_the_runs_own(run, tmp_path, monkeypatch):
+    """`eval --run RUN --data X` loaded the run's data first (and failed where it had moved or been deleted)
+    although only its input space, recorded in input_space.json, is used."""
+    import fastfree.commands.run_learner as run_learner
+
+    def gone(*a, **k):
+        raise AssertionError("the run's own data was loaded")
+
+    monkeypatch.setattr(run_learner, "run_data", gone)
+    got = _eval(tmp_path, run[0], "--method", "learner", "--data", "builtin")
+    assert got["dataset"] == "builtin" and len(got["results"]) == 2
