@@ -9,6 +9,7 @@ import torch
 
 from fastfree.data.split import FewShotDataset
 from fastfree.device import resolve_engine
+from fastfree.errors import FastFreeError
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
 from fastfree.pool.progress import PretrainProgress, fingerprint
 from fastfree.pool.store import Pool, load_pool, records_from_training, save_pool
@@ -29,7 +30,10 @@ def pool_in_run_dir(pool_dir: Path, dataset: FewShotDataset, cfg: PretrainConfig
                                                           dataset.image_size, {}, str(dtype).removeprefix("torch."),
                                                           engine))
         if progress.exists():
-            done = progress.resume(specs)
+            try:
+                done = progress.resume(specs)
+            except FastFreeError as e:  # worded for `pretrain --resume`: this is train's own pool
+                raise FastFreeError(f"{what}, its pool's pretraining: {str(e).removeprefix('--resume: ')}") from e
             print(f"{what}: pretraining {cfg.teachers} teachers into {pool_dir}, continued: {len(done)} already "
                   "trained", flush=True)
         else:

@@ -4,6 +4,7 @@ of a multi-domain run draws its teachers from the preset's seed + its index."""
 from dataclasses import replace
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 import fastfree.commands.run_pool as run_pool
@@ -11,7 +12,9 @@ from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_pools
 from fastfree.config import get_preset
 from fastfree.data.domains import combine_domains
+from fastfree.errors import FastFreeError
 from fastfree.pool.pretrain import PretrainConfig
+from fastfree.pool.progress import PretrainProgress
 from fastfree.pool.teachers import sample_teacher_specs
 from tests.free.test_domains import small_dataset  # noqa: F401  (a fixture: the second domain)
 
@@ -74,3 +77,13 @@ def test_an_interrupted_pretraining_continues_from_its_finished_teachers(tiny_da
     assert not (tmp_path / "b" / ".progress").exists()
     for x, y in zip(straight.state_dicts, resumed.state_dicts):
         assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_an_interrupted_pretraining_with_other_settings_is_refused_in_trains_words(tiny_dataset, tmp_path):
+    """The refusal was worded for `pretrain --resume`, a flag the user of `train` never passed."""
+    cfg = replace(CFG, teachers=2, group_size=1)
+    PretrainProgress(tmp_path / "pool", {"other": "settings"}).start()
+    with pytest.raises(FastFreeError) as e:
+        pool_in_run_dir(tmp_path / "pool", tiny_dataset, cfg, torch.float32, "no --pool given")
+    assert str(e.value).startswith("no --pool given, its pool's pretraining: ") and "--resume" not in str(e.value)
+    assert "was started with other settings" in str(e.value) and "to start over" in str(e.value)
