@@ -28,7 +28,7 @@ from pathlib import Path
 
 from fastfree.commands.common import write_json
 from fastfree.commands.every_learner import paired_difference
-from fastfree.commands.train import PER_TASK, kept_name
+from fastfree.commands.train import PER_TASK, POOL_RECORD, kept_name
 from fastfree.errors import FastFreeError
 from fastfree.free.run import meta_val_log, meta_val_per_task, metric_records, shot_cells
 from fastfree.metatest.protocol import MetaTestConfig, task_protocol
@@ -126,13 +126,30 @@ def paired_meta_val(base: dict, other: dict) -> dict[int, dict]:
     return out
 
 
+def _teachers(run_dir: str | Path) -> list[str] | None:
+    """The weights digests of a run's pools (pools.json), None for a run from before it."""
+    path = Path(run_dir) / POOL_RECORD
+    return [p.get("weights_sha256") for p in json.loads(path.read_text())["pools"]] if path.is_file() else None
+
+
 def differences(runs: list[dict], at: int | None = None) -> list[str]:
     """For every run after the first: its settings that differ from the first run's, in words (with
-    `at`, --iterations is left out: lengthened runs compared at one length)."""
+    `at`, --iterations is left out: lengthened runs compared at one length). Pools are compared by
+    their weights where both runs recorded them: the same teachers given by another path (or as a
+    run's own pool) are the same; another pool at the same path (pretrained again) is not."""
     configs = [json.loads(json.dumps(r["config"])) for r in runs]
     if at is not None:
         for c in configs:
             c.get("free", {}).pop("iterations", None)
+    first = _teachers(runs[0]["run_dir"])
+    for r, c in zip(runs[1:], configs[1:]):
+        teachers = _teachers(r["run_dir"])
+        if first is None or teachers is None or None in first + teachers:  # unknown: as configured
+            continue
+        if teachers == first:
+            c["pool"] = configs[0].get("pool")
+        elif c.get("pool") == configs[0].get("pool"):
+            c["pool"] = f"{c.get('pool')} (other teachers: weights sha256 {', '.join(t[:12] for t in teachers)})"
     return [settings_diff(configs[0], c) if c != configs[0] else "the same configuration" for c in configs[1:]]
 
 

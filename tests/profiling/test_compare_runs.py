@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fastfree.profiling.compare_runs import compare, main
+from fastfree.profiling.compare_runs import compare, differences, main, read_run
 
 
 PROTOCOL = {"tasks": 4, "ways": 5, "shots": [1], "queries": 15, "steps": 10, "lr": 0.01, "seed": 0}
@@ -186,3 +186,23 @@ def test_runs_that_did_not_store_meta_val_tasks_get_them_from_a_reproducing_eval
     assert "which is not exactly one of the runs compared" in capsys.readouterr().err
     assert main([str(a), str(old), "--val-every", str(tmp_path / "missing.json")]) == 2
     assert "missing.json: not a readable JSON file" in capsys.readouterr().err
+
+
+def test_pools_are_compared_by_their_teachers(tmp_path):
+    """The same teachers given by another path (or as a run's own pool) were listed as a difference,
+    and another pool pretrained again at the same path as none."""
+    def with_pool(name, pool, digest):
+        run = _run(tmp_path / name, "interpolate", {3: {"1": [30.0, 1.0]}})
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, "pool": pool}))
+        if digest is not None:
+            (run / "pools.json").write_text(json.dumps({"pools": [{"path": pool or "own", "weights_sha256": digest}]}))
+        return run
+
+    a = with_pool("a", "/pools/p", "a" * 64)
+    runs = [read_run(r) for r in (a, with_pool("b", None, "a" * 64), with_pool("c", "/pools/p", "c" * 64),
+                                  with_pool("d", None, None))]
+    same, other, older = differences(runs)
+    assert same == "the same configuration"
+    assert "other teachers: weights sha256 cccccccccccc" in other
+    assert "pool" in older  # a run from before pools.json: compared as configured
