@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import math
 import os
 import sys
@@ -373,6 +374,12 @@ OWN_ENTRIES = {
     "train": ("config.json", "checkpoint.pt", "metrics.jsonl", "pool", "pools.json", "input_space.json",
               "learners", "best_learner.pt", "results.json"),
 }
+# shell patterns of the command's own entries beside those names: a pool's files mid-write (a kill before
+# their rename), a multi-domain run's pools (pool-0-cifar-fs, ...: written before its config.json)
+OWN_PATTERNS = {"pretrain": ("*.tmp",), "import-pool": ("*.tmp",), "train": ("pool-*",)}
+# what another command's folder is, for the refusal: (a name it holds, what it is)
+FOLDER_KINDS = (("manifest.json", "a pool"), (".progress", "an interrupted pretraining"),
+                ("config.json", "a run (fastfree train)"), ("checkpoint.pt", "a run (fastfree train)"))
 
 
 def check_output_files(args) -> None:
@@ -394,7 +401,8 @@ def check_output_files(args) -> None:
         if kind == "folder" and path.exists() and not path.is_dir():
             raise FastFreeError(f"{flag} {value} is a file: give a folder (new, or the one to continue)")
         if kind == "folder" and path.is_dir():
-            _refuse_somebody_elses_folder(path, flag, value, OWN_ENTRIES.get(args.command, ()))
+            _refuse_somebody_elses_folder(path, flag, value, OWN_ENTRIES.get(args.command, ()),
+                                          OWN_PATTERNS.get(args.command, ()))
         blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             raise FastFreeError(f"{flag} {value}: {blocking} is a file, not a folder: choose another path")
@@ -403,16 +411,25 @@ def check_output_files(args) -> None:
             raise FastFreeError(f"{flag} {value}: {writes_in} is not writable for this user: choose another path")
 
 
-def _refuse_somebody_elses_folder(path: Path, flag: str, value: str, own: tuple[str, ...]) -> None:
+def _refuse_somebody_elses_folder(path: Path, flag: str, value: str, own: tuple[str, ...],
+                                  patterns: tuple[str, ...]) -> None:
     """`pretrain --out ~/pools` wrote its pool among the other pools' folders; `train --run-dir .` its
     run among a project's files. Hidden entries (.git, .DS_Store) do not count."""
     if not own or any((path / name).exists() for name in own):
         return
-    others = sorted(e.name for e in path.iterdir() if not e.name.startswith("."))
-    if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise FastFreeError(f"{flag} {value} already holds other files ({shown}) and nothing of fastfree's: its files "
-                            f"would be written among them; give a new or empty folder (e.g. {path / 'NAME'})")
+    entries = [e.name for e in path.iterdir()]
+    if any(fnmatch.fnmatch(name, pattern) for name in entries for pattern in patterns):
+        return
+    others = sorted(name for name in entries if not name.startswith("."))
+    if not others and ".progress" not in entries:
+        return
+    kind = next((what for name, what in FOLDER_KINDS if name in entries), None)
+    if kind is not None:  # another command's folder: train --run-dir POOL, pretrain --out RUN
+        raise FastFreeError(f"{flag} {value} holds {kind}, not what this command writes: give a new or empty folder "
+                            f"(e.g. {path / 'NAME'})")
+    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    raise FastFreeError(f"{flag} {value} already holds other files ({shown}) and nothing of fastfree's: its files "
+                        f"would be written among them; give a new or empty folder (e.g. {path / 'NAME'})")
 
 
 def interrupt_hint(args) -> str:
@@ -434,7 +451,7 @@ def interrupt_hint(args) -> str:
 
         kept = Path(args.run) / FOLDER
         if kept.is_dir():
-            return f"; run the same command again: the learners it finished are kept in {kept}"
+            return f"; run the same command again: it continues from the learners it could keep in {kept}"
     return ""
 
 

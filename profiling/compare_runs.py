@@ -149,7 +149,8 @@ def differences(runs: list[dict], at: int | None = None) -> list[str]:
         if teachers == first:
             c["pool"] = configs[0].get("pool")
         elif c.get("pool") == configs[0].get("pool"):
-            c["pool"] = f"{c.get('pool')} (other teachers: weights sha256 {', '.join(t[:12] for t in teachers)})"
+            c["pool"] = (f"{c.get('pool') or 'its own pool'} (other teachers: weights sha256 "
+                         f"{', '.join(t[:12] for t in teachers)})")
     return [settings_diff(configs[0], c) if c != configs[0] else "the same configuration" for c in configs[1:]]
 
 

@@ -147,10 +147,27 @@ def test_a_folder_of_somebody_elses_files_is_refused_as_output(tmp_path, capsys,
     (own / "other.txt").write_text("x")
     run = tmp_path / "run"
     (run / "pool").mkdir(parents=True)  # a train run interrupted while pretraining its own pool
+    domains = tmp_path / "domains"
+    (domains / "pool-0-builtin" / ".progress").mkdir(parents=True)  # a multi-domain run interrupted likewise
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "manifest.json.tmp").write_text("{")  # an import-pool killed before its rename
+    import fastfree.commands.import_pool as import_pool
+
+    monkeypatch.setattr(import_pool, "run", lambda args: ran.append(args.out))
     for argv in (["pretrain", "--out", str(hidden)], ["pretrain", "--out", str(own)], ["train", "--run-dir", str(run)],
-                 ["pretrain", "--out", str(tmp_path / "new")]):
+                 ["pretrain", "--out", str(tmp_path / "new")], ["train", "--run-dir", str(domains)],
+                 ["import-pool", str(tmp_path), "--out", str(killed)]):
         assert main(argv) == 0, argv
-    assert len(ran) == 4
+    assert len(ran) == 6
+    # another command's folder is named as what it is
+    (run / "config.json").write_text("{}")
+    (killed / "manifest.json").write_text("{}")
+    for argv, message in ((["pretrain", "--out", str(run)], "holds a run (fastfree train), not what this command"),
+                          (["train", "--run-dir", str(killed)], "holds a pool, not what this command writes"),
+                          (["import-pool", str(tmp_path), "--out", str(own)], "holds an interrupted pretraining")):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
 
 
 def test_the_own_entries_are_the_modules_names():

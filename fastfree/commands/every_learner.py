@@ -24,8 +24,10 @@ import torch
 
 from fastfree.commands.common import progress_bar, run_metadata, write_json
 from fastfree.commands.every_learner_progress import EveryLearnerProgress, state_digest
-from fastfree.commands.run_learner import load_run_learner
+from fastfree.commands.run_learner import load_run_learner, read_run_config, run_data_configs
 from fastfree.free.learner_file import learner_module
+from fastfree.data.folder_layout import decoder_in_use
+from fastfree.data.sources import IMAGE_FOLDERS
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
 from fastfree.free.kept import read_kept
@@ -87,6 +89,26 @@ def _selected_iterations(run_dir: Path, shots: tuple[int, ...]) -> dict[str, int
     return {str(s): for_shots(selected, s).iteration for s in shots if s in selected or None in selected}
 
 
+# bump when what a meta-test measures changes (the sampler, the adaptation): earlier kept results then stop
+# matching
+RESULTS_FORMAT = 1
+
+
+def results_key(config: dict, args, cfg, engine: str, device: torch.device) -> dict:
+    """What decides every learner's accuracies beside its weights, for the kept progress: the tasks, the
+    data as read here (where it lies, the decoder actually used), and what changes the rounding (dtype,
+    engine, chunk, device, threads, torch): a result is reused only where it would come out the same."""
+    data = []
+    for c in run_data_configs(config, args.data_root, args.decoder):
+        d = dict(c.__dict__)
+        d["root"] = str(c.resolved_root().resolve()) if c.source != "builtin" else None
+        d["decoder"] = decoder_in_use(c.decoder, device.type) if c.source in IMAGE_FOLDERS else None
+        data.append(d)
+    return {"format": RESULTS_FORMAT, "tasks": task_protocol(cfg), "split": args.split, "data": data,
+            "dtype": args.dtype, "engine": engine, "chunk": cfg.chunk, "device": run_metadata(device)["device_name"],
+            "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": torch.__version__}
+
+
 def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) -> dict:
     """`cfg_of(preset_metatest_config)` applies the command's protocol flags (evaluate.metatest_config)."""
     if args.data is not None:
@@ -102,9 +124,7 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
               f"{', '.join(map(str, missing))}): the summary covers the {len(kept)} kept ones", flush=True)
     picks = _selected_iterations(run_dir, cfg.shots)
     engine = resolve_engine(cfg.engine, device)
-    progress = EveryLearnerProgress(run_dir, {
-        "tasks": task_protocol(cfg), "split": args.split, "data": target.data.name, "image_size": target.image_size,
-        "decoder": args.decoder, "dtype": args.dtype, "engine": engine, "device": device.type})
+    progress = EveryLearnerProgress(run_dir, results_key(read_run_config(run_dir), args, cfg, engine, device))
     digests = {k.iteration: state_digest(k.learner) for k in kept}
     earlier = [k.iteration for k in kept if progress.get(k.iteration, digests[k.iteration]) is not None]
     if earlier:
@@ -147,14 +167,17 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
         "progress_file": None if progress.unwritable else str(progress.path),
         **run_metadata(device),
     }
-    _print(rows, summary, args.split, cfg.ways, seconds, payload["device_name"])
+    _print(rows, summary, args.split, cfg.ways, seconds, payload["device_name"], len(earlier))
     write_json(args.json, payload)
     return payload
 
 
-def _print(rows: list[dict], summary: dict, split: str, ways: int, seconds: float, device_name: str) -> None:
+def _print(rows: list[dict], summary: dict, split: str, ways: int, seconds: float, device_name: str,
+           read_back: int) -> None:
     shots = list(rows[0][split])
-    print(f"{len(rows)} meta-learners, {ways}-way, on the same meta-{split} tasks ({seconds:.1f} s on {device_name}):")
+    timing = f"{len(rows) - read_back} tested in {seconds:.1f} s on {device_name}" + (
+        f", {read_back} read back from an earlier call" if read_back else "")
+    print(f"{len(rows)} meta-learners, {ways}-way, on the same meta-{split} tasks ({timing}):")
     print("iteration | " + " | ".join(f"logged val {s}-shot" for s in shots) + " | "
           + " | ".join(f"{split} {s}-shot" for s in shots))
     for r in rows:

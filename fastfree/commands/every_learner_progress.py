@@ -5,10 +5,11 @@ at most the learner being tested (on CIFAR-FS, ~48 learners x 600 tasks x 2 shot
         {"protocol": {...}}                                               the first line: what KEY stands for
         {"iteration", "learner_sha256", "results": {shots: {"mean", "ci95", "accuracies"}}}   one per learner
 
-KEY digests everything that decides a learner's accuracies: the tasks (task_protocol: count, ways,
-shots, queries, adaptation, seed), the split, the data set, the dtype, the engine and the device
-type (engines and devices agree to rounding, not bit for bit). A line is reused only for the same
-learner (its weights' digest): a learner kept again after a restart is tested again. Lines are
+KEY digests everything that decides a learner's accuracies (every_learner.results_key): the tasks
+(task_protocol: count, ways, shots, queries, adaptation, seed), the split, the data as read here
+(where it lies, the decoder used), and what changes the rounding (dtype, engine, chunk, device,
+threads, torch version): a result is reused only where it would come out the same, and only for
+the same learner (its weights' digest): a learner kept again after a restart is tested again. Lines are
 appended and flushed one by one; a line torn by a kill is ignored. Where the run directory cannot
 be written (read-only), the command says so and goes on without keeping its progress.
 """
@@ -59,13 +60,17 @@ class EveryLearnerProgress:
         self.protocol = protocol
         self.done: dict[tuple[int, str], list[ShotResult]] = {}
         self.unwritable: str | None = None  # why progress is not kept, once writing failed
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines()[1:]:
-                try:
-                    d = json.loads(line)
-                    self.done[(int(d["iteration"]), d["learner_sha256"])] = _from_json(d["results"])
-                except (ValueError, KeyError, TypeError):  # a line torn by a kill: that learner runs again
-                    continue
+        try:
+            lines = self.path.read_text().splitlines()[1:] if self.path.is_file() else []
+        except (OSError, UnicodeDecodeError) as e:  # unreadable: every learner is tested again
+            print(f"note: cannot read eval's earlier progress ({e}): testing every learner", flush=True)
+            lines = []
+        for line in lines:
+            try:
+                d = json.loads(line)
+                self.done[(int(d["iteration"]), d["learner_sha256"])] = _from_json(d["results"])
+            except (ValueError, KeyError, TypeError):  # a line torn by a kill (or a second header): skipped
+                continue
 
     def get(self, iteration: int, digest: str) -> list[ShotResult] | None:
         return self.done.get((iteration, digest))

@@ -22,7 +22,7 @@ from fastfree.commands.common import load_on_device, write_json
 from fastfree.commands.train_domains import load_domains
 from fastfree.config import get_preset
 from fastfree.data.domains import MultiDomainData
-from fastfree.data.sources import DataConfig
+from fastfree.data.sources import IMAGE_FOLDERS, DataConfig
 from fastfree.data.split import FewShotDataset, Normalization
 from fastfree.errors import FastFreeError
 from fastfree.free.learner_file import LearnerCard, learner_module
@@ -65,30 +65,36 @@ def read_run_config(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def run_data(config: dict, device: torch.device, data_root: str | None = None,
-             decoder: str | None = None) -> FewShotDataset | MultiDomainData:
-    """The run's data, loaded as training loaded it (several domains: combined the same way); `data_root`:
-    where its data lies now, if it moved (a run of one data set); `decoder`: how to read its image folders
-    here, if not as training did (e.g. PIL where DALI is not installed)."""
+def run_data_configs(config: dict, data_root: str | None = None, decoder: str | None = None) -> list[DataConfig]:
+    """The run's data sets as training read them (pure): `data_root`: where its data lies now, if it
+    moved (a run of one data set); `decoder`: how to read its image folders here, if not as training
+    did (e.g. PIL where DALI is not installed)."""
     domains = [dict(d) for d in config["domains"]] if config.get("domains") else [dict(config["data"])]
     if decoder is not None:
-        folders = [d for d in domains if d["source"] == "folder"]
+        folders = [d for d in domains if d["source"] in IMAGE_FOLDERS]
         if not folders:
             raise FastFreeError(f"--decoder reads image folders; this run's data ({', '.join(d['source'] for d in domains)})"
                                 " has none: drop --decoder")
         for d in folders:
             d["decoder"] = decoder
-    if config.get("domains"):
-        if data_root is not None:
+    if data_root is not None:
+        if config.get("domains"):
             raise FastFreeError(f"--data-root moves a run's data set, but this run has {len(config['domains'])} "
                                 "domains: restore them where config.json names them")
-        return load_domains([DataConfig(**d) for d in domains], device)
-    (data,) = domains
-    if data_root is not None:
-        if data["source"] == "builtin":
+        if domains[0]["source"] == "builtin":
             raise FastFreeError("--data-root: this run's data is the built-in data set, which has no folder")
-        data["root"] = str(data_root)
-    return load_on_device(DataConfig(**data), device)[0]
+        domains[0]["root"] = str(data_root)
+    return [DataConfig(**d) for d in domains]
+
+
+def run_data(config: dict, device: torch.device, data_root: str | None = None,
+             decoder: str | None = None) -> FewShotDataset | MultiDomainData:
+    """The run's data, loaded as training loaded it (several domains: combined the same way); see
+    run_data_configs for `data_root` and `decoder`."""
+    configs = run_data_configs(config, data_root, decoder)
+    if config.get("domains"):
+        return load_domains(configs, device)
+    return load_on_device(configs[0], device)[0]
 
 
 def write_input_space(run_dir: Path, data: FewShotDataset | MultiDomainData, ways: int) -> None:
@@ -248,4 +254,4 @@ def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initializati
 
 __all__ = ["INPUT_SPACE", "WHICH", "RunLearner", "data_names", "last_learner", "read_run_selected", "run_learner_card",
            "shots_of_pick", "load_run_learner", "read_run_config", "run_ways",
-           "run_data", "run_input_space", "run_learner_init", "write_input_space"]
+           "run_data", "run_data_configs", "run_input_space", "run_learner_init", "write_input_space"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from functools import partial
@@ -13,7 +12,6 @@ from fastfree.commands.common import data_config, load_on_device, progress_bar, 
 from fastfree.commands.run_learner import write_input_space
 from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
-from fastfree.data.sources import ROOT_ENVS
 from fastfree.errors import FastFreeError
 from fastfree.free.config import BELL_SETTINGS_USED_BY, FreeConfig
 from fastfree.free.run import CHECKPOINT, RunContext, completed_iterations, default_run_dir, final_results, \
@@ -99,12 +97,10 @@ def unused_settings_as_defaults(free: dict) -> None:
 
 def absolute_root(data: dict) -> dict:
     """A data config with its root absolute: config.json must name the data wherever `eval --run` is
-    run from (a root recorded as typed, e.g. `--data-root cf`, was found only from the same folder), and
-    whatever named it (a root taken from FASTFREE_CIFAR_FS & co. was recorded as None: `eval --run` then
-    needed the same variable set)."""
-    env = ROOT_ENVS.get(data.get("source"))
-    root = data.get("root") or (os.environ.get(env) if env else None)
-    return {**data, "root": str(Path(root).resolve())} if root else data
+    run from (a root recorded as typed, e.g. `--data-root cf`, was found only from the same folder). A
+    root taken from FASTFREE_CIFAR_FS & co. stays None, read from the variable again: recorded, a
+    resume after the data moved and the variable followed it would be refused as another root."""
+    return {**data, "root": str(Path(data["root"]).resolve())} if data.get("root") else data
 
 
 POOL_RECORD = "pools.json"  # which teachers the run learns from: each pool's path and weights digest

@@ -19,6 +19,7 @@ from fastfree.errors import FastFreeError
 
 SOURCES = ("builtin", "cifar-fs", "folder", "mini-imagenet", "cub")
 NAMED_FOLDERS = ("mini-imagenet", "cub")  # the image-folder layout under a fixed data set name
+IMAGE_FOLDERS = ("folder", *NAMED_FOLDERS)  # the sources read from image files (the ones a decoder reads)
 NORMALIZATIONS = {"cifar100": CIFAR100_NORM, "imagenet": IMAGENET_NORM}
 CIFAR_FS_ENV = "FASTFREE_CIFAR_FS"
 ROOT_ENVS = {"cifar-fs": CIFAR_FS_ENV, "mini-imagenet": "FASTFREE_MINI_IMAGENET", "cub": "FASTFREE_CUB"}

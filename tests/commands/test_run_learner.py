@@ -184,11 +184,6 @@ def test_a_runs_data_is_named_absolute_and_can_be_found_where_it_moved(tmp_path,
     monkeypatch.chdir(tmp_path)
     assert absolute_root({"source": "cifar-fs", "root": "cf"})["root"] == str(tmp_path / "cf")
     assert absolute_root({"source": "builtin", "root": None}) == {"source": "builtin", "root": None}
-    monkeypatch.setenv("FASTFREE_CIFAR_FS", "env-cf")  # a root named by the environment is recorded too
-    assert absolute_root({"source": "cifar-fs", "root": None})["root"] == str(tmp_path / "env-cf")
-    assert absolute_root({"source": "cifar-fs", "root": "cf"})["root"] == str(tmp_path / "cf")  # the flag wins
-    monkeypatch.delenv("FASTFREE_CIFAR_FS")
-    assert absolute_root({"source": "cifar-fs", "root": None})["root"] is None
     loaded = []
 
     def load_on_device(cfg, device):  # records what would be loaded
@@ -223,7 +218,7 @@ def test_every_learner_continues_after_an_interrupt(run, tmp_path, monkeypatch, 
     monkeypatch.setattr(every_learner, "metatest_data", interrupted_on_the_second)
     base = ["eval", "--run", str(run_dir), "--tasks", "3", "--device", "cpu", "--json", str(tmp_path / "x.json")]
     assert main([*base, *args]) == 130
-    assert "the learners it finished are kept in" in capsys.readouterr().err
+    assert "it continues from the learners it could keep in" in capsys.readouterr().err
     monkeypatch.setattr(every_learner, "metatest_data", real)
     again = _eval(tmp_path, run_dir, *args)
     assert "continuing: 1 of the 2 learners were meta-tested on these tasks before" in capsys.readouterr().out
@@ -270,6 +265,8 @@ def test_a_runs_folder_data_can_be_read_with_another_decoder(tmp_path, monkeypat
     assert loaded[-1].decoder == "pil" and loaded[-1].root == "/data/imgs" and folder["decoder"] == "dali"
     run_learner.run_data({"domains": [folder, {"source": "cifar-fs", "root": "/c"}]}, "cpu", None, "pil")
     assert [c.decoder for c in loaded[-2:]] == ["pil", "auto"]  # the folder domain's only
+    run_learner.run_data({"data": {"source": "mini-imagenet", "root": "/m", "decoder": "dali"}}, "cpu", None, "pil")
+    assert loaded[-1].decoder == "pil"  # the named image folders too: the 84 px sets DALI is for
     with pytest.raises(Exception, match="has none: drop --decoder"):
         run_learner.run_data({"data": {"source": "cifar-fs", "root": "/c"}}, "cpu", None, "pil")
     monkeypatch.undo()
@@ -288,3 +285,36 @@ def test_testing_a_run_on_another_data_set_does_not_load_the_runs_own(run, tmp_p
     monkeypatch.setattr(run_learner, "run_data", gone)
     got = _eval(tmp_path, run[0], "--method", "learner", "--data", "builtin")
     assert got["dataset"] == "builtin" and len(got["results"]) == 2
+
+
+def test_every_learners_kept_results_are_keyed_by_what_decides_them(tmp_path, monkeypatch):
+    """Reused only where they would come out the same: the data as read here (where it lies, the
+    decoder actually used) and what changes the rounding (threads, chunk, ...)."""
+    from types import SimpleNamespace
+
+    from fastfree.commands.every_learner import results_key
+    from fastfree.metatest.protocol import MetaTestConfig
+
+    config = {"data": {"source": "folder", "root": str(tmp_path), "decoder": "auto"}}
+    args = SimpleNamespace(data_root=None, decoder=None, split="test", dtype="float32")
+    cpu = torch.device("cpu")
+    key = results_key(config, args, MetaTestConfig(tasks=3), "batched", cpu)
+    assert key["data"][0]["decoder"] == "pil" and key["data"][0]["root"] == str(tmp_path)  # auto on a CPU: PIL
+    assert key["threads"] == torch.get_num_threads() and key["chunk"] == 50 and key["torch"] == torch.__version__
+    variants = [
+        results_key(config, SimpleNamespace(**{**args.__dict__, "decoder": "dali"}), MetaTestConfig(tasks=3),
+                    "batched", cpu),
+        results_key(config, SimpleNamespace(**{**args.__dict__, "data_root": str(tmp_path / "copy")}),
+                    MetaTestConfig(tasks=3), "batched", cpu),
+        results_key(config, args, MetaTestConfig(tasks=3, chunk=7), "batched", cpu),
+        results_key(config, args, MetaTestConfig(tasks=3), "reference", cpu),
+    ]
+    assert all(v != key for v in variants)
+    assert results_key(config, SimpleNamespace(**{**args.__dict__, "decoder": "pil"}), MetaTestConfig(tasks=3),
+                       "batched", cpu) == key  # the decoder used, not the flag: auto on a CPU is PIL
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert results_key(config, args, MetaTestConfig(tasks=3), "batched", cpu) != key
+    finally:
+        torch.set_num_threads(threads)

@@ -204,5 +204,7 @@ def test_pools_are_compared_by_their_teachers(tmp_path):
                                   with_pool("d", None, None))]
     same, other, older = differences(runs)
     assert same == "the same configuration"
-    assert "other teachers: weights sha256 cccccccccccc" in other
+    assert "'/pools/p (other teachers: weights sha256 cccccccccccc)'" in other
+    own = differences([read_run(with_pool("f", None, "f" * 64)), read_run(with_pool("e", None, "e" * 64))])[0]
+    assert "'its own pool (other teachers: weights sha256 eeeeeeeeeeee)'" in own
     assert "pool" in older  # a run from before pools.json: compared as configured
