@@ -86,8 +86,8 @@ def check_same_data(run_dir: Path, data: FewShotDataset | MultiDomainData,
         where = f"the data at the new folder ({described})" if moves else "the data found now"
         raise FastFreeError(f"--resume: {where} is not the data {run_dir} started with (sha256 "
                             f"{', '.join(d[:12] for d in found)} here, {', '.join(d[:12] for d in recorded)} recorded): "
-                            f"resume with the run's own data (if it is, decoded otherwise here, e.g. by another DALI "
-                            f"version, delete {path} to accept it)")
+                            "resume with the run's own data" + ("" if moves else " (if it is, decoded otherwise here, "
+                                                                 f"e.g. by another DALI version, delete {path} to accept it)"))
     if moves:
         print(f"the run's data moved ({described}): the same data (sha256 checked); config.json now names the new "
               "folder", flush=True)

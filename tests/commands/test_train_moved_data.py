@@ -62,3 +62,17 @@ def test_only_a_folder_given_anew_is_a_move():
     two = {"domains": [{"source": "cifar-fs", "root": "/a"}, {"source": "builtin", "root": None}]}
     assert moved_roots(two, {"domains": [{"source": "cifar-fs", "root": "/c"}, {"source": "builtin", "root": None}]}) \
         == [("/a", "/c")]
+
+
+def test_other_data_in_place_is_refused_with_the_way_out(tmp_path):
+    from fastfree.commands.run_data_record import check_same_data, record_data
+    from fastfree.data.procedural import build_procedural
+    from fastfree.errors import FastFreeError
+
+    record_data(tmp_path, build_procedural(0, 25, 32))
+    check_same_data(tmp_path, build_procedural(0, 25, 32), [])  # the same data: nothing to say
+    with pytest.raises(FastFreeError, match=r"the data found now is not the data .* delete .*data.json to accept it"):
+        check_same_data(tmp_path, build_procedural(1, 25, 32), [])
+    with pytest.raises(FastFreeError, match=r"the data at the new folder \(/a -> /b\) is not the data") as e:
+        check_same_data(tmp_path, build_procedural(1, 25, 32), [("/a", "/b")])
+    assert "delete" not in str(e.value)
