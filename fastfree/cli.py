@@ -368,15 +368,15 @@ OUTPUTS = {
 # what marks a folder as the command's own (one it may continue or replace): a pool, an interrupted
 # pretraining, a run's files (the modules' constants, tested equal; literal here so the check runs before
 # any of them is imported). A non-empty folder with none of them is somebody else's.
-OWN_ENTRIES = {
-    "pretrain": ("manifest.json", "weights.safetensors", ".progress"),
-    "import-pool": ("manifest.json", "weights.safetensors"),
+OWN_ENTRIES = {  # a pool's two files, also as written before their rename (a kill mid-write)
+    "pretrain": ("manifest.json", "weights.safetensors", ".progress", "manifest.json.tmp", "weights.safetensors.tmp"),
+    "import-pool": ("manifest.json", "weights.safetensors", "manifest.json.tmp", "weights.safetensors.tmp"),
     "train": ("config.json", "checkpoint.pt", "metrics.jsonl", "pool", "pools.json", "input_space.json",
               "learners", "best_learner.pt", "results.json"),
 }
-# shell patterns of the command's own entries beside those names: a pool's files mid-write (a kill before
-# their rename), a multi-domain run's pools (pool-0-cifar-fs, ...: written before its config.json)
-OWN_PATTERNS = {"pretrain": ("*.tmp",), "import-pool": ("*.tmp",), "train": ("pool-*",)}
+# a multi-domain run's own pools (pool-0-cifar-fs, ...: pretrained before its config.json is written), as
+# folders of that name holding a pool or an interrupted pretraining
+OWN_POOL_FOLDERS = {"train": "pool-[0-9]*-*"}
 # what another command's folder is, for the refusal: (a name it holds, what it is)
 FOLDER_KINDS = (("manifest.json", "a pool"), (".progress", "an interrupted pretraining"),
                 ("config.json", "a run (fastfree train)"), ("checkpoint.pt", "a run (fastfree train)"))
@@ -402,7 +402,7 @@ def check_output_files(args) -> None:
             raise FastFreeError(f"{flag} {value} is a file: give a folder (new, or the one to continue)")
         if kind == "folder" and path.is_dir():
             _refuse_somebody_elses_folder(path, flag, value, OWN_ENTRIES.get(args.command, ()),
-                                          OWN_PATTERNS.get(args.command, ()))
+                                          OWN_POOL_FOLDERS.get(args.command))
         blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             raise FastFreeError(f"{flag} {value}: {blocking} is a file, not a folder: choose another path")
@@ -412,13 +412,15 @@ def check_output_files(args) -> None:
 
 
 def _refuse_somebody_elses_folder(path: Path, flag: str, value: str, own: tuple[str, ...],
-                                  patterns: tuple[str, ...]) -> None:
+                                  pool_folders: str | None) -> None:
     """`pretrain --out ~/pools` wrote its pool among the other pools' folders; `train --run-dir .` its
     run among a project's files. Hidden entries (.git, .DS_Store) do not count."""
     if not own or any((path / name).exists() for name in own):
         return
     entries = [e.name for e in path.iterdir()]
-    if any(fnmatch.fnmatch(name, pattern) for name in entries for pattern in patterns):
+    if pool_folders and any(fnmatch.fnmatch(name, pool_folders) and ((path / name / "manifest.json").is_file()
+                                                                       or (path / name / ".progress").is_dir())
+                            for name in entries):
         return
     others = sorted(name for name in entries if not name.startswith("."))
     if not others and ".progress" not in entries:

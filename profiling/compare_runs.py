@@ -28,6 +28,7 @@ from pathlib import Path
 
 from fastfree.commands.common import write_json
 from fastfree.commands.every_learner import paired_difference
+from fastfree.commands.run_data_record import read_digests
 from fastfree.commands.train import PER_TASK, POOL_RECORD, kept_name
 from fastfree.errors import FastFreeError
 from fastfree.free.run import meta_val_log, meta_val_per_task, metric_records, shot_cells
@@ -112,11 +113,20 @@ def attach_val_evaluation(run: dict, evaluation: dict, source: str = "--val-ever
                                    "accuracies": evaluation["per_task_accuracy"][str(it)]}
 
 
+def _same_data(a: dict, b: dict) -> bool:
+    """By the data's digests (data.json) where both runs recorded them: the same data moved, or named by
+    an environment variable in one run and by --data-root in the other, is the same; else as configured."""
+    digests = [read_digests(r["run_dir"]) for r in (a, b)]
+    if None not in digests:
+        return digests[0] == digests[1]
+    return all(a["config"].get(k) == b["config"].get(k) for k in ("data", "domains"))
+
+
 def paired_meta_val(base: dict, other: dict) -> dict[int, dict]:
     """`other`'s meta-val minus `base`'s, task by task, at every evaluation both stored on the same
     tasks (the same data and task protocol): {iteration: {shots: {mean, ci95, tasks}}}, in points."""
     out = {}
-    same_data = all(base["config"].get(k) == other["config"].get(k) for k in ("data", "domains"))
+    same_data = _same_data(base, other)
     for it in sorted(set(base["val_per_task"]) & set(other["val_per_task"])):
         a, b = base["val_per_task"][it], other["val_per_task"][it]
         if not same_data or a["protocol"] != b["protocol"]:
@@ -143,6 +153,10 @@ def differences(runs: list[dict], at: int | None = None) -> list[str]:
             c.get("free", {}).pop("iterations", None)
     first = _teachers(runs[0]["run_dir"])
     for r, c in zip(runs[1:], configs[1:]):
+        if _same_data(runs[0], r):  # the same data by digest: its folder is no difference
+            for key in ("data", "domains"):
+                if key in c and key in configs[0]:
+                    c[key] = configs[0][key]
         teachers = _teachers(r["run_dir"])
         if first is None or teachers is None or None in first + teachers:  # unknown: as configured
             continue

@@ -132,13 +132,14 @@ def test_a_folder_of_somebody_elses_files_is_refused_as_output(tmp_path, capsys,
     monkeypatch.setattr(pretrain, "run", lambda args: ran.append(args.out))
     monkeypatch.setattr(train_command, "run", lambda args: ran.append(args.run_dir))
     theirs = tmp_path / "pools"
+    (theirs / "pool-cifar").mkdir(parents=True)  # a user's own naming, not a run's pool-0-cifar-fs
     for name in ("cifar", "mini", "notes.txt", "zzz"):
         (theirs / name).mkdir(parents=True) if "." not in name else (theirs / name).write_text("x")
     for argv in (["pretrain", "--out", str(theirs)], ["import-pool", str(tmp_path), "--out", str(theirs)],
                  ["train", "--run-dir", str(theirs)]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert "already holds other files (cifar, mini, notes.txt and 1 more) and nothing of fastfree's" in err, argv
+        assert "already holds other files (cifar, mini, notes.txt and 2 more) and nothing of fastfree's" in err, argv
         assert str(theirs / "NAME") in err
     hidden = tmp_path / "hidden"
     (hidden / ".git").mkdir(parents=True)
@@ -180,8 +181,9 @@ def test_the_own_entries_are_the_modules_names():
     from fastfree.pool.progress import PROGRESS
     from fastfree.pool.store import MANIFEST, WEIGHTS
 
-    assert OWN_ENTRIES["pretrain"] == (MANIFEST, WEIGHTS, PROGRESS)
-    assert OWN_ENTRIES["import-pool"] == (MANIFEST, WEIGHTS)
+    pool_files = (MANIFEST, WEIGHTS, MANIFEST + ".tmp", WEIGHTS + ".tmp")  # store.save_pool's temporary names
+    assert OWN_ENTRIES["pretrain"] == (*pool_files[:2], PROGRESS, *pool_files[2:])
+    assert OWN_ENTRIES["import-pool"] == pool_files
     assert set(OWN_ENTRIES["train"]) == {"config.json", CHECKPOINT, METRICS, "pool", POOL_RECORD, INPUT_SPACE,
                                          LEARNERS, BEST, "results.json"}
 

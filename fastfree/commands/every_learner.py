@@ -24,10 +24,9 @@ import torch
 
 from fastfree.commands.common import progress_bar, run_metadata, write_json
 from fastfree.commands.every_learner_progress import EveryLearnerProgress, state_digest
-from fastfree.commands.run_learner import load_run_learner, read_run_config, run_data_configs
+from fastfree.commands.run_data_record import data_digests
+from fastfree.commands.run_learner import load_run_learner
 from fastfree.free.learner_file import learner_module
-from fastfree.data.folder_layout import decoder_in_use
-from fastfree.data.sources import IMAGE_FOLDERS
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
 from fastfree.free.kept import read_kept
@@ -94,17 +93,12 @@ def _selected_iterations(run_dir: Path, shots: tuple[int, ...]) -> dict[str, int
 RESULTS_FORMAT = 1
 
 
-def results_key(config: dict, args, cfg, engine: str, device: torch.device) -> dict:
+def results_key(data, args, cfg, engine: str, device: torch.device) -> dict:
     """What decides every learner's accuracies beside its weights, for the kept progress: the tasks, the
-    data as read here (where it lies, the decoder actually used), and what changes the rounding (dtype,
-    engine, chunk, device, threads, torch): a result is reused only where it would come out the same."""
-    data = []
-    for c in run_data_configs(config, args.data_root, args.decoder):
-        d = dict(c.__dict__)
-        d["root"] = str(c.resolved_root().resolve()) if c.source != "builtin" else None
-        d["decoder"] = decoder_in_use(c.decoder, device.type) if c.source in IMAGE_FOLDERS else None
-        data.append(d)
-    return {"format": RESULTS_FORMAT, "tasks": task_protocol(cfg), "split": args.split, "data": data,
+    data as decoded here (its digest: the same data moved is the same, a decoder that reads it otherwise is
+    not), and what changes the rounding (dtype, engine, chunk, device, threads, torch): a result is
+    reused only where it would come out the same."""
+    return {"format": RESULTS_FORMAT, "tasks": task_protocol(cfg), "split": args.split, "data": data_digests(data),
             "dtype": args.dtype, "engine": engine, "chunk": cfg.chunk, "device": run_metadata(device)["device_name"],
             "threads": torch.get_num_threads() if device.type == "cpu" else None, "torch": torch.__version__}
 
@@ -124,7 +118,7 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
               f"{', '.join(map(str, missing))}): the summary covers the {len(kept)} kept ones", flush=True)
     picks = _selected_iterations(run_dir, cfg.shots)
     engine = resolve_engine(cfg.engine, device)
-    progress = EveryLearnerProgress(run_dir, results_key(read_run_config(run_dir), args, cfg, engine, device))
+    progress = EveryLearnerProgress(run_dir, results_key(target.data, args, cfg, engine, device))
     digests = {k.iteration: state_digest(k.learner) for k in kept}
     earlier = [k.iteration for k in kept if progress.get(k.iteration, digests[k.iteration]) is not None]
     if earlier:

@@ -6,9 +6,9 @@ at most the learner being tested (on CIFAR-FS, ~48 learners x 600 tasks x 2 shot
         {"iteration", "learner_sha256", "results": {shots: {"mean", "ci95", "accuracies"}}}   one per learner
 
 KEY digests everything that decides a learner's accuracies (every_learner.results_key): the tasks
-(task_protocol: count, ways, shots, queries, adaptation, seed), the split, the data as read here
-(where it lies, the decoder used), and what changes the rounding (dtype, engine, chunk, device,
-threads, torch version): a result is reused only where it would come out the same, and only for
+(task_protocol: count, ways, shots, queries, adaptation, seed), the split, the data as decoded here
+(its digest), and what changes the rounding (dtype, engine, chunk, device, threads, torch
+version): a result is reused only where it would come out the same, and only for
 the same learner (its weights' digest): a learner kept again after a restart is tested again. Lines are
 appended and flushed one by one; a line torn by a kill is ignored. Where the run directory cannot
 be written (read-only), the command says so and goes on without keeping its progress.

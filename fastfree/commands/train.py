@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
-from fastfree.commands.run_data_record import accept_moved_data, check_same_data, record_data
+from fastfree.commands.run_data_record import accept_moved_data, check_same_data, record_data, say_moved
 from fastfree.commands.run_learner import write_input_space
 from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
@@ -218,8 +218,8 @@ def run(args) -> dict:
             # the pools are checked by their weights once loaded, so their path may differ (moved, or given
             # relative vs absolute); a --pool given or dropped still differs here, before any pool is pretrained
             stored["pool"] = now["pool"]
-        refuse_another_device(run_dir, stored, now, device)
         moves = accept_moved_data(stored, now)  # the data's folder alone differs: checked by digest once loaded
+        refuse_another_device(run_dir, stored, now, device)
         if stored != now:
             raise FastFreeError(f"--resume: the flags give a different configuration from the one {run_dir} was "
                                 f"started with ({config_path}: {settings_diff(stored, now)}); resume with the same "
@@ -244,8 +244,7 @@ def run(args) -> dict:
         ways = pool.records[0].num_classes
         pools = [pool]
     check_same_pools(run_dir, pools, args.resume)
-    if args.resume:
-        check_same_data(run_dir, dataset, moves)
+    unrecorded = check_same_data(run_dir, dataset, moves) if args.resume else True
     splits = [split for data in (dataset.domains if domains else [dataset]) for split in (data.val, data.test)]
     narrow = min(splits, key=lambda split: len(split.classes))  # else meta-val stops at its first evaluation
     if len(narrow.classes) < ways:
@@ -260,8 +259,10 @@ def run(args) -> dict:
         write_json(run_dir / POOL_RECORD, {"pools": [pool_identity(p) for p in pools]})
     if not args.resume or not config_path.is_file() or moves:
         write_json(config_path, resolved)
-    if not args.resume:
+    if unrecorded:  # a fresh run, or one from before data.json: its data now
         record_data(run_dir, dataset)
+    if moves:
+        say_moved(moves)
     write_input_space(run_dir, dataset, ways)  # what `fastfree adapt` needs without the data
     shots = (args.shots,) if args.shots is not None else preset.metatest.shots
     val_cfg = replace(preset.metatest, tasks=cfg.val_tasks, shots=shots, engine="auto")

@@ -262,14 +262,6 @@ def wants_dali(decoder: str, dali_device: int | None, files: list[Path]) -> bool
             and dali_decode.decodable(files))
 
 
-def decoder_in_use(decoder: str, device_type: str) -> str:
-    """Which decoder reads a folder on this device (as wants_dali decides, files aside): what a result
-    read from images depends on."""
-    if decoder == "dali" or (decoder == "auto" and device_type == "cuda" and dali_decode.available()):
-        return "dali"
-    return "pil"
-
-
 def load_image_folder(
     root: str | Path,
     image_size: int,

@@ -287,34 +287,31 @@ def test_testing_a_run_on_another_data_set_does_not_load_the_runs_own(run, tmp_p
     assert got["dataset"] == "builtin" and len(got["results"]) == 2
 
 
-def test_every_learners_kept_results_are_keyed_by_what_decides_them(tmp_path, monkeypatch):
-    """Reused only where they would come out the same: the data as read here (where it lies, the
-    decoder actually used) and what changes the rounding (threads, chunk, ...)."""
+def test_every_learners_kept_results_are_keyed_by_what_decides_them():
+    """Reused only where they would come out the same: the data as decoded here (its digest: the same
+    data moved is the same) and what changes the rounding (threads, chunk, engine, ...)."""
     from types import SimpleNamespace
 
     from fastfree.commands.every_learner import results_key
+    from fastfree.data.procedural import build_procedural
     from fastfree.metatest.protocol import MetaTestConfig
 
-    config = {"data": {"source": "folder", "root": str(tmp_path), "decoder": "auto"}}
-    args = SimpleNamespace(data_root=None, decoder=None, split="test", dtype="float32")
-    cpu = torch.device("cpu")
-    key = results_key(config, args, MetaTestConfig(tasks=3), "batched", cpu)
-    assert key["data"][0]["decoder"] == "pil" and key["data"][0]["root"] == str(tmp_path)  # auto on a CPU: PIL
+    args = SimpleNamespace(split="test", dtype="float32")
+    cpu, data = torch.device("cpu"), build_procedural(0, 25, 32)
+    key = results_key(data, args, MetaTestConfig(tasks=3), "batched", cpu)
+    assert key == results_key(build_procedural(0, 25, 32), args, MetaTestConfig(tasks=3), "batched", cpu)
     assert key["threads"] == torch.get_num_threads() and key["chunk"] == 50 and key["torch"] == torch.__version__
     variants = [
-        results_key(config, SimpleNamespace(**{**args.__dict__, "decoder": "dali"}), MetaTestConfig(tasks=3),
-                    "batched", cpu),
-        results_key(config, SimpleNamespace(**{**args.__dict__, "data_root": str(tmp_path / "copy")}),
-                    MetaTestConfig(tasks=3), "batched", cpu),
-        results_key(config, args, MetaTestConfig(tasks=3, chunk=7), "batched", cpu),
-        results_key(config, args, MetaTestConfig(tasks=3), "reference", cpu),
+        results_key(build_procedural(1, 25, 32), args, MetaTestConfig(tasks=3), "batched", cpu),
+        results_key(data, SimpleNamespace(split="val", dtype="float32"), MetaTestConfig(tasks=3), "batched", cpu),
+        results_key(data, args, MetaTestConfig(tasks=3, chunk=7), "batched", cpu),
+        results_key(data, args, MetaTestConfig(tasks=3, seed=1), "batched", cpu),
+        results_key(data, args, MetaTestConfig(tasks=3), "reference", cpu),
     ]
     assert all(v != key for v in variants)
-    assert results_key(config, SimpleNamespace(**{**args.__dict__, "decoder": "pil"}), MetaTestConfig(tasks=3),
-                       "batched", cpu) == key  # the decoder used, not the flag: auto on a CPU is PIL
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads + 1)
-        assert results_key(config, args, MetaTestConfig(tasks=3), "batched", cpu) != key
+        assert results_key(data, args, MetaTestConfig(tasks=3), "batched", cpu) != key
     finally:
         torch.set_num_threads(threads)

@@ -10,6 +10,7 @@ import pytest
 
 from fastfree.cli import main
 from fastfree.commands.run_data_record import moved_roots
+from fastfree.errors import FastFreeError
 from tests.commands.small_run import TRAIN
 
 SPLITS = {"train": range(0, 6), "val": range(6, 9), "test": range(9, 12)}
@@ -59,6 +60,10 @@ def test_only_a_folder_given_anew_is_a_move():
     assert moved_roots(stored, {"data": {"source": "cifar-fs", "root": "/b", "image_size": 32}}) == [("/a", "/b")]
     assert moved_roots(stored, {"data": {"source": "cifar-fs", "root": None, "image_size": 32}}) == []  # dropped
     assert moved_roots(stored, {"data": {"source": "cifar-fs", "root": "/b", "image_size": 40}}) == []  # other data
+    folder = {"data": {"source": "folder", "root": "/d/mini_a"}}  # named after its folder: renamed, refused
+    assert moved_roots(folder, {"data": {"source": "folder", "root": "/e/mini_a"}}) == [("/d/mini_a", "/e/mini_a")]
+    with pytest.raises(FastFreeError, match=r"named after its folder \(mini_a\).*e.g. /d/mini_a"):
+        moved_roots(folder, {"data": {"source": "folder", "root": "/d/mini_b"}})
     two = {"domains": [{"source": "cifar-fs", "root": "/a"}, {"source": "builtin", "root": None}]}
     assert moved_roots(two, {"domains": [{"source": "cifar-fs", "root": "/c"}, {"source": "builtin", "root": None}]}) \
         == [("/a", "/c")]
@@ -67,7 +72,6 @@ def test_only_a_folder_given_anew_is_a_move():
 def test_other_data_in_place_is_refused_with_the_way_out(tmp_path):
     from fastfree.commands.run_data_record import check_same_data, record_data
     from fastfree.data.procedural import build_procedural
-    from fastfree.errors import FastFreeError
 
     record_data(tmp_path, build_procedural(0, 25, 32))
     check_same_data(tmp_path, build_procedural(0, 25, 32), [])  # the same data: nothing to say

@@ -208,3 +208,16 @@ def test_pools_are_compared_by_their_teachers(tmp_path):
     own = differences([read_run(with_pool("f", None, "f" * 64)), read_run(with_pool("e", None, "e" * 64))])[0]
     assert "'its own pool (other teachers: weights sha256 eeeeeeeeeeee)'" in own
     assert "pool" in older  # a run from before pools.json: compared as configured
+
+
+def test_the_same_data_in_another_folder_is_the_same_by_its_digest(tmp_path):
+    """A run whose data moved (config.json names the new folder) or was named by a variable compares as
+    on the same data where both recorded its digest (data.json); other data stays a difference."""
+    a = _run(tmp_path / "a", "interpolate", {3: {"1": [30.0, 1.0]}}, data={"source": "cifar-fs", "root": "/x"})
+    b = _run(tmp_path / "b", "interpolate", {3: {"1": [30.0, 1.0]}}, data={"source": "cifar-fs", "root": "/y"})
+    assert "data.root" in differences([read_run(a), read_run(b)])[0]  # no digests: as configured
+    for run, digest in ((a, "1" * 64), (b, "1" * 64)):
+        (run / "data.json").write_text(json.dumps({"sha256": [digest]}))
+    assert differences([read_run(a), read_run(b)]) == ["the same configuration"]
+    (b / "data.json").write_text(json.dumps({"sha256": ["2" * 64]}))
+    assert "data.root" in differences([read_run(a), read_run(b)])[0]
