@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fastfree.cli import main
+from fastfree.errors import FastFreeError
 from tests.commands.small_run import TRAIN
 from tests.test_cli import SMALL
 
@@ -267,7 +268,7 @@ def test_a_runs_folder_data_can_be_read_with_another_decoder(tmp_path, monkeypat
     assert [c.decoder for c in loaded[-2:]] == ["pil", "auto"]  # the folder domain's only
     run_learner.run_data({"data": {"source": "mini-imagenet", "root": "/m", "decoder": "dali"}}, "cpu", None, "pil")
     assert loaded[-1].decoder == "pil"  # the named image folders too: the 84 px sets DALI is for
-    with pytest.raises(Exception, match="has none: drop --decoder"):
+    with pytest.raises(FastFreeError, match="has none: drop --decoder"):
         run_learner.run_data({"data": {"source": "cifar-fs", "root": "/c"}}, "cpu", None, "pil")
     monkeypatch.undo()
     assert main(["eval", "--run", str(run[0]), "--method", "learner", "--decoder", "pil", "--device", "cpu"]) == 2

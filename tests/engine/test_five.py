@@ -249,6 +249,8 @@ def test_bf16_autocast_keeps_the_meta_gradient_direction(device, vectorize):
     flat = [torch.cat([o.meta_grad[n].flatten() for n in sorted(o.meta_grad)]) for o in outs]
     # bf16 keeps 8 mantissa bits: on these tiny models (ngf 4) the direction agrees to ~0.96
     assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.9
+    # ...and bf16 did run: an amp switch that autocast nothing would pass the closeness checks
+    assert not torch.equal(bf16.images, fp32.images) and not torch.equal(*flat)
     torch.testing.assert_close(bf16.images, fp32.images, atol=2e-2, rtol=0)  # bf16: 8 mantissa bits
     torch.testing.assert_close(bf16.loss, fp32.loss, rtol=2e-2, atol=0)
 

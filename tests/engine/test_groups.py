@@ -76,6 +76,7 @@ def test_grouped_five_equals_the_reference_per_teacher(vectorize, adversarial):
     got_tasks, got_grad = engine.recover(fast_state, IDS, NORM, cfg, adversarial)
     for name, g in want_grad.items():  # the mean over all b teachers, from both groups
         torch.testing.assert_close(got_grad[name], g, rtol=1e-10, atol=1e-13, msg=name)
+    assert len(got_tasks) == len(want_tasks) == len(IDS)
     for got, want in zip(got_tasks, want_tasks):  # each task where the reference put it
         assert got.teacher == want.teacher
         torch.testing.assert_close(got.images, want.images, rtol=1e-10, atol=1e-13)

@@ -37,8 +37,8 @@ def assert_same(fast, ref):
 
 @pytest.mark.parametrize("chunk_size", [None, 1])
 @pytest.mark.parametrize("meta_batch", [1, 3])
-@pytest.mark.parametrize("inner_steps", [0, 1, 3])
-@pytest.mark.parametrize("second_order", [True, False])
+# without inner steps the two orders are one computation: that case once
+@pytest.mark.parametrize("second_order,inner_steps", [(True, 0), (True, 1), (True, 3), (False, 1), (False, 3)])
 def test_fast_meta_batch_equals_reference_float64(second_order, inner_steps, meta_batch, chunk_size):
     model = learner(inner_steps + 10 * meta_batch)
     batch = filled_bank(seed=meta_batch).sample_tasks(meta_batch, 3, 2, 3, torch.Generator().manual_seed(inner_steps))

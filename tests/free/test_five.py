@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from fastfree.data.split import CIFAR100_NORM
@@ -54,6 +55,33 @@ def test_one_inner_step_is_a_hand_written_adam_step_on_eq1():
     # the original meta-generator is untouched
     for n, p in gen.named_parameters():
         assert torch.equal(p, params[n].detach())
+
+
+def test_k_inner_steps_are_k_adam_steps_on_eq1_each_on_a_fresh_view():
+    """Steps after the first, written without adapt_generator: torch's Adam over the generator's
+    parameters and z together, Eq. 1 by hand, a new crop/flip drawn at every step."""
+    gen, (teacher, _), learner = tiny_models()
+    cfg = FiveConfig(k=3, lr=0.01, images_per_class=4)
+    y = task_labels(5, 4)
+    z = torch.randn(20, 8, dtype=torch.float64)
+    adapted, z_k, losses = adapt_generator(gen, teacher, learner, z, y, NORM, cfg, True,
+                                           torch.Generator().manual_seed(3))
+
+    hand = copy.deepcopy(gen)
+    params = dict(hand.named_parameters())
+    z_hand = z.clone().requires_grad_(True)
+    opt = torch.optim.Adam([*params.values(), z_hand], lr=cfg.lr, betas=(0.5, 0.999))
+    rng, hand_losses = torch.Generator().manual_seed(3), []
+    for _ in range(3):
+        loss, _ = _hand_loss(params, hand, z_hand, teacher, learner, y, *draw_crop_flip(4, rng))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        hand_losses.append(float(loss.detach()))
+    assert losses == pytest.approx(hand_losses, rel=1e-10) and len(set(losses)) == 3
+    torch.testing.assert_close(z_k.detach(), z_hand.detach(), rtol=1e-9, atol=1e-12)
+    for n, p in adapted.named_parameters():
+        torch.testing.assert_close(p.detach(), params[n].detach(), rtol=1e-9, atol=1e-12, msg=n)
 
 
 def test_meta_gradient_is_the_mean_gradient_at_the_adapted_weights():

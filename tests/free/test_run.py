@@ -42,7 +42,9 @@ def test_resume_gives_the_same_final_parameters(tiny_dataset, tmp_path):
     (tmp_path / "b").mkdir()
     first = train_free(_ctx(tmp_path / "b", tiny_dataset), resume=False, stop_after=3)  # "killed" after 3
     assert first.iteration == 3
-    resumed = train_free(_ctx(tmp_path / "b", tiny_dataset), resume=True)
+    ran = []  # a resume that started again from iteration 0 would end with equal parameters too
+    resumed = train_free(_ctx(tmp_path / "b", tiny_dataset), resume=True, progress=ran.append)
+    assert [m["iteration"] for m in ran] == [3, 4]
     assert resumed.iteration == straight.iteration == 5
     a, b = _params(straight), _params(resumed)
     for k in a:
@@ -58,6 +60,35 @@ def test_resume_gives_the_same_final_parameters(tiny_dataset, tmp_path):
     kept_a, kept_b = read_kept(tmp_path / "a"), read_kept(tmp_path / "b")
     assert [k.iteration for k in kept_b] == [k.iteration for k in kept_a] == [2, 4, 5]
     assert all(torch.equal(x.learner[n], y.learner[n]) for x, y in zip(kept_a, kept_b) for n in x.learner)
+
+
+def test_a_resume_from_a_checkpoint_older_than_the_kill_redoes_the_iterations_after_it(tiny_dataset, tmp_path):
+    """Killed after iteration 4 was evaluated and kept but before a later checkpoint could be written:
+    the run continues from its last checkpoint (2), and the metrics, kept learner and meta-val pick of
+    iterations 3-4 are done again, not kept twice or left from the first attempt."""
+    import shutil
+
+    from fastfree.free.selection import BEST
+
+    straight = train_free(_ctx(tmp_path / "a", tiny_dataset), resume=False)
+    run = tmp_path / "b"
+    train_free(_ctx(run, tiny_dataset), resume=False, stop_after=2)  # checkpoint_every 2: written at 2
+    shutil.copy(run / CHECKPOINT, tmp_path / "at2.pt")
+    train_free(_ctx(run, tiny_dataset), resume=True, stop_after=4)  # evaluates and keeps 4
+    assert [k.iteration for k in read_kept(run)] == [2, 4]
+    shutil.copy(tmp_path / "at2.pt", run / CHECKPOINT)  # what a kill during iteration 5 leaves
+    ran = []
+    resumed = train_free(_ctx(run, tiny_dataset), resume=True, progress=ran.append)
+    assert [m["iteration"] for m in ran] == [2, 3, 4]
+    assert [json.loads(x)["iteration"] for x in (run / METRICS).read_text().splitlines()] == [0, 1, 2, 3, 4]
+    assert [k.iteration for k in read_kept(run)] == [2, 4, 5]
+    a, b = _params(straight), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.best == straight.best
+    picks = torch.load(run / BEST, weights_only=True)["shots"]
+    want = torch.load(tmp_path / "a" / BEST, weights_only=True)["shots"]
+    assert {k: v["iteration"] for k, v in picks.items()} == {k: v["iteration"] for k, v in want.items()}
+    assert all(torch.equal(picks[k]["learner"][n], want[k]["learner"][n]) for k in want for n in want[k]["learner"])
 
 
 @pytest.mark.gpu

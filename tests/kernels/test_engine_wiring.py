@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from fastfree.data.split import CIFAR100_NORM as NORM
@@ -12,7 +13,23 @@ from fastfree.engine.options import EngineOptions
 from fastfree.engine.teachers import StackedTeachers
 from fastfree.free.bell import BellConfig
 from fastfree.free.five import FiveConfig, task_labels
+from fastfree.kernels import _dispatch
+from fastfree.kernels import reference as torch_impl
 from tests.engine.test_five import _setup
+
+
+@pytest.fixture(autouse=True)
+def _the_kernels_must_run(monkeypatch):
+    """The kernels fall back to their torch path where they cannot launch; these comparisons would then
+    be torch against torch. The engine's own torch losses (kernels=False) never call that path."""
+    if not (_dispatch.INTERPRET or torch.cuda.is_available()):
+        pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it) or a GPU")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the kernels' torch fallback ran instead of the kernel")
+
+    monkeypatch.setattr(torch_impl, "inversion_rows", fail)
+    monkeypatch.setattr(torch_impl, "kl_rows", fail)
 
 
 def _float32():

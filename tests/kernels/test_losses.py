@@ -267,7 +267,10 @@ def test_gradient_through_vmap_taken_outside_it(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph(device):
-    """torch.compile traces the ops without a graph break (CPU: aot_eager; GPU: inductor)."""
+    """torch.compile traces the ops without a graph break (CPU: aot_eager; GPU: inductor). On a CPU the
+    traced call takes the ops' torch path (the interpreter needs real data, kernels/_dispatch.py:
+    launchable), so there this checks the ops' registration and formulas under tracing; the kernel
+    itself is traced only on the GPU."""
     torch._dynamo.reset()
     backend = "inductor" if device == "cuda" else "aot_eager"
     m, f, y = make((4, 25), 5, device, seed=6)

@@ -154,7 +154,8 @@ def test_cli_resumes_an_interrupted_pretraining(tmp_path, monkeypatch, capsys):
     _refused(capsys, _pretrain(tmp_path / "cut", 3), "pass --resume")  # a fresh start would lose them
     _refused(capsys, main(["pretrain", "--teachers", "3", "--epochs", "3", "--batch-size", "32", "--out",
                            str(tmp_path / "cut"), "--resume", *SMALL]), r"epochs: 2 there, 3 now")
-    assert _pretrain(tmp_path / "cut", 3, "--resume") == 0
+    assert _pretrain(tmp_path / "cut", 3, "--resume", report=tmp_path / "r.json") == 0
+    assert json.loads((tmp_path / "r.json").read_text())["resumed_teachers"] == 2  # only the third trained
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -16,7 +16,7 @@ def test_interpolation_is_bounded_and_adams_first_step_is_its_learning_rate():
     bank.add(torch.rand(100, 3, 32, 32), torch.arange(5).repeat_interleave(20) + 10)
     before = {k: v.clone() for k, v in learner.state_dict().items()}
     sizes = step_sizes(learner, None, bank, b=4)
-    assert sizes["bell_interpolate"]["max"] <= 1e-3 * 4 * 1e-3 * 1.01  # eps * b * alpha
+    assert 0 < sizes["bell_interpolate"]["max"] <= 1e-3 * 4 * 1e-3 * 1.01  # eps * b * alpha
     assert abs(sizes["bell_adam"]["max"] - 1e-3) < 1e-5  # a fresh Adam: a sign step of size lr
     assert 0 < sizes["replay_one_meta_batch"]["max"] <= 1.01e-3
     assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())  # measured on copies
