@@ -88,9 +88,9 @@ def _selected_iterations(run_dir: Path, shots: tuple[int, ...]) -> dict[str, int
     return {str(s): for_shots(selected, s).iteration for s in shots if s in selected or None in selected}
 
 
-# bump when what a meta-test measures changes (the sampler, the adaptation): earlier kept results then stop
-# matching
-RESULTS_FORMAT = 1
+# bump when what a meta-test measures changes (the sampler, the adaptation, its rounding): earlier kept
+# results then stop matching. 2: CPU adaptation channels-last (fastfree/layout.py), other rounding
+RESULTS_FORMAT = 2
 
 
 def results_key(data, args, cfg, engine: str, device: torch.device) -> dict:

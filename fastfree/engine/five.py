@@ -45,6 +45,7 @@ from fastfree.engine.teachers import StackedTeachers
 from fastfree.engine.upsample_conv import fuse_upsample_conv_
 from fastfree.free.five import FiveConfig
 from fastfree.free.losses import kl_per_sample
+from fastfree.layout import cpu_layout
 from fastfree.optim import AdamState, adam_step
 
 Z = "z"  # the latent codes' key in the inner optimiser's parameter dict (generator names contain dots)
@@ -90,6 +91,8 @@ def make_objective(generator: nn.Module, teachers: StackedTeachers, learner: nn.
         x = x.to(z.dtype)  # images (and the pixel gradients) stay in the parameters' precision
         view = crop_flip_indexed(x, draw, cfg.pad) if cfg.augment else x
         view = (view - mean) / std  # normalization.unit with the constants made above
+        if not options.five_vmap:  # a CPU's teachers and learner run faster channels-last (fastfree/layout.py)
+            view = cpu_layout(view)
         with options.autocast(device):
             teacher_logits = teachers.forward(teacher, view)
             with torch.no_grad():

@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 
 from fastfree.data.episodes import EpisodeBatch
+from fastfree.layout import cpu_layout
 
 
 def functional_template(model: nn.Module) -> nn.Module:
@@ -27,7 +28,9 @@ def functional_template(model: nn.Module) -> nn.Module:
 
 def adapted_copy(template: nn.Module, params: dict[str, torch.Tensor], support: torch.Tensor,
                  support_labels: torch.Tensor, steps: int, lr: float) -> nn.Module:
-    """One task's adaptation: a deep copy of `template` holding `params`, `steps` torch.optim.SGD steps."""
+    """One task's adaptation: a deep copy of `template` holding `params`, `steps` torch.optim.SGD steps.
+    (On a CPU the support images are used channels-last, fastfree.layout; predict with `cpu_layout` too.)"""
+    support = cpu_layout(support)
     model = copy.deepcopy(template)
     model.load_state_dict(params, strict=False)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -47,7 +50,7 @@ def adapted_query_logits_reference(
         model = adapted_copy(template, {k: v[t] for k, v in init.items()}, batch.support[t], batch.support_labels[t],
                              steps, lr)
         with torch.no_grad():
-            out.append(model(batch.query[t]))
+            out.append(model(cpu_layout(batch.query[t])))
     return torch.stack(out)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastfree.errors import FastFreeError
+from fastfree.layout import cpu_layout
 from fastfree.metatest.adapt import adapted_copy
 from fastfree.metatest.initializations import Initialization
 
@@ -140,6 +141,7 @@ def adapted_probabilities(init: Initialization, support: torch.Tensor, support_l
     head = [p for _, p in init.template.named_parameters()][-1]
     if head.shape[0] != ways:
         raise FastFreeError(f"the initialisation has {head.shape[0]} outputs for a {ways}-class task")
+    support, query = cpu_layout(support), cpu_layout(query)  # as the meta-test predicts
     params = {k: v[0] for k, v in init.for_tasks([0], support.device, support.dtype).items()}
     template = copy.deepcopy(init.template).to(support.device, support.dtype)  # load_state_dict keeps its dtype
     model = adapted_copy(template, params, support, support_labels, steps, lr)

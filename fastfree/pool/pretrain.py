@@ -31,6 +31,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from fastfree.data.split import ImageSplit, Normalization
 from fastfree.device import resolve_engine
 from fastfree.errors import FastFreeError
+from fastfree.layout import cpu_layout
 from fastfree.models import ARCHITECTURES, build_model
 from fastfree.optim import clip_grad_norm_stacked
 from fastfree.pool.optimizers import OPTIMIZERS, OptimizerSpec
@@ -158,7 +159,7 @@ def train_teacher_reference(
         order = torch.as_tensor(epoch_order(spec, epoch, data.train_idx.numel()), device=device)
         for sl in _batches(order.numel(), cfg.batch_size):
             sel = order[sl]
-            x = normalization(split.images[data.train_idx[sel]], dtype)
+            x = cpu_layout(normalization(split.images[data.train_idx[sel]], dtype))  # fastfree/layout.py
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), data.train_y[sel]).backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
@@ -172,7 +173,7 @@ def train_teacher_reference(
         model.eval()
         with torch.no_grad():
             correct = sum(
-                (model(normalization(split.images[data.heldout_idx[sl]], dtype)).argmax(-1)
+                (model(cpu_layout(normalization(split.images[data.heldout_idx[sl]], dtype))).argmax(-1)
                  == data.heldout_y[sl]).sum().item()
                 for sl in _batches(data.heldout_idx.numel(), cfg.eval_batch)
             )
