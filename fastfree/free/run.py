@@ -263,18 +263,21 @@ def selected_inits(template: nn.Module, selected: dict, shots: tuple[int, ...]) 
 def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig, random_init_fn) -> dict:
     """Meta-test the selected (best on meta-val, per shot count) and the last meta-learner, and
     Random, on the same meta-test tasks."""
-    entries = {}
-    inits = {"FREE (last)": (learner_init(state.learner), test_config)}
     selected = read_selected(ctx.run_dir / BEST, ctx.device)
     # a shot count that meta-val did not measure has no selected learner: that cell stays empty
     shots = tuple(s for s in test_config.shots if s in selected or None in selected)
+    measured = {"FREE (last)": metatest_data(learner_init(state.learner), ctx.dataset, "test", test_config)}
     if shots:
-        inits = {selected_label(selected): (selected_inits(state.learner, selected, shots),
-                                            replace(test_config, shots=shots)), **inits}
-    inits["Random"] = (random_init_fn(), test_config)
-    per_task = {}
-    for name, (init, config) in inits.items():
-        results, per_domain = metatest_data(init, ctx.dataset, "test", config)
+        # a pick that is the last learner (the same weights; a run whose meta-val peaked at its end) meets the
+        # same tasks with the same weights: its cells are the last's, not measured twice
+        last = state.learner.state_dict()
+        again = tuple(s for s in shots if not _same_weights(for_shots(selected, s).learner, last))
+        picked = metatest_data(selected_inits(state.learner, selected, again), ctx.dataset, "test",
+                               replace(test_config, shots=again)) if again else ([], None)
+        measured = {selected_label(selected): _merge_shots(picked, measured["FREE (last)"], shots), **measured}
+    measured["Random"] = metatest_data(random_init_fn(), ctx.dataset, "test", test_config)
+    entries, per_task = {}, {}
+    for name, (results, per_domain) in measured.items():
         entries[name] = _shot_table(results)
         per_task[name] = {str(r.shots): r.accuracies for r in results}
         if per_domain is not None:
@@ -292,6 +295,22 @@ def final_results(ctx: RunContext, state: FreeState, test_config: MetaTestConfig
         # comparisons between methods or runs (profiling/compare_runs.py); the caller stores it apart
         "per_task": per_task,
     }
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].to(b[k].device), b[k]) for k in a)
+
+
+def _merge_shots(own: tuple[list[ShotResult], dict | None], last: tuple[list[ShotResult], dict | None],
+                 shots: tuple[int, ...]) -> tuple[list[ShotResult], dict | None]:
+    """Results for `shots`, each from `own` where it was measured, else from `last` (per domain too)."""
+    def pick(mine: list[ShotResult], lasts: list[ShotResult]) -> list[ShotResult]:
+        by_shots = {r.shots: r for r in lasts} | {r.shots: r for r in mine}
+        return [by_shots[s] for s in shots]
+
+    if last[1] is None:
+        return pick(own[0], last[0]), None
+    return pick(own[0], last[0]), {d: pick((own[1] or {}).get(d, []), rs) for d, rs in last[1].items()}
 
 
 def shot_cells(table: dict, shots) -> list[str]:

@@ -239,3 +239,33 @@ def test_meta_val_log_is_the_curve_the_selection_read(tiny_dataset, tmp_path):
     first = log[0]["val"]["1"]
     assert f"| 2 | {first['mean']:.2f} +- {first['ci95']:.2f} | - |" in table  # 5-shot: not measured
     assert "Meta-val" not in results_markdown({**summary, "meta_val": []}, "cpu", (1,), 5)
+
+
+def test_a_pick_that_is_the_last_learner_is_meta_tested_once(tiny_dataset, tmp_path, monkeypatch):
+    """The final meta-test: a shot count whose meta-val pick is the last learner (same weights) reports
+    the last's cells instead of adapting the same weights on the same tasks again; another pick is
+    measured. Checked against measuring everything."""
+    from fastfree.free import run as run_module
+    from fastfree.free.run import final_results
+    from fastfree.free.selection import BEST, write_selected
+    from fastfree.metatest.initializations import random_init
+
+    state = train_free(_ctx(tmp_path / "r", tiny_dataset), resume=False)
+    ctx = _ctx(tmp_path / "r", tiny_dataset)
+    test = MetaTestConfig(tasks=3, shots=(1, 2), queries=2, steps=1, engine="reference")
+    earlier = read_kept(tmp_path / "r")[0]
+    write_selected(tmp_path / "r" / BEST, state.learner.state_dict(), {"1": {"iteration": 5, "val": 50.0}})
+    write_selected(tmp_path / "r" / BEST, earlier.learner, {"2": {"iteration": earlier.iteration, "val": 50.0}})
+    measured, real = [], run_module.metatest_data
+    monkeypatch.setattr(run_module, "metatest_data", lambda init, data, split, config: measured.append(
+        config.shots) or real(init, data, split, config))
+    summary = final_results(ctx, state, test, lambda: random_init(lambda: Conv4(5, 4, 32), 0))
+    assert measured == [(1, 2), (2,), (1, 2)]  # last, the 2-shot pick only, Random
+    label = next(k for k in summary["results"] if k.startswith("FREE (selected"))
+    assert list(summary["results"]) == [label, "FREE (last)", "Random"]
+    assert summary["results"][label]["1"] == summary["results"]["FREE (last)"]["1"]
+    # what measuring the 1-shot pick again would have given
+    monkeypatch.setattr(run_module, "_same_weights", lambda a, b: False)
+    everything = final_results(ctx, state, test, lambda: random_init(lambda: Conv4(5, 4, 32), 0))
+    assert everything["results"] == summary["results"] and everything["per_task"] == summary["per_task"]
+    assert measured[3:] == [(1, 2), (1, 2), (1, 2)]
