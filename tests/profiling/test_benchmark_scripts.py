@@ -111,13 +111,16 @@ def test_the_gpu_checks_two_test_steps_cover_every_gpu_test_once(tmp_path):
     plan = {name: cmd for name, cmd, _, _ in gpu_check.steps(sys.executable, tmp_path, None)}
     repo = Path(gpu_check.__file__).resolve().parents[1]
 
-    def collected(cmd: list[str]) -> set[str]:
+    def collecting(cmd: list[str]) -> subprocess.Popen:  # the three collections side by side (~7 s each)
         select = cmd[cmd.index("-k"):cmd.index("-k") + 2] if "-k" in cmd else []
-        out = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", *select, "--collect-only", "-q", "-p",
-                              "no:cacheprovider", "tests"], capture_output=True, text=True, cwd=repo).stdout
-        return {line for line in out.splitlines() if "::" in line}
+        return subprocess.Popen([sys.executable, "-m", "pytest", "-m", "gpu", *select, "--collect-only", "-q", "-p",
+                                 "no:cacheprovider", "tests"], stdout=subprocess.PIPE, text=True, cwd=repo)
 
-    fast, compiled, every = collected(plan["gpu_tests"]), collected(plan["gpu_tests_compiled"]), collected([])
+    def collected(proc: subprocess.Popen) -> set[str]:
+        return {line for line in proc.communicate()[0].splitlines() if "::" in line}
+
+    fast, compiled, every = map(collected, [collecting(plan["gpu_tests"]), collecting(plan["gpu_tests_compiled"]),
+                                            collecting([])])
     assert fast and compiled and not fast & compiled and fast | compiled == every
 
 
