@@ -286,7 +286,9 @@ def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None
             paired[name] = paired_differences(runs[0]["per_task"], r["per_task"])
     for name, diff_table in paired.items():
         if diff_table is None:
-            md += ["", f"{name} - {names[0]}: not paired (Random scored differently: not the same meta-test tasks)"]
+            md += ["", f"{name} - {names[0]}: not paired (Random scored differently: not the same meta-test tasks, "
+                       "or the same tasks computed with other rounding: another machine, thread count or fastfree "
+                       "version)"]
             continue
         md += ["", f"{name} - {names[0]}, task by task on the same meta-test tasks (points, 95% interval):", ""]
         md += [f"- {m}: " + ", ".join(f"{s}-shot {v['mean']:+.2f} +- {v['ci95']:.2f}" for s, v in t.items())

@@ -21,6 +21,7 @@ import torch
 from fastfree.commands.common import run_metadata, write_json
 from fastfree.commands.run_learner import load_run_learner, run_learner_init
 from fastfree.data.episodes import EpisodeSampler, EpisodeSpec
+from fastfree.layout import cpu_layout
 from fastfree.metatest.adapt import adapted_copy
 from fastfree.metatest.own_task import on_batch_statistics
 from fastfree.metatest.protocol import confidence_interval
@@ -59,8 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
         for task in range(args.tasks):
             b = sampler.batch([task])
             params = {k: v[0] for k, v in init.for_tasks([0], cpu, torch.float32).items()}
-            model = adapted_copy(init.template, params, b.support[0], b.support_labels[0], protocol.steps, protocol.lr)
-            pred = _predictions(model, b.support[0], b.query[0])
+            support, query = cpu_layout(b.support[0]), cpu_layout(b.query[0])  # as the meta-test (fastfree/layout.py)
+            model = adapted_copy(init.template, params, support, b.support_labels[0], protocol.steps, protocol.lr)
+            pred = _predictions(model, support, query)
             disagree += int((pred["support"] != pred.pop("support_one_at_a_time")).sum())
             for m in MODES:
                 acc[m].append(100.0 * float((pred[m] == b.query_labels[0]).double().mean()))

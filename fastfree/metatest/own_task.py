@@ -141,15 +141,15 @@ def adapted_probabilities(init: Initialization, support: torch.Tensor, support_l
     head = [p for _, p in init.template.named_parameters()][-1]
     if head.shape[0] != ways:
         raise FastFreeError(f"the initialisation has {head.shape[0]} outputs for a {ways}-class task")
-    support, query = cpu_layout(support), cpu_layout(query)  # as the meta-test predicts
+    support = cpu_layout(support)  # as the meta-test adapts and predicts (the query set a chunk at a time)
     params = {k: v[0] for k, v in init.for_tasks([0], support.device, support.dtype).items()}
     template = copy.deepcopy(init.template).to(support.device, support.dtype)  # load_state_dict keeps its dtype
     model = adapted_copy(template, params, support, support_labels, steps, lr)
     with torch.no_grad():
         if bn_stats == "query" and len(query) <= chunk:
-            return model(query).softmax(-1)  # the meta-test's own forward: one batch, training-mode BatchNorm
+            return model(cpu_layout(query)).softmax(-1)  # the meta-test's own forward: one batch, training-mode BN
         frozen = on_batch_statistics(model, support if bn_stats == "support" else query, chunk)
-        return torch.cat([frozen(query[s:s + chunk]) for s in range(0, len(query), chunk)]).softmax(-1)
+        return torch.cat([frozen(cpu_layout(query[s:s + chunk])) for s in range(0, len(query), chunk)]).softmax(-1)
 
 
 __all__ = ["BN_STATS", "CHUNK", "adapted_probabilities", "head_for_ways", "nearest_shots", "on_batch_statistics"]

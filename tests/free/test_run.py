@@ -269,3 +269,22 @@ def test_a_pick_that_is_the_last_learner_is_meta_tested_once(tiny_dataset, tmp_p
     everything = final_results(ctx, state, test, lambda: random_init(lambda: Conv4(5, 4, 32), 0))
     assert everything["results"] == summary["results"] and everything["per_task"] == summary["per_task"]
     assert measured[3:] == [(1, 2), (1, 2), (1, 2)]
+
+
+def test_merged_shots_take_each_cell_from_its_own_measurement_also_per_domain():
+    """final_results' merge for a multi-domain run where the 1-shot pick is the last learner and the
+    5-shot pick was measured: overall and per-domain cells both come from the right measurement."""
+    from fastfree.free.run import _merge_shots
+    from fastfree.metatest.protocol import ShotResult
+
+    def r(shots, mean):
+        return ShotResult(shots, mean, 1.0, 2, [mean, mean])
+
+    last = ([r(1, 10.0), r(5, 20.0)], {"a": [r(1, 11.0), r(5, 21.0)], "b": [r(1, 12.0), r(5, 22.0)]})
+    own = ([r(5, 30.0)], {"a": [r(5, 31.0)], "b": [r(5, 32.0)]})
+    overall, domains = _merge_shots(own, last, (1, 5))
+    assert [x.mean for x in overall] == [10.0, 30.0]
+    assert {d: [x.mean for x in rs] for d, rs in domains.items()} == {"a": [11.0, 31.0], "b": [12.0, 32.0]}
+    nothing_measured = _merge_shots(([], None), last, (1,))
+    assert [x.mean for x in nothing_measured[0]] == [10.0] and nothing_measured[1]["b"][0].mean == 12.0
+    assert _merge_shots(([r(5, 30.0)], None), ([r(1, 10.0), r(5, 20.0)], None), (1, 5))[1] is None
