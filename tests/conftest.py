@@ -60,8 +60,17 @@ def cifar_fs_root() -> Path:
     return CIFAR_FS
 
 
+# Under pytest-xdist (the README's `-n auto`) each worker is a process of its own: with torch's
+# default of one thread per core in every worker, the workers' OpenMP threads would outnumber the
+# cores and wait on each other, so each worker gets its share of the cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` skip (not fail) on machines without CUDA."""
+    """Tests marked `slow` run first (the demo run is a third of the suite: started last on one
+    worker, it would run alone at the end), and tests marked `gpu` skip (not fail) without CUDA."""
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: otherwise collection order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -78,6 +78,11 @@ def regression(benchmark, calibration, one_thread, request):
     """Call `regression(fn, rounds=5)`: benchmark fn, then compare with the baseline."""
 
     def run(fn, rounds: int = 5, warmup_rounds: int = 1):
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            # pytest-benchmark times nothing under pytest-xdist (workers share the cores), so there
+            # would be nothing to compare: skipped, and the README's test command runs them alone.
+            pytest.skip(f"timed benchmarks run alone, not under pytest-xdist: "
+                        f"pytest {request.node.nodeid.split('::')[0]} (the README's test command does)")
         result = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
         name = request.node.name
         if benchmark.stats is None:  # --benchmark-disable: ran once, nothing to compare
