@@ -12,7 +12,7 @@ from pathlib import Path
 from fastfree import __version__
 from fastfree.config import PRESETS
 from fastfree.data.sources import NORMALIZATIONS, SOURCES
-from fastfree.device import ENGINES
+from fastfree.device import ENGINES, METATEST_ENGINES
 from fastfree.errors import FastFreeError
 from fastfree.commands.run_learner import WHICH
 from fastfree.metatest.initializations import METHODS
@@ -186,9 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lr", type=_positive_real, help="adaptation learning rate (default 0.01)")
     e.add_argument("--chunk", type=_positive, help="tasks adapted together (vmap)")
     e.add_argument("--seed", type=_non_negative, help="task seed: the same seed gives the same tasks")
-    e.add_argument("--engine", choices=list(ENGINES),
-                   help="batched: vmap over tasks; reference: one task at a time; "
-                        "auto (default): batched on CUDA, reference on a CPU (faster there)")
+    e.add_argument("--engine", choices=list(METATEST_ENGINES),
+                   help="batched: vmap over tasks; reference: one task at a time; threads: tasks side by side, "
+                        "one torch thread each (the reference's values at 1 thread, bit for bit); auto (default): "
+                        "batched on CUDA, on a CPU threads with --threads > 1, else reference (faster there)")
     e.add_argument("--arch", choices=list(ARCHITECTURES), help="random: the learner's architecture")
     e.add_argument("--width", type=_positive, help="random: the learner's width")
     e.add_argument("--per-task", action="store_true", help="also write every task's accuracy to --json "

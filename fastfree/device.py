@@ -43,6 +43,8 @@ def device_name(device: torch.device) -> str:
 
 
 ENGINES = ("auto", "batched", "reference")
+# the meta-test's: threads adapts whole tasks side by side, one intra-op thread each (fastfree.metatest.adapt)
+METATEST_ENGINES = (*ENGINES, "threads")
 
 
 def resolve_engine(engine: str, device: torch.device) -> str:
@@ -56,4 +58,17 @@ def resolve_engine(engine: str, device: torch.device) -> str:
         raise FastFreeError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     if engine == "auto":
         return "batched" if device.type == "cuda" else "reference"
+    return engine
+
+
+def resolve_metatest_engine(engine: str, device: torch.device) -> str:
+    """The meta-test's engine: 'auto' -> batched on CUDA; on a CPU with more than one torch thread,
+    threads (tasks side by side, one thread each: 1.3-1.5x the one-task-at-a-time loop on 2 threads,
+    measured on a 2-core CPU, where a small task keeps two intra-op threads half idle), else reference."""
+    if engine not in METATEST_ENGINES:
+        raise FastFreeError(f"unknown meta-test engine {engine!r}: use one of {', '.join(METATEST_ENGINES)}")
+    if engine == "auto":
+        if device.type == "cuda":
+            return "batched"
+        return "threads" if torch.get_num_threads() > 1 else "reference"
     return engine

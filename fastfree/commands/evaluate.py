@@ -13,7 +13,7 @@ from fastfree.commands.common import data_config, load_on_device, progress_bar, 
 from fastfree.commands.every_learner import run_every_learner
 from fastfree.commands.run_learner import RunLearner, load_run_learner, run_learner_init
 from fastfree.config import get_preset
-from fastfree.device import resolve_engine
+from fastfree.device import resolve_metatest_engine
 from fastfree.errors import FastFreeError
 from fastfree.free.learner_file import load_learner
 from fastfree.free.run import learner_init
@@ -85,7 +85,7 @@ def _report(args, what: str, cfg: MetaTestConfig, results: list[ShotResult], sec
     """The payload every `eval` path writes (`fields`: what it tested), printed and written to --json."""
     payload = {
         "command": "eval", "method": args.method, **fields, "split": args.split, "config": cfg.__dict__,
-        "engine": resolve_engine(cfg.engine, device), "dtype": args.dtype,
+        "engine": resolve_metatest_engine(cfg.engine, device), "dtype": args.dtype,
         "results": [r.summary() for r in results],
         "per_task_accuracy": {str(r.shots): r.accuracies for r in results} if args.per_task else None,
         "seconds": seconds, **run_metadata(device),
@@ -184,7 +184,7 @@ def run(args) -> dict:
         init = best_model_init(pool.models(), accs)
     split = dataset.split(args.split)
     t0 = time.perf_counter()
-    engine = resolve_engine(cfg.engine, device)
+    engine = resolve_metatest_engine(cfg.engine, device)
     with progress_bar(total=cfg.tasks * len(cfg.shots), desc=f"meta-test {args.method} ({engine})",
                       unit="task") as bar:
         results = run_metatest(init, split, dataset.normalization, cfg, dtype, progress=bar.update)

@@ -27,7 +27,7 @@ from fastfree.commands.every_learner_progress import EveryLearnerProgress, state
 from fastfree.commands.run_data_record import data_digests
 from fastfree.commands.run_learner import load_run_learner
 from fastfree.free.learner_file import learner_module
-from fastfree.device import resolve_engine
+from fastfree.device import resolve_metatest_engine
 from fastfree.errors import FastFreeError
 from fastfree.free.kept import read_kept
 from fastfree.free.run import learner_init, meta_val_log
@@ -117,7 +117,7 @@ def run_every_learner(args, cfg_of, device: torch.device, dtype: torch.dtype) ->
         print(f"note: {len(missing)} meta-val evaluations have no kept learner (iterations "
               f"{', '.join(map(str, missing))}): the summary covers the {len(kept)} kept ones", flush=True)
     picks = _selected_iterations(run_dir, cfg.shots)
-    engine = resolve_engine(cfg.engine, device)
+    engine = resolve_metatest_engine(cfg.engine, device)
     progress = EveryLearnerProgress(run_dir, results_key(target.data, args, cfg, engine, device))
     digests = {k.iteration: state_digest(k.learner) for k in kept}
     earlier = [k.iteration for k in kept if progress.get(k.iteration, digests[k.iteration]) is not None]

@@ -11,11 +11,12 @@ import torch
 
 from fastfree.data.episodes import EpisodeSampler, EpisodeSpec
 from fastfree.data.split import ImageSplit, Normalization
-from fastfree.device import ENGINES, resolve_engine
+from fastfree.device import METATEST_ENGINES, resolve_metatest_engine
 from fastfree.errors import FastFreeError
 from fastfree.metatest.adapt import (
     adapted_query_logits_batched,
     adapted_query_logits_reference,
+    adapted_query_logits_threaded,
     query_accuracy,
 )
 from fastfree.metatest.initializations import Initialization
@@ -31,7 +32,8 @@ class MetaTestConfig:
     lr: float = 0.01
     chunk: int = 50  # tasks adapted together (vmap); bounds memory
     seed: int = 0
-    engine: str = "auto"  # batched (vmap over tasks), reference (one task at a time), auto (by device)
+    engine: str = "auto"  # batched (vmap over tasks), reference (one task at a time), threads (tasks side by
+    # side in threads, one torch thread each), auto (batched on CUDA; threads on a CPU with >1 thread, else reference)
 
     def __post_init__(self) -> None:
         if self.tasks < 1 or self.chunk < 1 or self.steps < 0 or not 0 < self.lr < math.inf:
@@ -41,8 +43,9 @@ class MetaTestConfig:
             )
         if not self.shots or min(self.shots) < 1:
             raise FastFreeError(f"shots must be a non-empty list of positive ints, got {self.shots}")
-        if self.engine not in ENGINES:
-            raise FastFreeError(f"unknown meta-test engine {self.engine!r}: use one of {', '.join(ENGINES)}")
+        if self.engine not in METATEST_ENGINES:
+            raise FastFreeError(
+                f"unknown meta-test engine {self.engine!r}: use one of {', '.join(METATEST_ENGINES)}")
         EpisodeSpec(self.ways, min(self.shots), self.queries)  # validates ways/queries
 
 
@@ -90,8 +93,8 @@ def run_metatest(
     the split's own).
     """
     device = split.device
-    engine = resolve_engine(config.engine, device)
-    adapt = adapted_query_logits_batched if engine == "batched" else adapted_query_logits_reference
+    adapt = {"batched": adapted_query_logits_batched, "reference": adapted_query_logits_reference,
+             "threads": adapted_query_logits_threaded}[resolve_metatest_engine(config.engine, device)]
     results = []
     for shots in config.shots:
         start_from = init[shots] if isinstance(init, Mapping) else init

@@ -7,7 +7,13 @@ import torch
 from fastfree.data.episodes import EpisodeSampler, EpisodeSpec
 from fastfree.data.split import CIFAR100_NORM
 from fastfree.errors import FastFreeError
-from fastfree.metatest.adapt import adapted_query_logits_batched, adapted_query_logits_reference, query_accuracy
+from fastfree.device import resolve_metatest_engine
+from fastfree.metatest.adapt import (
+    adapted_query_logits_batched,
+    adapted_query_logits_reference,
+    adapted_query_logits_threaded,
+    query_accuracy,
+)
 from fastfree.metatest.initializations import average_init, best_model_init, random_init
 from fastfree.metatest.protocol import MetaTestConfig, confidence_interval, run_metatest
 from fastfree.models import Conv4, build_model
@@ -63,8 +69,89 @@ def test_protocol_engines_agree_and_same_seed_same_tasks(tiny_split):
     b = run_metatest(init, tiny_split, CIFAR100_NORM, MetaTestConfig(engine="reference", chunk=6,
                                                                      **{k: v for k, v in kw.items() if k != "chunk"}),
                      torch.float64)
-    assert [r.accuracies for r in a] == [r.accuracies for r in b]
+    c = run_metatest(init, tiny_split, CIFAR100_NORM, MetaTestConfig(engine="threads", **kw), torch.float64)
+    assert [r.accuracies for r in a] == [r.accuracies for r in b] == [r.accuracies for r in c]
     assert [r.shots for r in a] == [1, 2] and all(r.tasks == 6 for r in a)
+
+
+def _float32_tasks(tiny_split, tasks: int):
+    init = random_init(_builder, seed=2)
+    batch = EpisodeSampler(tiny_split, CIFAR100_NORM, EpisodeSpec(5, 2, 3), seed=0).batch(range(tasks), torch.float32)
+    return init.template, init.for_tasks(range(tasks), torch.device("cpu"), torch.float32), batch
+
+
+def test_threaded_adaptation_is_the_one_thread_reference_bit_for_bit(tiny_split, monkeypatch):
+    """Tasks side by side in threads (the CPU's meta-test with more than one torch thread): each task
+    runs at one torch thread in a worker, concurrently (a barrier the first tasks must all reach
+    together), and the logits equal the reference's at one thread exactly, in float32; torch's thread
+    count is restored after."""
+    import threading
+
+    from fastfree.metatest import adapt
+
+    template, params, batch = _float32_tasks(tiny_split, 5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = adapted_query_logits_reference(template, params, batch, steps=3, lr=0.05)
+    finally:
+        torch.set_num_threads(threads)
+    workers, seen, lock = 3, [], threading.Lock()
+    together = threading.Barrier(workers, timeout=30)  # sequential tasks would never meet here
+    real = adapt.adapted_copy
+
+    def watched(*a, **kw):
+        with lock:
+            seen.append((threading.current_thread().name, torch.get_num_threads()))
+            first = len(seen) <= workers
+        if first:
+            together.wait()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(adapt, "adapted_copy", watched)
+    got = adapted_query_logits_threaded(template, params, batch, steps=3, lr=0.05, workers=workers)
+    assert torch.equal(got, ref)
+    assert len(seen) == 5 and all(n == 1 for _, n in seen)
+    assert len({name for name, _ in seen}) == workers and all(name.startswith("fastfree-metatest") for name, _ in seen)
+    assert torch.get_num_threads() == threads
+
+
+def test_threaded_adaptation_stops_on_an_error_and_restores_threads(tiny_split, monkeypatch):
+    """A task that fails (or a Ctrl-C) ends the meta-test: its error is raised, the tasks not yet
+    started never start, and torch's thread count is what it was."""
+    from fastfree.metatest import adapt
+
+    import time
+
+    template, params, batch = _float32_tasks(tiny_split, 8)
+    threads, calls = torch.get_num_threads(), []
+
+    def failing(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("task failed")
+        time.sleep(0.2)  # the others take a while: all 8 would run by the time they are waited for
+        return real(*a, **kw)
+
+    real = adapt.adapted_copy
+
+    monkeypatch.setattr(adapt, "adapted_copy", failing)
+    with pytest.raises(RuntimeError, match="task failed"):
+        adapted_query_logits_threaded(template, params, batch, steps=1, lr=0.05, workers=2)
+    assert torch.get_num_threads() == threads
+    assert len(calls) < 8
+
+
+def test_the_metatest_engine_by_device_and_threads(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert resolve_metatest_engine("auto", cpu) == "threads" and resolve_metatest_engine("auto", cuda) == "batched"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert resolve_metatest_engine("auto", cpu) == "reference"
+    assert [resolve_metatest_engine(e, cpu) for e in ("batched", "reference", "threads")] == [
+        "batched", "reference", "threads"]
+    with pytest.raises(FastFreeError, match="unknown meta-test engine 'turbo'"):
+        resolve_metatest_engine("turbo", cpu)
 
 
 def test_random_init_differs_per_task_and_is_reproducible():
