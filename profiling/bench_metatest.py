@@ -19,7 +19,7 @@ from fastfree.data.procedural import build_procedural
 from fastfree.metatest.initializations import random_init
 from fastfree.metatest.protocol import MetaTestConfig, run_metatest
 from fastfree.models import build_model
-from fastfree.profiling.timing import median_time, parser, report, resolve_device
+from fastfree.profiling.timing import fastest, median_time, parser, report, resolve_device
 
 
 def bench(tasks: int, shots: int, chunk: int, repeats: int, device: torch.device) -> dict:
@@ -41,11 +41,6 @@ def bench(tasks: int, shots: int, chunk: int, repeats: int, device: torch.device
         "times": {name: timed(name) for name in engines},
         **run_metadata(device),
     }
-
-
-def fastest(result: dict) -> str:
-    """The fastest engine other than the reference."""
-    return min((n for n in result["times"] if n != "reference"), key=lambda n: result["times"][n]["median_s"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,12 @@ def median_time(fn: Callable[[], object], repeats: int, device: torch.device, pe
     return {"median_s": statistics.median(runs), "runs_s": runs, "warmup_s": warmup}
 
 
+def fastest(result: dict) -> str:
+    """The fastest timed variant of a benchmark's `times` other than the reference ones."""
+    times = result["times"]
+    return min((n for n in times if not n.startswith("reference")), key=lambda n: times[n]["median_s"])
+
+
 def parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
@@ -56,4 +62,4 @@ def report(result: dict, fast: str, slow: str, unit: str, json_path: str | None)
     write_json(json_path, result)
 
 
-__all__ = ["median_time", "parser", "report", "resolve_device"]
+__all__ = ["fastest", "median_time", "parser", "report", "resolve_device"]

@@ -19,14 +19,14 @@ SECTIONS = ("five", "iteration", "pool", "metatest")
 
 def _five(args, preset, cfg, image_size, options, device) -> dict:
     from fastfree.profiling.bench_five import bench, variants_for
+    from fastfree.profiling.timing import fastest
 
     variants = variants_for(device)
     if options.compile and "fast_compile" not in variants:
         variants.append("fast_compile")
     r = bench(variants, cfg.teachers_per_iteration, cfg.five.k, preset.pretrain.ways, cfg.five.images_per_class,
               cfg.ngf, cfg.learner_width, image_size, args.repeats, device)
-    fast = min((n for n in r["times"] if n != "reference" and not n.startswith("reference")),
-               key=lambda n: r["times"][n]["median_s"])
+    fast = fastest(r)
     return {**r, "row": ("FIVE epoch", r["times"]["reference"]["median_s"], r["times"][fast]["median_s"], fast)}
 
 
@@ -58,7 +58,8 @@ def _pool(args, preset, device) -> dict:
 
 
 def _metatest(args, preset, device) -> list[dict]:
-    from fastfree.profiling.bench_metatest import bench, fastest
+    from fastfree.profiling.bench_metatest import bench
+    from fastfree.profiling.timing import fastest
 
     out = []
     for shots in preset.metatest.shots:

@@ -46,13 +46,16 @@ def adapted_query_logits_reference(
     template: nn.Module, init: dict[str, torch.Tensor], batch: EpisodeBatch, steps: int, lr: float
 ) -> torch.Tensor:
     """The oracle: one task at a time, a deep copy, torch.optim.SGD. Returns [T, ways*queries, ways]."""
-    out = []
-    for t in range(len(batch)):
-        model = adapted_copy(template, {k: v[t] for k, v in init.items()}, batch.support[t], batch.support_labels[t],
-                             steps, lr)
-        with torch.no_grad():
-            out.append(model(cpu_layout(batch.query[t])))
-    return torch.stack(out)
+    return torch.stack([_adapted_task_logits(template, init, batch, t, steps, lr) for t in range(len(batch))])
+
+
+def _adapted_task_logits(template: nn.Module, init: dict[str, torch.Tensor], batch: EpisodeBatch, t: int, steps: int,
+                         lr: float) -> torch.Tensor:
+    """Task t of the batch: adapted from `init[name][t]`, its query logits."""
+    model = adapted_copy(template, {k: v[t] for k, v in init.items()}, batch.support[t], batch.support_labels[t],
+                         steps, lr)
+    with torch.no_grad():
+        return model(cpu_layout(batch.query[t]))
 
 
 def adapted_query_logits_threaded(
@@ -72,20 +75,13 @@ def adapted_query_logits_threaded(
     workers = min(workers or torch.get_num_threads(), len(batch))
     if workers <= 1:
         return adapted_query_logits_reference(template, init, batch, steps, lr)
-
-    def one_task(t: int) -> torch.Tensor:
-        model = adapted_copy(template, {k: v[t] for k, v in init.items()}, batch.support[t], batch.support_labels[t],
-                             steps, lr)
-        with torch.no_grad():
-            return model(cpu_layout(batch.query[t]))
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="fastfree-metatest")
     try:
-        out = list(pool.map(one_task, range(len(batch))))
+        with ThreadPoolExecutor(workers, thread_name_prefix="fastfree-metatest") as pool:
+            # an error or a Ctrl-C in the map cancels the tasks not started (Executor.map's own cleanup)
+            out = list(pool.map(lambda t: _adapted_task_logits(template, init, batch, t, steps, lr), range(len(batch))))
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
     return torch.stack(out)
 
