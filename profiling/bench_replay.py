@@ -5,8 +5,10 @@ Not a test: it reports. All variants compute the same meta-gradient on the same 
 5-way 1-shot 15 queries, 5 inner SGD steps, second order, Conv4 at 32 px): the sequential
 reference (``maml_meta_batch_reference``), the fast engine's torch.func path
 (``maml_meta_batch_fast``, all tasks in one vmap), the same with vmap's chunk_size=1
-(one task per vmap slice) and, on CUDA, the same captured in one CUDA graph
-(``GraphedMetaBatch``, what the engine runs there). Medians over repeats after a warm-up, in seconds per meta-batch.
+(one task per vmap slice), on CUDA the same captured in one CUDA graph
+(``GraphedMetaBatch``, what the engine runs there) and on a CPU with more than one torch thread
+the reference's tasks side by side in threads (``maml_meta_batch_threaded``, what the engine
+runs there). Medians over repeats after a warm-up, in seconds per meta-batch.
 
     python -m fastfree.profiling.bench_replay --tasks 10 --width 32 --json out.json
 """
@@ -20,7 +22,7 @@ import torch
 
 from fastfree.commands.common import run_metadata, write_json
 from fastfree.data.split import CIFAR100_NORM
-from fastfree.engine.replay import GraphedMetaBatch, maml_meta_batch_fast
+from fastfree.engine.replay import GraphedMetaBatch, maml_meta_batch_fast, maml_meta_batch_threaded
 from fastfree.free.memory import MemoryBank
 from fastfree.free.replay import ReplayConfig, maml_meta_batch_reference
 from fastfree.metatest.adapt import functional_template
@@ -54,6 +56,8 @@ def bench(tasks: int, ways: int, shots: int, queries: int, inner_steps: int, fir
                 "reference": maml_meta_batch_reference}
     if device.type == "cuda":  # the engine's replay on CUDA: the vmapped meta-batch captured in one CUDA graph
         variants["fast_graphed"] = GraphedMetaBatch()
+    elif torch.get_num_threads() > 1:  # the engine's replay on such a CPU
+        variants["threads"] = maml_meta_batch_threaded
     times, errors = {}, {}
     result = {
         "benchmark": "cross-task replay meta-batch, vmapped over tasks vs sequential (seconds per meta-batch)",
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not timed: {result['errors']}")
         write_json(args.json, result)
         return 1
-    for name in ("fast_chunk1", "fast_graphed"):
+    for name in ("fast_chunk1", "fast_graphed", "threads"):
         if name in t:
             result[f"speedup_{name}_over_reference"] = t["reference"]["median_s"] / t[name]["median_s"]
             print(f"{name}: {1e3 * t[name]['median_s']:.1f} ms per meta-batch "

@@ -27,11 +27,10 @@ from fastfree.engine.bell import bell_fast
 from fastfree.engine.five import FastFive, merge_outputs
 from fastfree.engine.groups import TeacherGroups, take
 from fastfree.engine.options import EngineOptions
-from fastfree.engine.replay import GraphedMetaBatch, maml_meta_batch_fast
+from fastfree.engine.replay import GraphedMetaBatch, maml_meta_batch_fast, maml_meta_batch_threaded
 from fastfree.free.bell import gradient_alignment
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask, five_reference, task_labels
-from fastfree.free.replay import maml_meta_batch_reference
 from fastfree.free.trainer import FreeState
 
 
@@ -45,11 +44,12 @@ class FastEngine:
         self._fives: dict[int, FastFive] = {}  # per architecture group, made on its first use
         # Replay: vmapped over the meta-batch where vectorising pays (GPU), and with --cuda-graphs the
         # whole meta-batch is one graph replay; on a CPU the per-task loop is faster (measured: vmapped
-        # 1.3-1.4x slower, chunked worse; profiling/bench_replay.py).
+        # 1.3-1.4x slower, chunked worse; profiling/bench_replay.py), its tasks side by side in threads
+        # when torch has more than one (the one-thread loop's numbers, whatever the thread count).
         if options.cuda_graphs and options.vectorize:
             self.meta_batch_fn = GraphedMetaBatch()
         else:
-            self.meta_batch_fn = maml_meta_batch_fast if options.vectorize else maml_meta_batch_reference
+            self.meta_batch_fn = maml_meta_batch_fast if options.vectorize else maml_meta_batch_threaded
 
     @property
     def five_setups(self) -> int:

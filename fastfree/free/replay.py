@@ -95,32 +95,59 @@ def maml_meta_batch_reference(
     float64)). The learner itself is not modified (no .grad, no running statistics).
     """
     params = _trainable(learner)
-    dtype = next(iter(params.values())).dtype
     template = functional_template(learner)
-    names = list(params)
-    support = normalization.unit(batch.support.to(dtype))
-    query = normalization.unit(batch.query.to(dtype))
+    support, query = normalized_tasks(batch, params, normalization)
+    # one task's graph alive at a time
+    outs = [task_outer_gradient(template, params, batch, support, query, t, cfg) for t in range(len(batch))]
+    return summed_over_tasks(params, outs)
 
+
+TaskOuter = tuple[tuple[torch.Tensor | None, ...], torch.Tensor, torch.Tensor]
+
+
+def normalized_tasks(batch: EpisodeBatch, params: dict[str, torch.Tensor],
+                     normalization: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
+    """The support and query images normalised, in the parameters' dtype."""
+    dtype = next(iter(params.values())).dtype
+    return normalization.unit(batch.support.to(dtype)), normalization.unit(batch.query.to(dtype))
+
+
+def task_outer_gradient(template: nn.Module, params: dict[str, torch.Tensor], batch: EpisodeBatch,
+                        support: torch.Tensor, query: torch.Tensor, t: int, cfg: ReplayConfig) -> TaskOuter:
+    """Task t of the meta-batch: `cfg.inner_steps` SGD steps on its support cross-entropy from `params`,
+    then the gradient of its query cross-entropy at the adapted parameters with respect to `params`
+    (by position in `params`, None where unused), that loss (detached) and its query accuracy
+    (float64). `template` (a functional_template) is run with functional_call, which swaps its
+    parameters in place: tasks run at the same time need a template each."""
+    names = list(params)
+    fast = dict(params)
+    for _ in range(cfg.inner_steps):
+        inner = F.cross_entropy(functional_call(template, fast, (support[t],)), batch.support_labels[t])
+        g = torch.autograd.grad(inner, [fast[n] for n in names], create_graph=cfg.second_order, allow_unused=True)
+        fast = {n: fast[n] if gn is None else fast[n] - cfg.inner_lr * (gn if cfg.second_order else gn.detach())
+                for n, gn in zip(names, g)}
+    logits = functional_call(template, fast, (query[t],))
+    outer = F.cross_entropy(logits, batch.query_labels[t])
+    g_outer = torch.autograd.grad(outer, [params[n] for n in names], allow_unused=True)
+    accuracy = (logits.detach().argmax(-1) == batch.query_labels[t]).double().mean()
+    return g_outer, outer.detach(), accuracy
+
+
+def summed_over_tasks(params: dict[str, torch.Tensor],
+                      outs: list[TaskOuter]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The meta-batch's returns from its tasks' (task_outer_gradient), summed in task order: the sum of
+    the outer gradients by name, the summed outer loss, the mean accuracy."""
+    first = next(iter(params.values()))
     grads = {n: torch.zeros_like(p) for n, p in params.items()}
-    total_loss = torch.zeros((), dtype=dtype, device=support.device)
-    accuracy = torch.zeros((), dtype=torch.float64, device=support.device)
-    for t in range(len(batch)):
-        fast = dict(params)
-        for _ in range(cfg.inner_steps):
-            inner = F.cross_entropy(functional_call(template, fast, (support[t],)), batch.support_labels[t])
-            g = torch.autograd.grad(inner, [fast[n] for n in names], create_graph=cfg.second_order,
-                                    allow_unused=True)
-            fast = {n: fast[n] if gn is None else fast[n] - cfg.inner_lr * (gn if cfg.second_order else gn.detach())
-                    for n, gn in zip(names, g)}
-        logits = functional_call(template, fast, (query[t],))
-        outer = F.cross_entropy(logits, batch.query_labels[t])
-        g_outer = torch.autograd.grad(outer, [params[n] for n in names], allow_unused=True)
-        for n, gn in zip(names, g_outer):
+    total_loss = torch.zeros((), dtype=first.dtype, device=first.device)
+    accuracy = torch.zeros((), dtype=torch.float64, device=first.device)
+    for g_outer, outer, task_accuracy in outs:
+        for n, gn in zip(params, g_outer):
             if gn is not None:
                 grads[n] += gn
-        total_loss = total_loss + outer.detach()
-        accuracy = accuracy + (logits.detach().argmax(-1) == batch.query_labels[t]).double().mean()
-    return grads, total_loss, accuracy / len(batch)
+        total_loss = total_loss + outer
+        accuracy = accuracy + task_accuracy
+    return grads, total_loss, accuracy / len(outs)
 
 
 def replay(

@@ -9,8 +9,6 @@ meta-test protocol of the paper's code), so the template must have no running st
 from __future__ import annotations
 
 import copy
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +16,7 @@ from torch.func import functional_call, grad, replace_all_batch_norm_modules_, v
 
 from fastfree.data.episodes import EpisodeBatch
 from fastfree.layout import cpu_layout
+from fastfree.threads import map_single_threaded
 
 
 def functional_template(model: nn.Module) -> nn.Module:
@@ -72,17 +71,9 @@ def adapted_query_logits_threaded(
     125-145 vs 97-100 ms); torch releases the GIL inside its operators, so tasks overlap. torch's
     thread count is process-wide: it is 1 while this runs and restored after. Interrupted (Ctrl-C),
     the tasks not started are cancelled and the running ones (a fraction of a second) finish."""
-    workers = min(workers or torch.get_num_threads(), len(batch))
-    if workers <= 1:
-        return adapted_query_logits_reference(template, init, batch, steps, lr)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="fastfree-metatest") as pool:
-            # an error or a Ctrl-C in the map cancels the tasks not started (Executor.map's own cleanup)
-            out = list(pool.map(lambda t: _adapted_task_logits(template, init, batch, t, steps, lr), range(len(batch))))
-    finally:
-        torch.set_num_threads(threads)
+    # each task deep-copies the template (adapted_copy), so the threads share no module
+    out = map_single_threaded(lambda t: _adapted_task_logits(template, init, batch, t, steps, lr), len(batch),
+                              workers, name="fastfree-metatest")
     return torch.stack(out)
 
 
