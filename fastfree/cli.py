@@ -12,7 +12,7 @@ from pathlib import Path
 from fastfree import __version__
 from fastfree.config import PRESETS
 from fastfree.data.sources import NORMALIZATIONS, SOURCES
-from fastfree.device import ENGINES, METATEST_ENGINES
+from fastfree.device import ENGINES
 from fastfree.errors import FastFreeError
 from fastfree.commands.run_learner import WHICH
 from fastfree.metatest.initializations import METHODS
@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a finished pool in --out (without it, pretraining over one stops and says so; the "
                         "old pool stays until the new one is saved)")
     p.add_argument("--engine", default="auto", choices=list(ENGINES),
-                   help="batched: vmap over teachers; reference: one teacher at a time; "
-                        "auto (default): batched on CUDA, reference on a CPU (faster there)")
+                   help="batched: vmap over teachers; reference: one teacher at a time; threads: the reference's "
+                        "teachers side by side, one CPU thread each (the same teachers as reference at --threads 1); "
+                        "auto (default): batched on CUDA, threads on a CPU with more than one thread, else reference")
 
     im = sub.add_parser("import-pool", help="models trained elsewhere (safetensors or state-dict checkpoints) as a pool",
                         description="Write a pool from classifiers trained elsewhere: fastfree's own layout or the "
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lr", type=_positive_real, help="adaptation learning rate (default 0.01)")
     e.add_argument("--chunk", type=_positive, help="tasks adapted together (vmap)")
     e.add_argument("--seed", type=_non_negative, help="task seed: the same seed gives the same tasks")
-    e.add_argument("--engine", choices=list(METATEST_ENGINES),
+    e.add_argument("--engine", choices=list(ENGINES),
                    help="batched: vmap over tasks; reference: one task at a time; threads: tasks side by side, "
                         "one torch thread each (the reference's values at 1 thread, bit for bit); auto (default): "
                         "batched on CUDA, on a CPU threads with --threads > 1, else reference (faster there)")

@@ -42,22 +42,27 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
-ENGINES = ("auto", "batched", "reference")
-# the meta-test's: threads adapts whole tasks side by side, one intra-op thread each (fastfree.metatest.adapt)
-METATEST_ENGINES = (*ENGINES, "threads")
+# The meta-test's and pretraining's engines. batched: vmap over models or tasks; reference: one at a
+# time; threads: the reference's whole tasks (a task's adaptation, a teacher's training) side by side,
+# one intra-op thread each (fastfree.threads)
+ENGINES = ("auto", "batched", "reference", "threads")
 
 
-def resolve_engine(engine: str, device: torch.device) -> str:
-    """'auto' -> batched (vmap) on CUDA, the per-model loop on a CPU.
+def _resolve_with_threads(engine: str, device: torch.device, what: str) -> str:
+    """'auto' -> batched on CUDA (vmap saves kernel launches there); on a CPU with more than one torch
+    thread, threads; else the reference's loop.
 
-    Measured on a 2-core CPU (torch 2.13): vmap turns the per-model convolutions into one
-    grouped convolution, which oneDNN runs 2-3x slower than a loop of plain ones, so the
-    batched paths only pay off on a GPU, where they save kernel launches.
+    Why not batched on a CPU: measured on 2 cores (torch 2.13), vmap turns the per-model
+    convolutions into one grouped convolution, which oneDNN runs 2-3x slower than a loop of plain
+    ones. Why threads there: a few-shot task or a small teacher keeps two intra-op threads only
+    partly busy, while whole tasks side by side overlap (torch releases the GIL in its operators).
     """
     if engine not in ENGINES:
-        raise FastFreeError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+        raise FastFreeError(f"unknown {what} engine {engine!r}: use one of {', '.join(ENGINES)}")
     if engine == "auto":
-        return "batched" if device.type == "cuda" else "reference"
+        if device.type == "cuda":
+            return "batched"
+        return "threads" if torch.get_num_threads() > 1 else "reference"
     return engine
 
 
@@ -65,10 +70,11 @@ def resolve_metatest_engine(engine: str, device: torch.device) -> str:
     """The meta-test's engine: 'auto' -> batched on CUDA; on a CPU with more than one torch thread,
     threads (tasks side by side, one thread each: 1.3-1.5x the one-task-at-a-time loop on 2 threads,
     measured on a 2-core CPU, where a small task keeps two intra-op threads half idle), else reference."""
-    if engine not in METATEST_ENGINES:
-        raise FastFreeError(f"unknown meta-test engine {engine!r}: use one of {', '.join(METATEST_ENGINES)}")
-    if engine == "auto":
-        if device.type == "cuda":
-            return "batched"
-        return "threads" if torch.get_num_threads() > 1 else "reference"
-    return engine
+    return _resolve_with_threads(engine, device, "meta-test")
+
+
+def resolve_pool_engine(engine: str, device: torch.device) -> str:
+    """Pretraining's engine: 'auto' -> batched on CUDA; on a CPU with more than one torch thread,
+    threads (teachers side by side, one thread each: 1.1-1.5x the one-teacher-at-a-time loop on 2
+    threads, measured on a 2-core CPU with the demo's teachers), else reference."""
+    return _resolve_with_threads(engine, device, "pretraining")

@@ -1,9 +1,10 @@
-"""--device: a CUDA device is made current (graphs, Triton launches and timer events use the current one)."""
+"""--device (a CUDA device is made current: graphs, Triton launches and timer events use the current one)
+and the engines' auto choice by device and threads."""
 
 import pytest
 import torch
 
-from fastfree.device import resolve_device
+from fastfree.device import resolve_device, resolve_metatest_engine, resolve_pool_engine
 from fastfree.errors import FastFreeError
 
 
@@ -43,3 +44,17 @@ def test_cpu_and_bad_names():
     if not torch.cuda.is_available():
         with pytest.raises(FastFreeError, match="sees no GPU"):
             resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize("resolve, what", [(resolve_metatest_engine, "meta-test"), (resolve_pool_engine, "pretraining")])
+def test_the_engine_by_device_and_threads(resolve, what, monkeypatch):
+    """auto: vmapped on CUDA; on a CPU whole tasks/teachers side by side in threads where torch has more
+    than one thread, else one at a time."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert resolve("auto", cpu) == "threads" and resolve("auto", cuda) == "batched"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert resolve("auto", cpu) == "reference"
+    assert [resolve(e, cpu) for e in ("batched", "reference", "threads")] == ["batched", "reference", "threads"]
+    with pytest.raises(FastFreeError, match=f"unknown {what} engine 'turbo'"):
+        resolve("turbo", cpu)

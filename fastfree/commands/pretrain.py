@@ -7,7 +7,7 @@ from dataclasses import replace
 
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
-from fastfree.device import resolve_engine
+from fastfree.device import resolve_pool_engine
 from fastfree.errors import FastFreeError
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
 from fastfree.pool.progress import PretrainProgress, fingerprint
@@ -44,7 +44,7 @@ def run(args) -> dict:
     steps_per_epoch = [
         -(-teacher_data(dataset.train, s, cfg.heldout_fraction).train_idx.numel() // cfg.batch_size) for s in specs
     ]
-    engine = resolve_engine(args.engine, device)
+    engine = resolve_pool_engine(args.engine, device)
     progress = PretrainProgress(out, fingerprint(cfg.to_dict(), dataset.name, dataset.normalization.to_dict(),
                                                  dataset.image_size, dcfg.__dict__, args.dtype, engine))
     if args.resume and args.overwrite:

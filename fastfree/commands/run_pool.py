@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from fastfree.data.split import FewShotDataset
-from fastfree.device import resolve_engine
+from fastfree.device import resolve_pool_engine
 from fastfree.errors import FastFreeError
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
 from fastfree.pool.progress import PretrainProgress, fingerprint
@@ -25,7 +25,7 @@ def pool_in_run_dir(pool_dir: Path, dataset: FewShotDataset, cfg: PretrainConfig
     the paper's 100 teachers); other settings than the interrupted pretraining's are refused."""
     if not (pool_dir / "manifest.json").is_file():
         specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed, cfg.archs)
-        engine = resolve_engine("auto", dataset.train.images.device)  # teachers of one engine only, as pretrain's
+        engine = resolve_pool_engine("auto", dataset.train.images.device)  # teachers of one engine only, as pretrain's
         progress = PretrainProgress(pool_dir, fingerprint(cfg.to_dict(), dataset.name, dataset.normalization.to_dict(),
                                                           dataset.image_size, {}, str(dtype).removeprefix("torch."),
                                                           engine))

@@ -11,7 +11,7 @@ import torch
 
 from fastfree.data.episodes import EpisodeSampler, EpisodeSpec
 from fastfree.data.split import ImageSplit, Normalization
-from fastfree.device import METATEST_ENGINES, resolve_metatest_engine
+from fastfree.device import ENGINES, resolve_metatest_engine
 from fastfree.errors import FastFreeError
 from fastfree.metatest.adapt import (
     adapted_query_logits_batched,
@@ -43,9 +43,9 @@ class MetaTestConfig:
             )
         if not self.shots or min(self.shots) < 1:
             raise FastFreeError(f"shots must be a non-empty list of positive ints, got {self.shots}")
-        if self.engine not in METATEST_ENGINES:
+        if self.engine not in ENGINES:
             raise FastFreeError(
-                f"unknown meta-test engine {self.engine!r}: use one of {', '.join(METATEST_ENGINES)}")
+                f"unknown meta-test engine {self.engine!r}: use one of {', '.join(ENGINES)}")
         EpisodeSpec(self.ways, min(self.shots), self.queries)  # validates ways/queries
 
 

@@ -35,7 +35,9 @@ REPLACING = "replacing-the-pool"  # marks a progress folder started with --overw
 def fingerprint(pretrain: dict, dataset: str, normalization: dict, image_size: int, data: dict, dtype: str,
                 engine: str) -> dict:
     """What every teacher's weights depend on. The teacher count and the data folder's path are
-    left out: a pool may grow, and data may move."""
+    left out: a pool may grow, and data may move. The threads engine is recorded as the reference:
+    its teachers are the reference's (at one intra-op thread), so either continues the other's pool."""
+    engine = "reference" if engine == "threads" else engine
     return {
         "pretrain": {k: v for k, v in pretrain.items() if k != "teachers"},
         "dataset": dataset, "normalization": normalization, "image_size": image_size,

@@ -48,7 +48,7 @@ def test_each_domain_draws_from_the_seed_plus_its_index(tiny_dataset, small_data
 def test_an_interrupted_pretraining_continues_from_its_finished_teachers(tiny_dataset, tmp_path, monkeypatch, capsys):
     """train without --pool lost its whole pool pretraining to an interrupt (hours for the paper's pool):
     finished teachers are kept as `fastfree pretrain` keeps them, and the same call continues from them."""
-    cfg = replace(CFG, teachers=3, group_size=1)  # one teacher per group: one saved before the interrupt
+    cfg = replace(CFG, teachers=3, group_size=1)  # one teacher per group: saved before the interrupt
     straight = pool_in_run_dir(tmp_path / "a", tiny_dataset, cfg, torch.float32, "no --pool given")
     real = run_pool.pretrain_pool
 
@@ -62,7 +62,9 @@ def test_an_interrupted_pretraining_continues_from_its_finished_teachers(tiny_da
     monkeypatch.setattr(run_pool, "pretrain_pool", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pool_in_run_dir(tmp_path / "b", tiny_dataset, cfg, torch.float32, "no --pool given")
-    assert len(list((tmp_path / "b" / ".progress").glob("teacher*.safetensors"))) == 1
+    # one kept, or two where teachers trained side by side (engine threads) finished together
+    saved = len(list((tmp_path / "b" / ".progress").glob("teacher*.safetensors")))
+    assert 1 <= saved < 3
     trained_again = []
 
     def counting(*args, done, **kwargs):
@@ -71,7 +73,7 @@ def test_an_interrupted_pretraining_continues_from_its_finished_teachers(tiny_da
 
     monkeypatch.setattr(run_pool, "pretrain_pool", counting)
     resumed = pool_in_run_dir(tmp_path / "b", tiny_dataset, cfg, torch.float32, "no --pool given")
-    assert trained_again == [1] and "continued: 1 already trained" in capsys.readouterr().out
+    assert trained_again == [saved] and f"continued: {saved} already trained" in capsys.readouterr().out
     assert not (tmp_path / "b" / ".progress").exists()
     for x, y in zip(straight.state_dicts, resumed.state_dicts):
         assert all(torch.equal(x[k], y[k]) for k in x)

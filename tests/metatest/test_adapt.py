@@ -7,7 +7,6 @@ import torch
 from fastfree.data.episodes import EpisodeSampler, EpisodeSpec
 from fastfree.data.split import CIFAR100_NORM
 from fastfree.errors import FastFreeError
-from fastfree.device import resolve_metatest_engine
 from fastfree.metatest.adapt import (
     adapted_query_logits_batched,
     adapted_query_logits_reference,
@@ -140,18 +139,6 @@ def test_threaded_adaptation_stops_on_an_error_and_restores_threads(tiny_split, 
         adapted_query_logits_threaded(template, params, batch, steps=1, lr=0.05, workers=2)
     assert torch.get_num_threads() == threads
     assert len(calls) < 8
-
-
-def test_the_metatest_engine_by_device_and_threads(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert resolve_metatest_engine("auto", cpu) == "threads" and resolve_metatest_engine("auto", cuda) == "batched"
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert resolve_metatest_engine("auto", cpu) == "reference"
-    assert [resolve_metatest_engine(e, cpu) for e in ("batched", "reference", "threads")] == [
-        "batched", "reference", "threads"]
-    with pytest.raises(FastFreeError, match="unknown meta-test engine 'turbo'"):
-        resolve_metatest_engine("turbo", cpu)
 
 
 def test_random_init_differs_per_task_and_is_reproducible():

@@ -38,7 +38,8 @@ def _equal(a, b):
             torch.testing.assert_close(x.state_dict[k].cpu(), y.state_dict[k].cpu(), rtol=0, atol=0, msg=k)
 
 
-@pytest.mark.parametrize("engine, group_size, kill_after", [("reference", 100, 2), ("batched", 2, 1)])
+@pytest.mark.parametrize("engine, group_size, kill_after", [("reference", 100, 2), ("batched", 2, 1),
+                                                             ("threads", 100, 2)])
 def test_resumed_pool_equals_uninterrupted(tiny_split, tmp_path, monkeypatch, engine, group_size, kill_after):
     cfg = PretrainConfig(teachers=3, epochs=2, batch_size=20, group_size=group_size)
     specs = sample_teacher_specs(tiny_split.classes, 3, 5, seed=4)
