@@ -21,17 +21,37 @@ T = TypeVar("T")
 def map_single_threaded(fn: Callable[[int], T], n: int, workers: int | None = None, name: str = "fastfree") -> list[T]:
     """[fn(0), ..., fn(n-1)], run by `workers` Python threads (default: torch's thread count) with torch
     at one intra-op thread while they run. torch's thread count is process-wide: it is restored after,
-    also on an error. With one worker (or one task) fn runs in the caller's thread, at torch's threads.
+    also on an error. With one worker (or one task), or where torch's per-thread state binds the work to
+    the caller's thread (bound_to_this_thread), fn runs in the caller's thread, at torch's threads;
+    grad mode is the caller's in every thread.
 
     An error in a task (or a Ctrl-C) cancels the tasks not started (Executor.map's own cleanup); the
     running ones finish (a fraction of a second for the tasks this is for). `fn` must not share
     mutable state between tasks: torch.func.functional_call swaps a module's parameters in place,
     so each task needs a module of its own."""
     workers = min(workers or torch.get_num_threads(), n)
-    if workers <= 1:
+    if workers <= 1 or bound_to_this_thread():
         return [fn(i) for i in range(n)]
+    grad_enabled = torch.is_grad_enabled()  # thread-local too: the tasks run as the caller would
+
+    def task(i: int) -> T:
+        with torch.set_grad_enabled(grad_enabled):
+            return fn(i)
+
     with one_intra_op_thread(), ThreadPoolExecutor(workers, thread_name_prefix=name) as pool:
-        return list(pool.map(fn, range(n)))
+        return list(pool.map(task, range(n)))
+
+
+def bound_to_this_thread() -> str | None:
+    """Why work must stay in the caller's thread, if it must: torch keeps some state per thread, which
+    work in other threads would silently lose. A dispatch mode (FlopCounterMode, as `fastfree profile
+    run` counts FLOPs; a test's) sees only its own thread's operators; a torch.func transform
+    (vmap, grad) applies only in its own thread."""
+    if torch._C._len_torch_dispatch_stack():
+        return "a dispatch mode is active (e.g. FlopCounterMode)"
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return "inside a torch.func transform"
+    return None
 
 
 @contextmanager
@@ -46,4 +66,4 @@ def one_intra_op_thread() -> Iterator[int]:
         torch.set_num_threads(threads)
 
 
-__all__ = ["map_single_threaded", "one_intra_op_thread"]
+__all__ = ["bound_to_this_thread", "map_single_threaded", "one_intra_op_thread"]

@@ -44,3 +44,36 @@ def test_an_error_stops_the_tasks_not_started_and_restores_threads():
         map_single_threaded(task, 8, workers=2)
     assert torch.get_num_threads() == threads
     assert len(calls) < 8
+
+
+def test_work_stays_in_the_callers_thread_where_torch_binds_it_there():
+    """A dispatch mode (FlopCounterMode: how `fastfree profile run` counts FLOPs) sees only its own
+    thread's operators, and a torch.func transform applies only in its own thread: tasks in other
+    threads would go uncounted, or untransformed, without a word."""
+    from torch.func import vmap
+    from torch.utils.flop_counter import FlopCounterMode
+
+    here, x = threading.current_thread().name, torch.ones(4, 4)
+    names = []
+
+    def task(i):
+        names.append(threading.current_thread().name)
+        return x @ x
+
+    with FlopCounterMode(display=False) as counter:
+        map_single_threaded(task, 3, workers=3)
+    assert names == [here] * 3 and counter.get_total_flops() == 3 * 2 * 4 ** 3
+    names.clear()
+    vmap(lambda row: map_single_threaded(lambda i: task(i) * row.sum(), 2, workers=2)[0])(torch.ones(2, 3))
+    assert names == [here] * 2
+    names.clear()
+    map_single_threaded(task, 3, workers=3)
+    assert here not in names  # and otherwise in the workers
+
+
+def test_tasks_run_in_the_callers_grad_mode():
+    modes = {}
+    with torch.no_grad():
+        map_single_threaded(lambda i: modes.__setitem__(("off", i), torch.is_grad_enabled()), 2, workers=2)
+    map_single_threaded(lambda i: modes.__setitem__(("on", i), torch.is_grad_enabled()), 2, workers=2)
+    assert modes == {("off", 0): False, ("off", 1): False, ("on", 0): True, ("on", 1): True}

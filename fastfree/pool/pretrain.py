@@ -39,7 +39,7 @@ from fastfree.models import ARCHITECTURES, build_model
 from fastfree.optim import clip_grad_norm_stacked
 from fastfree.pool.optimizers import OPTIMIZERS, OptimizerSpec
 from fastfree.pool.teachers import TeacherSpec, epoch_order, teacher_data
-from fastfree.threads import one_intra_op_thread
+from fastfree.threads import bound_to_this_thread, one_intra_op_thread
 
 
 @dataclass(frozen=True)
@@ -229,6 +229,8 @@ def train_teachers_side_by_side(
                 on_trained([trained])
         return trained
 
+    if bound_to_this_thread():  # e.g. counted by FlopCounterMode, which sees its own thread only
+        return [one(s) for s in specs]
     with one_intra_op_thread() as threads:
         pool = ThreadPoolExecutor(min(workers or threads, len(specs)), thread_name_prefix="fastfree-pretrain")
         futures = [pool.submit(one, s) for s in specs]

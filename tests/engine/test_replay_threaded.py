@@ -91,3 +91,18 @@ def test_the_fast_engine_replays_in_threads_on_a_cpu_and_vmapped_where_it_vector
     assert FastEngine(teachers, EngineOptions.for_device(cpu), cpu).meta_batch_fn is maml_meta_batch_threaded
     vectorized = FastEngine(teachers, EngineOptions.for_device(cpu, vectorize=True), cpu)
     assert vectorized.meta_batch_fn is engine_replay.maml_meta_batch_fast
+
+
+def test_the_profilers_flop_count_sees_the_threaded_meta_batch():
+    """`fastfree profile run` counts each phase's FLOPs with a dispatch mode, which sees its own thread
+    only: the tasks then stay in the caller's thread and count as the reference's do."""
+    from fastfree.profiling.flops import GlobalFlopCounter
+
+    model, batch = _meta_batch(3, seed=4)
+    cfg = ReplayConfig(meta_batch=3, ways=3, shots=2, queries=3, inner_steps=2, inner_lr=0.3)
+    counts = []
+    for fn in (maml_meta_batch_reference, lambda *a: maml_meta_batch_threaded(*a, workers=3)):
+        with GlobalFlopCounter() as counter:
+            fn(model, batch, CIFAR100_NORM, cfg)
+        counts.append(counter.get_total_flops())
+    assert counts[0] > 0 and counts[1] == counts[0]
