@@ -75,6 +75,6 @@ def resolve_metatest_engine(engine: str, device: torch.device) -> str:
 
 def resolve_pool_engine(engine: str, device: torch.device) -> str:
     """Pretraining's engine: 'auto' -> batched on CUDA; on a CPU with more than one torch thread,
-    threads (teachers side by side, one thread each: 1.1-1.5x the one-teacher-at-a-time loop on 2
+    threads (teachers side by side, one thread each: 1.46-1.79x the one-teacher-at-a-time loop on 2
     threads, measured on a 2-core CPU with the demo's teachers), else reference."""
     return _resolve_with_threads(engine, device, "pretraining")

@@ -121,8 +121,8 @@ def maml_meta_batch_threaded(
     (default: torch's thread count), torch at one intra-op thread in each (fastfree.threads), the
     tasks' gradients summed in task order. Equals the reference at one thread bit for bit, whatever
     the number of workers; with one thread it is the reference. The engine's replay on a CPU: one
-    task's second-order MAML is too small for two intra-op threads (measured on a 2-core CPU, the
-    demo's meta-batch of 4 tasks: 1.2-1.45x the reference at 2 threads)."""
+    task's second-order MAML is too small for two intra-op threads (measured on a 2-core CPU against
+    the reference at 2 threads: 1.26x for the authors' 10 tasks, 1.12x for the demo's 4)."""
     params = _trainable(learner)
     base = functional_template(learner)  # only copied: functional_call swaps a module's parameters in place
     support, query = normalized_tasks(batch, params, normalization)

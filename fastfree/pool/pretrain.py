@@ -209,7 +209,7 @@ def train_teachers_side_by_side(
     one thread, bit for bit: its arithmetic and draws are its own (its seed, its data order).
 
     Why: a Conv4 step on a batch of 128 small images keeps two intra-op threads only partly busy
-    (measured on a 2-core CPU, the demo's teachers: 1.1-1.5x the one-by-one loop at 2 threads).
+    (measured on a 2-core CPU, `pretrain --preset demo`: 1.46-1.79x the one-by-one loop at 2 threads).
     `on_trained` gets each teacher as it finishes (so an interrupted pool keeps it), called under a
     lock like `progress`. A teacher that fails, or a Ctrl-C, stops the others at their next step and
     the error is raised; the teachers finished before are kept by `on_trained`."""
