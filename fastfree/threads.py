@@ -11,7 +11,7 @@ loop bit for bit whatever the number of workers.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Callable, Iterator, TypeVar
 
 import torch
@@ -56,15 +56,20 @@ def bound_to_this_thread() -> str | None:
 
 
 @contextmanager
-def one_intra_op_thread() -> Iterator[int]:
-    """torch at one intra-op thread inside (it is process-wide), the former count restored after, also
-    on an error; yields the former count (the number of workers to use)."""
+def torch_threads(n: int) -> Iterator[int]:
+    """torch at n intra-op threads inside (the count is process-wide), the former count restored after,
+    also on an error; yields the former count."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield threads
     finally:
         torch.set_num_threads(threads)
 
 
-__all__ = ["bound_to_this_thread", "map_single_threaded", "one_intra_op_thread"]
+def one_intra_op_thread() -> AbstractContextManager[int]:
+    """torch at one intra-op thread inside; yields the former count (the number of workers to use)."""
+    return torch_threads(1)
+
+
+__all__ = ["bound_to_this_thread", "map_single_threaded", "one_intra_op_thread", "torch_threads"]

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from fastfree.threads import map_single_threaded
+from fastfree.threads import map_single_threaded, one_intra_op_thread, torch_threads
 
 
 def test_results_in_task_order_at_one_torch_thread_and_threads_restored():
@@ -77,3 +77,14 @@ def test_tasks_run_in_the_callers_grad_mode():
         map_single_threaded(lambda i: modes.__setitem__(("off", i), torch.is_grad_enabled()), 2, workers=2)
     map_single_threaded(lambda i: modes.__setitem__(("on", i), torch.is_grad_enabled()), 2, workers=2)
     assert modes == {("off", 0): False, ("off", 1): False, ("on", 0): True, ("on", 1): True}
+
+
+def test_torch_threads_sets_the_count_inside_and_restores_it_after_also_on_an_error():
+    before = torch.get_num_threads()
+    with torch_threads(before + 1) as former:
+        assert torch.get_num_threads() == before + 1 and former == before
+    assert torch.get_num_threads() == before
+    with pytest.raises(KeyError), one_intra_op_thread() as former:
+        assert torch.get_num_threads() == 1 and former == before
+        raise KeyError("a task failed")
+    assert torch.get_num_threads() == before

@@ -229,7 +229,7 @@ def train_teachers_side_by_side(
                 on_trained([trained])
         return trained
 
-    if bound_to_this_thread():  # e.g. counted by FlopCounterMode, which sees its own thread only
+    if not specs or bound_to_this_thread():  # e.g. counted by FlopCounterMode, which sees its own thread only
         return [one(s) for s in specs]
     with one_intra_op_thread() as threads:
         pool = ThreadPoolExecutor(min(workers or threads, len(specs)), thread_name_prefix="fastfree-pretrain")
@@ -364,7 +364,7 @@ def pretrain_pool(
                                     cfg.batch_size) for s in specs if s.index in done))
     if engine == "threads":
         trained = {t.spec.index: t for t in train_teachers_side_by_side(
-            split, normalization, todo, cfg, dtype, progress, on_trained)} if todo else {}
+            split, normalization, todo, cfg, dtype, progress, on_trained)}
         return [done[s.index] if s.index in done else trained[s.index] for s in specs]
     if engine == "reference":
         chunks = [[s] for s in todo]

@@ -17,12 +17,12 @@ import os
 import platform
 import statistics
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
+from fastfree.threads import torch_threads
 from tests.benchmarks.regression import REGRESSION_FACTOR, compare
 
 BASELINE = Path(__file__).with_name("baseline.json")
@@ -48,25 +48,15 @@ def _calibration_seconds() -> float:
     return statistics.median(runs)
 
 
-@contextmanager
-def _threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)  # the rest of the suite keeps its threads
-
-
 @pytest.fixture
 def one_thread():
-    with _threads(1):
+    with torch_threads(1):  # the rest of the suite keeps its threads
         yield
 
 
 @pytest.fixture(scope="session")
 def calibration() -> float:
-    with _threads(1):
+    with torch_threads(1):
         return _calibration_seconds()
 
 

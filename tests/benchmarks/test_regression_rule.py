@@ -20,14 +20,3 @@ def test_a_calibration_timed_in_a_noisy_moment_passes():
 
 def test_within_the_factor_passes():
     assert compare(0.019, 0.005, BASE).ok
-
-
-def test_benchmarks_leave_the_thread_count_as_they_found_it(calibration):
-    import torch
-
-    from tests.benchmarks.conftest import _threads
-
-    before = torch.get_num_threads()
-    with _threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before

@@ -14,6 +14,7 @@ from fastfree.free.memory import MemoryBank
 from fastfree.free.replay import ReplayConfig, maml_meta_batch_reference, replay
 from fastfree.metatest.adapt import functional_template
 from fastfree.models import Conv4
+from fastfree.threads import torch_threads
 from tests.free.helpers import filled_bank
 
 SIZE = 16
@@ -146,14 +147,22 @@ def test_fast_meta_batch_runs_in_float32():
     torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
 
 
-def test_bench_replay_runs(tmp_path):
+def _threaded_if_several() -> set[str]:
+    """bench_replay times the threaded meta-batch (the engine's replay there) on a CPU with more than one thread."""
+    return {"threads"} if torch.get_num_threads() > 1 else set()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bench_replay_runs(tmp_path, threads):
     from fastfree.profiling import bench_replay
 
     out = tmp_path / "r.json"
-    assert bench_replay.main(["--tasks", "2", "--width", "4", "--image-size", "16", "--inner-steps", "1",
-                              "--queries", "2", "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
+    with torch_threads(threads):
+        assert bench_replay.main(["--tasks", "2", "--width", "4", "--image-size", "16", "--inner-steps", "1",
+                                  "--queries", "2", "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert set(r["times"]) == {"fast", "fast_chunk1", "reference"} and r["speedup_fast_over_reference"] > 0
+    assert set(r["times"]) == {"fast", "fast_chunk1", "reference"} | ({"threads"} if threads > 1 else set())
+    assert r["speedup_fast_over_reference"] > 0 and ("speedup_threads_over_reference" in r) == (threads > 1)
     assert r["device_name"] and r["torch"] and r["errors"] == {}
 
 
@@ -170,7 +179,8 @@ def test_bench_replay_keeps_the_other_variants_when_one_fails(tmp_path, monkeypa
     assert bench_replay.main(["--tasks", "2", "--width", "4", "--image-size", "16", "--inner-steps", "1",
                               "--queries", "2", "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 1
     r = json.loads(out.read_text())
-    assert set(r["times"]) == {"fast", "fast_chunk1"} and "capture failed" in r["errors"]["reference"]
+    assert set(r["times"]) == {"fast", "fast_chunk1"} | _threaded_if_several()
+    assert "capture failed" in r["errors"]["reference"]
 
 
 def test_graphed_meta_batch_refuses_cpu_tensors_with_the_fix():

@@ -13,6 +13,7 @@ from fastfree.engine.replay import maml_meta_batch_threaded
 from fastfree.engine.trainer import FastEngine
 from fastfree.free.replay import ReplayConfig, maml_meta_batch_reference
 from fastfree.models import Conv4
+from fastfree.threads import torch_threads
 from tests.engine.test_replay import assert_same, learner
 from tests.free.helpers import filled_bank
 
@@ -23,12 +24,8 @@ def _meta_batch(tasks: int, seed: int, dtype=torch.float32):
 
 
 def _reference_at_one_thread(model, batch, cfg):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return maml_meta_batch_reference(model, batch, CIFAR100_NORM, cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("second_order", [True, False])

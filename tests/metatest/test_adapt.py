@@ -16,6 +16,7 @@ from fastfree.metatest.adapt import (
 from fastfree.metatest.initializations import average_init, best_model_init, random_init
 from fastfree.metatest.protocol import MetaTestConfig, confidence_interval, run_metatest
 from fastfree.models import Conv4, build_model
+from fastfree.threads import torch_threads
 from tests.conftest import DEVICES
 
 
@@ -90,11 +91,8 @@ def test_threaded_adaptation_is_the_one_thread_reference_bit_for_bit(tiny_split,
 
     template, params, batch = _float32_tasks(tiny_split, 5)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         ref = adapted_query_logits_reference(template, params, batch, steps=3, lr=0.05)
-    finally:
-        torch.set_num_threads(threads)
     workers, seen, lock = 3, [], threading.Lock()
     together = threading.Barrier(workers, timeout=30)  # sequential tasks would never meet here
     real = adapt.adapted_copy

@@ -12,17 +12,14 @@ from fastfree.pool import pretrain
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool, train_teacher_reference, train_teachers_side_by_side
 from fastfree.pool.progress import fingerprint
 from fastfree.pool.teachers import sample_teacher_specs
+from fastfree.threads import torch_threads
 
 CFG = PretrainConfig(teachers=3, epochs=2, batch_size=20)
 
 
 def _one_thread_reference(split, specs, cfg):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return [train_teacher_reference(split, CIFAR100_NORM, s, cfg) for s in specs]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _same(a, b):
@@ -96,6 +93,9 @@ def test_pretrain_pool_threads_keeps_done_teachers_and_the_specs_order(tiny_spli
     assert got[1] is want[1] and sorted(trained) == sorted(s.index for s in specs if s.index != specs[1].index)
     for a, b in zip(got, want):
         _same(a, b)
+    # a pool whose teachers are all done trains nothing
+    again = pretrain_pool(tiny_split, CIFAR100_NORM, specs, CFG, "threads", done={t.spec.index: t for t in got})
+    assert all(a is b for a, b in zip(again, got, strict=True))
 
 
 def test_the_threads_engine_is_recorded_as_the_reference():

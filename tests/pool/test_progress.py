@@ -150,13 +150,16 @@ def test_cli_resumes_an_interrupted_pretraining(tmp_path, monkeypatch, capsys):
     with pytest.raises(Killed), _killed_at_teacher(3, monkeypatch):
         _pretrain(tmp_path / "cut", 3)
     assert not (tmp_path / "cut" / MANIFEST).exists()
-    assert sorted(p.name for p in (tmp_path / "cut" / PROGRESS).glob("teacher*")) == \
-        ["teacher0000.safetensors", "teacher0001.safetensors"]
+    kept = sorted(p.name for p in (tmp_path / "cut" / PROGRESS).glob("teacher*"))
+    # one by one, the two teachers before the kill; side by side (engine threads, auto's pick with more
+    # than one torch thread) the kill also stops the teacher still training beside the first finished
+    assert kept in (["teacher0000.safetensors", "teacher0001.safetensors"], ["teacher0000.safetensors"],
+                    ["teacher0001.safetensors"])
     _refused(capsys, _pretrain(tmp_path / "cut", 3), "pass --resume")  # a fresh start would lose them
     _refused(capsys, main(["pretrain", "--teachers", "3", "--epochs", "3", "--batch-size", "32", "--out",
                            str(tmp_path / "cut"), "--resume", *SMALL]), r"epochs: 2 there, 3 now")
     assert _pretrain(tmp_path / "cut", 3, "--resume", report=tmp_path / "r.json") == 0
-    assert json.loads((tmp_path / "r.json").read_text())["resumed_teachers"] == 2  # only the third trained
+    assert json.loads((tmp_path / "r.json").read_text())["resumed_teachers"] == len(kept)  # only the rest trained
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
