@@ -74,7 +74,7 @@ def read_run(run_dir: Path, at: int | None = None) -> dict:
         "results": done.get("results"),
         "per_task": json.loads(per_task.read_text()) if per_task is not None and per_task.is_file() else None,
         **{k: done[k] for k in ("iterations", "train_seconds", "data_recovery_seconds", "device_name", "torch",
-                                "threads", "date") if k in done},
+                                "threads", "malloc", "date") if k in done},
         # the meta-tests before the chosen one (a lengthened run's earlier ends)
         "earlier_ends": {n: json.loads(r.read_text()).get("results") for n, (r, _) in ends.items()
                          if chosen is not None and n < chosen},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fastfree import __version__
+from fastfree import __version__, allocator
 from fastfree.config import Preset, get_preset
 from fastfree.data.sources import DEFAULT_IMAGE_SIZES, NAMED_FOLDERS, DataConfig, load_dataset
 from fastfree.data.split import FewShotDataset
@@ -90,6 +90,7 @@ def run_metadata(device: torch.device) -> dict:
         "host": platform.node(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
+        "malloc": None if (m := allocator.current()) is None else m.as_json(),
     }
 
 
