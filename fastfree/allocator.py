@@ -1,21 +1,21 @@
 """On a CPU, glibc's malloc keeps large freed buffers for reuse instead of handing them back to the kernel.
 
-torch's CPU tensors come from malloc. glibc serves a request above its mmap threshold (at most
-32 MiB while it adapts the threshold itself) with a fresh mmap and unmaps it on free, so every
-such tensor is new memory that the kernel faults in and zeroes page by page, as system time. A
-FIVE epoch at 84 px allocates and frees activations of up to 180 MB at every step (100 images x
-64 channels x 84 x 84 x 4 bytes): measured on the 2-core CPU, 87-90 of a benchmark's 226-236
-CPU-seconds were system time, and with the thresholds below 11-14 s, the fast epoch 1.8x faster and
-the reference 1.6x (`profiling/results/2026-12-04-cpu-malloc-thresholds.json`; at 32 px 1.05-1.2x,
-the demo's small tensors no gain). The same pinning of glibc's
-thresholds at start-up serves other tools whose per-step buffers straddle the adaptive threshold
-(e.g. sonos/tract#2783). The price is memory: freed buffers stay in the process (the 84 px epoch's
-peak resident size 3.0 -> 4.6-5.0 GB, the demo's 1.5 -> 1.6 GB).
+torch's CPU tensors come from malloc. glibc serves a request above its mmap threshold (at most 32
+MiB while it adapts the threshold itself) with a fresh mmap and unmaps it on free, so every such
+tensor is new memory that the kernel faults in and zeroes page by page, as system time. A FIVE epoch
+at 84 px allocates and frees activations of up to 180 MB at every step (100 images x 64 channels x
+84 x 84 x 4 bytes): measured on the 2-core CPU, 87-90 of a benchmark's 226-236 CPU-seconds were
+system time, and with the thresholds below 11-14 s, the fast epoch 1.8x faster and the reference
+1.6x (`profiling/results/2026-12-04-cpu-malloc-thresholds.json`; at 32 px 1.05-1.2x, the demo's
+small tensors no gain: 1-7 % slower in three alternating pairs, not seen in its parts alone). The
+same pinning of glibc's thresholds at start-up serves other tools whose per-step buffers straddle
+the adaptive threshold (e.g. sonos/tract#2783). The price is memory: freed buffers stay in the
+process (the 84 px epoch's peak resident size 3.0 -> 4.6-5.0 GB, the demo's 1.5 -> 1.6 GB).
 
-Process-wide, so applied once, by resolve_device when a command or benchmark computes on a CPU, never by importing
-fastfree. Left alone where the environment already tunes glibc's malloc (MALLOC_*_ variables,
-GLIBC_TUNABLES with glibc.malloc.*), with FASTFREE_MALLOC=system, and off glibc (macOS, musl),
-where mallopt does not exist or means something else.
+Process-wide, so applied once, by resolve_device when a command or benchmark computes on a CPU,
+never by importing fastfree. Left alone where the environment already tunes glibc's malloc
+(MALLOC_*_ variables, GLIBC_TUNABLES with glibc.malloc.*), with FASTFREE_MALLOC=system, and off
+glibc (macOS, musl), where mallopt does not exist or means something else.
 """
 
 from __future__ import annotations
