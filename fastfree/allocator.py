@@ -24,7 +24,7 @@ import ctypes
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 # mallopt's parameters (glibc's malloc.h)
@@ -45,9 +45,6 @@ class MallocSettings:
     reason: str
     mmap_threshold: int | None = None
     trim_threshold: int | None = None
-
-    def as_json(self) -> dict:
-        return asdict(self)
 
 
 def _glibc_mallopt() -> Callable[[int, int], int] | None:

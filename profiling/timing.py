@@ -38,10 +38,11 @@ def median_time(fn: Callable[[], object], repeats: int, device: torch.device, pe
     return {"median_s": statistics.median(runs), "runs_s": runs, "warmup_s": warmup}
 
 
-def fastest(result: dict) -> str:
-    """The fastest timed variant of a benchmark's `times` other than the reference ones."""
+def fastest(result: dict, baseline: str = "reference") -> str:
+    """The fastest timed variant of a benchmark's `times` other than the baseline ones (names starting
+    with `baseline`)."""
     times = result["times"]
-    return min((n for n in times if not n.startswith("reference")), key=lambda n: times[n]["median_s"])
+    return min((n for n in times if not n.startswith(baseline)), key=lambda n: times[n]["median_s"])
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

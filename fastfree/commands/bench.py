@@ -49,11 +49,12 @@ def _iteration(args, preset, cfg, dataset, options, device, dtype) -> dict:
 
 def _pool(args, preset, device) -> dict:
     from fastfree.profiling.bench_pool import bench
+    from fastfree.profiling.timing import fastest
 
     r = bench(args.pool_teachers or preset.pretrain.teachers, args.pool_steps, args.repeats,
               preset.pretrain.batch_size, device)
     t = r["times"]
-    fast = min((n for n in t if n != "one_by_one"), key=lambda n: t[n]["median_s"])  # batched or threads
+    fast = fastest(r, baseline="one_by_one")  # batched or threads
     return {**r, "row": ("pool pretraining (per teacher-step)", t["one_by_one"]["median_s"], t[fast]["median_s"],
                          fast)}
 

@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -90,7 +90,7 @@ def run_metadata(device: torch.device) -> dict:
         "host": platform.node(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
-        "malloc": None if (m := allocator.current()) is None else m.as_json(),
+        "malloc": None if (m := allocator.current()) is None else asdict(m),
     }
 
 
