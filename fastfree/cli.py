@@ -14,6 +14,7 @@ from fastfree.config import PRESETS
 from fastfree.data.sources import NORMALIZATIONS, SOURCES
 from fastfree.device import ENGINES
 from fastfree.errors import FastFreeError
+from fastfree.graceful_stop import StoppedBySignal
 from fastfree.commands.run_learner import WHICH
 from fastfree.metatest.initializations import METHODS
 from fastfree.models import ARCHITECTURES
@@ -509,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastfree {args.command}: error: {e.strerror or e} ({where}): check the path and its permissions",
               file=sys.stderr)
         return 2
+    except StoppedBySignal as e:  # asked to stop: the loop checkpointed where it stopped
+        print(f"fastfree {args.command}: {e}, with a checkpoint there: run the same command with --resume to "
+              f"continue", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"\nfastfree {args.command}: interrupted{interrupt_hint(args)}", file=sys.stderr)
         return 130

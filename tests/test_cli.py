@@ -317,8 +317,8 @@ def test_train_resume_keeps_the_runs_own_length_and_a_refused_start_its_files(po
     import fastfree.commands.train as train_command
 
     real = train_command.train_free
-    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None: real(ctx, resume, progress,
-                                                                                           stop_after=3))
+    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None, stop=None: real(
+        ctx, resume, progress, stop_after=3, stop=stop))
     run_dir = tmp_path / "run"
     assert TINY_FREE[:2] == ["--iterations", "3"]
     flags = TINY_FREE[2:]
@@ -354,8 +354,8 @@ def test_resume_continues_on_the_runs_own_teachers(pool_dir, tmp_path, capsys, m
     import fastfree.commands.train as train_command
 
     real = train_command.train_free
-    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None: real(ctx, resume, progress,
-                                                                                           stop_after=2))
+    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None, stop=None: real(
+        ctx, resume, progress, stop_after=2, stop=stop))
     mine = tmp_path / "mine"
     shutil.copytree(pool_dir, mine)
     run_dir = tmp_path / "run"
@@ -385,8 +385,8 @@ def test_a_run_started_on_a_gpu_resumes_there(pool_dir, tmp_path, capsys, monkey
     import fastfree.commands.train as train_command
 
     real = train_command.train_free
-    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None: real(ctx, resume, progress,
-                                                                                           stop_after=2))
+    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None, stop=None: real(
+        ctx, resume, progress, stop_after=2, stop=stop))
     run_dir = tmp_path / "run"
     train = ["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), *TINY_FREE, *SMALL]
     assert main(train) == 0
@@ -408,8 +408,8 @@ def test_a_run_with_settings_now_refused_as_unused_still_resumes(pool_dir, tmp_p
     import fastfree.commands.train as train_command
 
     real = train_command.train_free
-    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None: real(ctx, resume, progress,
-                                                                                           stop_after=2))
+    monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None, stop=None: real(
+        ctx, resume, progress, stop_after=2, stop=stop))
     run_dir = tmp_path / "run"
     train = ["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), *TINY_FREE, *SMALL, "--learner-update",
              "erm"]

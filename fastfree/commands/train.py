@@ -17,6 +17,7 @@ from fastfree.errors import FastFreeError
 from fastfree.free.config import BELL_SETTINGS_USED_BY, FreeConfig
 from fastfree.free.run import CHECKPOINT, RunContext, completed_iterations, default_run_dir, final_results, \
     is_evaluation, refuse_cutting, results_markdown, train_free
+from fastfree.graceful_stop import stop_on_signals
 from fastfree.metatest.initializations import random_init
 from fastfree.models import build_model
 from fastfree.pool.fit import check_pool_fits
@@ -283,7 +284,9 @@ def run(args) -> dict:
             if "val" in m:
                 bar.write(f"iteration {m['iteration'] + 1}: meta-val " +
                           ", ".join(f"{s}-shot {v[0]:.2f}" for s, v in m["val"].items()))
-        state = train_free(ctx, args.resume, progress)
+        # Ctrl-C / SIGTERM: the iteration under way ends with a checkpoint (fastfree/graceful_stop.py)
+        with stop_on_signals("the current FREE iteration") as stop:
+            state = train_free(ctx, args.resume, progress, stop=stop)
     train_s = time.perf_counter() - t0
     builder = partial(build_model, "conv4", ways, cfg.learner_width, dataset.image_size)
     print(f"meta-test: FREE (selected on meta-val and last) and Random on the same {test_cfg.tasks} tasks "

@@ -34,6 +34,7 @@ from fastfree.free.kept import drop_kept_after, keep_learner, kept_path
 from fastfree.free.selection import BEST, for_shots, improved_shots, is_legacy, read_selected, selected_label, \
     write_selected
 from fastfree.free.trainer import FreeState, free_iteration, init_state
+from fastfree.graceful_stop import StoppedBySignal, StopRequest
 from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.domains import metatest_data
 from fastfree.metatest.protocol import MetaTestConfig, ShotResult, task_protocol
@@ -177,10 +178,12 @@ def default_run_dir(run_dir: str | None, preset: str) -> Path:
 
 
 def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] | None = None,
-               stop_after: int | None = None) -> FreeState:
+               stop_after: int | None = None, stop: StopRequest | None = None) -> FreeState:
     """Run (or continue) Algorithm 3 to ctx.cfg.iterations; returns the final state.
 
-    `stop_after` ends the call after that many iterations in total (used to test resume).
+    `stop_after` ends the call after that many iterations in total (used to test resume). `stop`
+    (fastfree.graceful_stop): once it is requested, the iteration under way is finished and
+    checkpointed, and StoppedBySignal is raised; `--resume` continues from there.
     """
     cfg, run_dir = ctx.cfg, ctx.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,10 +230,13 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
                 write_selected(run_dir / BEST, state.learner.state_dict(), improved)
                 state.best = {**state.best, **improved}
         _append_metrics(run_dir / METRICS, metrics)
-        if it % cfg.checkpoint_every == 0 or it == end:
+        stopping = stop is not None and stop.requested  # read once: a signal may set it at any moment
+        if it % cfg.checkpoint_every == 0 or it == end or stopping:
             atomic_torch_save(state.state_dict(), ckpt)
         if progress is not None:
             progress(metrics)
+        if stopping:
+            raise StoppedBySignal(stop.signum, it, cfg.iterations)
     return state
 
 

@@ -91,6 +91,37 @@ def test_a_resume_from_a_checkpoint_older_than_the_kill_redoes_the_iterations_af
     assert all(torch.equal(picks[k]["learner"][n], want[k]["learner"][n]) for k in want for n in want[k]["learner"])
 
 
+def test_a_stop_asked_for_mid_iteration_checkpoints_that_iteration_and_the_resume_ends_as_a_straight_run(
+        tiny_dataset, tmp_path):
+    """What a Ctrl-C or SIGTERM does under fastfree.graceful_stop: asked for during iteration 3 (the
+    request is set when iteration 2 is reported, before 3 starts), the run finishes 3, checkpoints it
+    although checkpoint_every is 2, and raises; a resume continues from 3 and ends as a straight run."""
+    import signal
+
+    from fastfree.graceful_stop import StoppedBySignal, StopRequest
+
+    straight = train_free(_ctx(tmp_path / "a", tiny_dataset), resume=False)
+    run, stop, seen = tmp_path / "b", StopRequest(), []
+
+    def progress(m):
+        seen.append(m["iteration"])
+        if m["iteration"] == 1:  # iteration 2 (1-based) reported: the signal comes during iteration 3
+            stop.signum = signal.SIGTERM
+
+    with pytest.raises(StoppedBySignal) as stopped:
+        train_free(_ctx(run, tiny_dataset), resume=False, progress=progress, stop=stop)
+    assert (stopped.value.completed, stopped.value.total, stopped.value.signum) == (3, 5, signal.SIGTERM)
+    assert seen == [0, 1, 2]  # the stopping iteration is still reported
+    assert torch.load(run / CHECKPOINT, weights_only=True)["iteration"] == 3
+    assert [json.loads(x)["iteration"] for x in (run / METRICS).read_text().splitlines()] == [0, 1, 2]
+    ran = []
+    resumed = train_free(_ctx(run, tiny_dataset), resume=True, progress=ran.append)
+    assert [m["iteration"] for m in ran] == [3, 4]  # nothing redone
+    a, b = _params(straight), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.best == straight.best
+
+
 @pytest.mark.gpu
 def test_resume_on_cuda(tiny_dataset, tmp_path):
     """The checkpoint's RNG states are CPU generators' and must be restored from the CPU (read onto
