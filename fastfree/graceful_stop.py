@@ -35,10 +35,6 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signum is not None
 
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else ""
-
 
 class StoppedBySignal(Exception):
     """A loop stopped at a checkpoint because a signal asked it to (not an error: nothing is lost)."""

@@ -28,7 +28,7 @@ def test_the_first_signal_only_asks_and_the_handlers_are_restored_after(sig):
         with stop_on_signals("the test's step") as stop:
             assert not stop.requested
             signal.raise_signal(signal.{sig})
-            print("still running", stop.requested, stop.signal_name)
+            print("still running", stop.requested, signal.Signals(stop.signum).name)
         assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
         print("restored")
     """)
@@ -105,7 +105,7 @@ def test_an_ignored_signal_stays_ignored():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
             signal.raise_signal(signal.SIGINT)
             signal.raise_signal(signal.SIGTERM)
-            print(stop.signal_name)
+            print(signal.Signals(stop.signum).name)
         print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
     """)
     assert r.returncode == 0, r.stderr
