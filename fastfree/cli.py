@@ -510,9 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastfree {args.command}: error: {e.strerror or e} ({where}): check the path and its permissions",
               file=sys.stderr)
         return 2
-    except StoppedBySignal as e:  # asked to stop: the loop checkpointed where it stopped
-        print(f"fastfree {args.command}: {e}, with a checkpoint there: run the same command with --resume to "
-              f"continue", file=sys.stderr)
+    except StoppedBySignal as e:  # asked to stop: the loop saved what it had done where it stopped
+        print(f"fastfree {args.command}: {e}: {e.then}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"\nfastfree {args.command}: interrupted{interrupt_hint(args)}", file=sys.stderr)

@@ -7,7 +7,9 @@ first of those signals only asks the loop to stop: it finishes the iteration it 
 checkpoint there and raises `StoppedBySignal` (the CLI then says how to resume and exits 128 +
 the signal's number, as a shell reports a process killed by it). A second signal stops at once,
 as it would have without this: Ctrl-C raises KeyboardInterrupt, SIGTERM terminates (the last
-checkpoint is kept either way).
+checkpoint is kept either way). Pretraining (`pretrain`, and `train`'s own pool) stops the same
+way, after the teachers under way: each finished teacher is saved as it finishes, and one cut
+off mid-way would start over.
 
 Signal handlers belong to the main thread: elsewhere (a library caller's worker thread) the
 context changes nothing and the request is never set. A signal the process ignores stays ignored.
@@ -27,9 +29,13 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 @dataclass
 class StopRequest:
-    """What the loop checks at each iteration's end: the signal that asked it to stop, if one did."""
+    """What the loop checks at each iteration's end: the signal that asked it to stop, if one did.
+
+    `stopping_after`: what the first signal's message says will end before the stop (set by the
+    context, changed by a command whose phases stop differently: `train` pretraining its own pool)."""
 
     signum: int | None = None
+    stopping_after: str = "the current iteration, with a checkpoint there"
 
     @property
     def requested(self) -> bool:
@@ -39,9 +45,13 @@ class StopRequest:
 class StoppedBySignal(Exception):
     """A loop stopped at a checkpoint because a signal asked it to (not an error: nothing is lost)."""
 
-    def __init__(self, signum: int, completed: int, total: int):
-        self.signum, self.completed, self.total = signum, completed, total
-        super().__init__(f"stopped by {signal.Signals(signum).name} after iteration {completed} of {total}")
+    def __init__(self, signum: int, completed: int, total: int, kept: str | None = None,
+                 then: str = "run the same command with --resume to continue"):
+        """kept: what was done and kept (default: `completed` of `total` iterations, checkpointed);
+        then: how to continue, which the CLI prints after it."""
+        self.signum, self.completed, self.total, self.then = signum, completed, total, then
+        kept = kept or f"after iteration {completed} of {total}, with a checkpoint there"
+        super().__init__(f"stopped by {signal.Signals(signum).name} {kept}")
 
     @property
     def exit_code(self) -> int:
@@ -50,11 +60,11 @@ class StoppedBySignal(Exception):
 
 
 @contextmanager
-def stop_on_signals(what: str = "the current iteration") -> Iterator[StopRequest]:
+def stop_on_signals(stopping_after: str | None = None) -> Iterator[StopRequest]:
     """Inside, the first SIGINT or SIGTERM sets the yielded request (and says so on stderr); a second
     one stops at once through the handler that was there before. The former handlers are restored on
     leaving, also on an error."""
-    request = StopRequest()
+    request = StopRequest() if stopping_after is None else StopRequest(stopping_after=stopping_after)
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
@@ -73,8 +83,8 @@ def stop_on_signals(what: str = "the current iteration") -> Iterator[StopRequest
         request.signum = signum
         # os.write, not print: a handler may run while the main thread is inside print (reentrant I/O)
         again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        os.write(2, (f"\nfastfree: {signal.Signals(signum).name}: stopping after {what}, with a checkpoint there "
-                     f"({again} again stops at once, keeping the last checkpoint)\n").encode())
+        os.write(2, (f"\nfastfree: {signal.Signals(signum).name}: stopping after {request.stopping_after} "
+                     f"({again} again stops at once, keeping what is saved)\n").encode())
 
     for s in previous:
         signal.signal(s, handler)

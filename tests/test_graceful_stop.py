@@ -34,7 +34,8 @@ def test_the_first_signal_only_asks_and_the_handlers_are_restored_after(sig):
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == [f"still running True {sig}", "restored"]
-    assert f"fastfree: {sig}: stopping after the test's step, with a checkpoint there" in r.stderr
+    assert f"fastfree: {sig}: stopping after the test's step ({'Ctrl-C' if sig == 'SIGINT' else sig} again stops " \
+           "at once, keeping what is saved)" in r.stderr
 
 
 def test_a_second_ctrl_c_stops_at_once():
@@ -93,8 +94,10 @@ def test_stopped_by_signal_exits_as_a_shell_reports_the_signal():
     from fastfree.graceful_stop import StoppedBySignal
 
     e = StoppedBySignal(signal.SIGTERM, 7, 60)
-    assert e.exit_code == 143 and str(e) == "stopped by SIGTERM after iteration 7 of 60"
-    assert StoppedBySignal(signal.SIGINT, 1, 2).exit_code == 130
+    assert e.exit_code == 143 and str(e) == "stopped by SIGTERM after iteration 7 of 60, with a checkpoint there"
+    assert e.then == "run the same command with --resume to continue"
+    e = StoppedBySignal(signal.SIGINT, 1, 2, "with 1 of 2 teachers trained", "run it again")
+    assert e.exit_code == 130 and str(e) == "stopped by SIGINT with 1 of 2 teachers trained" and e.then == "run it again"
 
 
 def test_an_ignored_signal_stays_ignored():

@@ -9,7 +9,8 @@ from dataclasses import replace
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
 from fastfree.device import resolve_pool_engine
 from fastfree.errors import FastFreeError
-from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
+from fastfree.graceful_stop import stop_on_signals
+from fastfree.pool.pretrain import TEACHERS_UNDER_WAY, PretrainConfig, pretrain_pool
 from fastfree.pool.progress import PretrainProgress, fingerprint
 from fastfree.pool.store import records_from_training, save_pool
 from fastfree.pool.teachers import sample_teacher_specs, teacher_data
@@ -57,9 +58,11 @@ def run(args) -> dict:
         done = {}
     t0 = time.perf_counter()
     desc = f"pretraining {cfg.teachers} teachers ({engine})"
-    with progress_bar(total=cfg.epochs * sum(steps_per_epoch), desc=desc, unit="teacher-step") as bar:
+    # Ctrl-C / SIGTERM: the teachers under way finish and are saved, then StoppedBySignal (fastfree/graceful_stop.py)
+    with progress_bar(total=cfg.epochs * sum(steps_per_epoch), desc=desc, unit="teacher-step") as bar, \
+            stop_on_signals(TEACHERS_UNDER_WAY) as stop:
         trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, bar.update,
-                                done=done, on_trained=progress.save)
+                                done=done, on_trained=progress.save, stop=stop)
     if device.type == "cuda":
         import torch
 

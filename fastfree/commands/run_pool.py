@@ -10,7 +10,8 @@ import torch
 from fastfree.data.split import FewShotDataset
 from fastfree.device import resolve_pool_engine
 from fastfree.errors import FastFreeError
-from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
+from fastfree.graceful_stop import StoppedBySignal, stop_on_signals
+from fastfree.pool.pretrain import TEACHERS_UNDER_WAY, PretrainConfig, pretrain_pool
 from fastfree.pool.progress import PretrainProgress, fingerprint
 from fastfree.pool.store import Pool, load_pool, records_from_training, save_pool
 from fastfree.pool.teachers import sample_teacher_specs
@@ -40,11 +41,23 @@ def pool_in_run_dir(pool_dir: Path, dataset: FewShotDataset, cfg: PretrainConfig
             progress.start()
             done = {}
             print(f"{what}: pretraining {cfg.teachers} teachers into {pool_dir}", flush=True)
-        trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, done=done,
-                                on_trained=progress.save)
+        # Ctrl-C / SIGTERM: the teachers under way finish and are kept (fastfree/graceful_stop.py); the run
+        # has no checkpoint yet, so the same command continues it, not --resume (which needs one)
+        again = "run the same command to continue (its pool's pretraining goes on from the teachers saved)"
+        with stop_on_signals(TEACHERS_UNDER_WAY) as stop:
+            try:
+                trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, done=done,
+                                        on_trained=progress.save, stop=stop)
+            except StoppedBySignal as e:
+                e.then = again
+                raise
         save_pool(pool_dir, records_from_training(trained, cfg, dataset.image_size), [t.state_dict for t in trained],
                   dataset.name, dataset.normalization, cfg.to_dict())
         progress.finish()
+        if stop.requested:  # asked while the last teachers trained: the pool is whole, the run not started
+            raise StoppedBySignal(stop.signum, len(trained), len(trained),
+                                  f"with its pool of {len(trained)} teachers complete in {pool_dir}",
+                                  "run the same command to continue (it trains on that pool)")
     return load_pool(pool_dir)
 
 

@@ -285,7 +285,7 @@ def run(args) -> dict:
                 bar.write(f"iteration {m['iteration'] + 1}: meta-val " +
                           ", ".join(f"{s}-shot {v[0]:.2f}" for s, v in m["val"].items()))
         # Ctrl-C / SIGTERM: the iteration under way ends with a checkpoint (fastfree/graceful_stop.py)
-        with stop_on_signals("the current FREE iteration") as stop:
+        with stop_on_signals("the current FREE iteration, with a checkpoint there") as stop:
             state = train_free(ctx, args.resume, progress, stop=stop)
     train_s = time.perf_counter() - t0
     builder = partial(build_model, "conv4", ways, cfg.learner_width, dataset.image_size)

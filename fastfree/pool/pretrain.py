@@ -34,6 +34,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from fastfree.data.split import ImageSplit, Normalization
 from fastfree.device import resolve_pool_engine
 from fastfree.errors import FastFreeError
+from fastfree.graceful_stop import StoppedBySignal, StopRequest
 from fastfree.layout import cpu_layout
 from fastfree.models import ARCHITECTURES, build_model
 from fastfree.optim import clip_grad_norm_stacked
@@ -202,7 +203,7 @@ def train_teachers_side_by_side(
     split: ImageSplit, normalization: Normalization, specs: list[TeacherSpec], cfg: PretrainConfig,
     dtype: torch.dtype = torch.float32, progress: Callable[[int], None] | None = None,
     on_trained: Callable[[list[TrainedTeacher]], None] | None = None, workers: int | None = None,
-    max_steps: int | None = None,
+    max_steps: int | None = None, stop: StopRequest | None = None,
 ) -> list[TrainedTeacher]:
     """`train_teacher_reference` for each spec, `workers` teachers at a time (default: torch's thread
     count) in Python threads, torch at one intra-op thread in each. Each teacher is the reference's at
@@ -212,17 +213,21 @@ def train_teachers_side_by_side(
     (measured on a 2-core CPU, `pretrain --preset demo`: 1.46-1.79x the one-by-one loop at 2 threads).
     `on_trained` gets each teacher as it finishes (so an interrupted pool keeps it), called under a
     lock like `progress`. A teacher that fails, or a Ctrl-C, stops the others at their next step and
-    the error is raised; the teachers finished before are kept by `on_trained`."""
-    lock, stop = threading.Lock(), threading.Event()
+    the error is raised; the teachers finished before are kept by `on_trained`. Once `stop` is
+    requested (fastfree.graceful_stop) no teacher starts and those under way finish: the teachers
+    not started are left out of the list returned (in the specs' order)."""
+    lock, abort = threading.Lock(), threading.Event()
 
-    def step(k: int) -> None:  # every optimiser step of every teacher passes here: where a stop is seen
-        if stop.is_set():
+    def step(k: int) -> None:  # every optimiser step of every teacher passes here: where an abort is seen
+        if abort.is_set():
             raise _Stopped
         if progress is not None:
             with lock:
                 progress(k)
 
-    def one(spec: TeacherSpec) -> TrainedTeacher:
+    def one(spec: TeacherSpec) -> TrainedTeacher | None:
+        if stop is not None and stop.requested:  # asked to stop: the teachers under way finish, no new one starts
+            return None
         trained = train_teacher_reference(split, normalization, spec, cfg, dtype, max_steps, progress=step)
         if on_trained is not None:
             with lock:
@@ -230,7 +235,7 @@ def train_teachers_side_by_side(
         return trained
 
     if not specs or bound_to_this_thread():  # e.g. counted by FlopCounterMode, which sees its own thread only
-        return [one(s) for s in specs]
+        return [t for s in specs if (t := one(s)) is not None]
     with one_intra_op_thread() as threads:
         pool = ThreadPoolExecutor(min(workers or threads, len(specs)), thread_name_prefix="fastfree-pretrain")
         futures = [pool.submit(one, s) for s in specs]
@@ -240,11 +245,11 @@ def train_teachers_side_by_side(
             if failed:
                 raise failed[0].exception()
         except BaseException:  # an error or a Ctrl-C: stop the running teachers, never start the others
-            stop.set()
+            abort.set()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    return [f.result() for f in futures]
+    return [t for f in futures if (t := f.result()) is not None]
 
 
 # --------------------------------------------------------------------------- batched
@@ -337,7 +342,7 @@ def pretrain_pool(
     engine: str = "auto", dtype: torch.dtype = torch.float32,
     progress: Callable[[int], None] | None = None,
     done: dict[int, TrainedTeacher] | None = None,
-    on_trained: Callable[[list[TrainedTeacher]], None] | None = None,
+    on_trained: Callable[[list[TrainedTeacher]], None] | None = None, stop: StopRequest | None = None,
 ) -> list[TrainedTeacher]:
     """Train every teacher: batched in groups of `cfg.group_size`, one by one (reference), or the
     reference's teachers side by side in threads (threads: the same teachers as the reference at one
@@ -350,7 +355,9 @@ def pretrain_pool(
     (whole groups are saved; a kill while one is being written leaves part of it, and then its
     rest trains in a smaller group), so its teachers are the same bit for bit; the new teachers of a
     grown pool train in groups of their own: equal to training them with the old ones up to
-    rounding. `on_trained` gets each newly trained group (or teacher) at once.
+    rounding. `on_trained` gets each newly trained group (or teacher) at once. Once `stop` is
+    requested (fastfree.graceful_stop: Ctrl-C or SIGTERM), the group or teachers under way finish
+    and are handed to `on_trained`, and StoppedBySignal is raised unless every teacher is trained.
     """
     stray = sorted({s.arch for s in specs} - set(cfg.archs))
     if stray:
@@ -364,7 +371,8 @@ def pretrain_pool(
                                     cfg.batch_size) for s in specs if s.index in done))
     if engine == "threads":
         trained = {t.spec.index: t for t in train_teachers_side_by_side(
-            split, normalization, todo, cfg, dtype, progress, on_trained)}
+            split, normalization, todo, cfg, dtype, progress, on_trained, stop=stop)}
+        _stop_if_asked(stop, len(done) + len(trained), len(specs))
         return [done[s.index] if s.index in done else trained[s.index] for s in specs]
     if engine == "reference":
         chunks = [[s] for s in todo]
@@ -378,6 +386,7 @@ def pretrain_pool(
                   for start in range(0, len(group), cfg.group_size)]
     trained: dict[int, TrainedTeacher] = dict(done)
     for chunk in chunks:
+        _stop_if_asked(stop, len(trained), len(specs))
         if engine == "reference":
             new = [train_teacher_reference(split, normalization, chunk[0], cfg, dtype, progress=progress)]
         else:
@@ -386,3 +395,12 @@ def pretrain_pool(
             on_trained(new)
         trained.update({t.spec.index: t for t in new})
     return [trained[s.index] for s in specs]
+
+
+TEACHERS_UNDER_WAY = "the teachers under way, each saved as it finishes"  # what a stop waits for (the message)
+
+
+def _stop_if_asked(stop: StopRequest | None, trained: int, total: int) -> None:
+    """StoppedBySignal if a stop was asked for and teachers are left to train."""
+    if stop is not None and stop.requested and trained < total:
+        raise StoppedBySignal(stop.signum, trained, total, f"with {trained} of {total} teachers trained, each saved")

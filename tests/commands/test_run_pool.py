@@ -1,6 +1,9 @@
 """A run's own pool: pretrained into the run directory once, loaded from there after; each domain
 of a multi-domain run draws its teachers from the preset's seed + its index."""
 
+import re
+import signal
+from contextlib import contextmanager
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -13,6 +16,7 @@ from fastfree.commands.train_domains import domain_pools
 from fastfree.config import get_preset
 from fastfree.data.domains import combine_domains
 from fastfree.errors import FastFreeError
+from fastfree.graceful_stop import StoppedBySignal, StopRequest
 from fastfree.pool.pretrain import PretrainConfig
 from fastfree.pool.progress import PretrainProgress
 from fastfree.pool.teachers import sample_teacher_specs
@@ -87,3 +91,46 @@ def test_an_interrupted_pretraining_with_other_settings_is_refused_in_trains_wor
         pool_in_run_dir(tmp_path / "pool", tiny_dataset, cfg, torch.float32, "no --pool given")
     assert str(e.value).startswith("no --pool given, its pool's pretraining: ") and "--resume" not in str(e.value)
     assert "was started with other settings" in str(e.value) and "to start over" in str(e.value)
+
+
+@pytest.mark.parametrize("when", ["mid-way", "at the last teacher"])
+def test_a_stop_asked_for_in_the_runs_own_pretraining_keeps_its_teachers(tiny_dataset, tmp_path, monkeypatch, when):
+    """Ctrl-C or SIGTERM while train pretrains its own pool: the teachers under way finish and are saved,
+    and the run (which has no checkpoint yet) is continued by the same command, not by --resume. The
+    request is set by hand where the first signal's handler would set it (tests/test_graceful_stop.py)."""
+    cfg = replace(CFG, teachers=3)
+    straight = pool_in_run_dir(tmp_path / "a", tiny_dataset, cfg, torch.float32, "no --pool given")
+    request = StopRequest()
+
+    @contextmanager
+    def signals(stopping_after):
+        assert stopping_after == "the teachers under way, each saved as it finishes"
+        yield request
+
+    real = run_pool.pretrain_pool
+
+    def asked(*args, on_trained, **kwargs):
+        def save(trained):
+            on_trained(trained)
+            saved = len(list((tmp_path / "b" / ".progress").glob("teacher*.safetensors")))
+            if when == "mid-way" or saved == cfg.teachers:
+                request.signum = signal.SIGTERM
+
+        return real(*args, on_trained=save, **kwargs)
+
+    monkeypatch.setattr(run_pool, "stop_on_signals", signals)
+    monkeypatch.setattr(run_pool, "pretrain_pool", asked)
+    with pytest.raises(StoppedBySignal) as stopped:
+        pool_in_run_dir(tmp_path / "b", tiny_dataset, cfg, torch.float32, "no --pool given")
+    assert stopped.value.exit_code == 143 and stopped.value.then.startswith("run the same command to continue (")
+    if when == "mid-way":  # one saved, or two where teachers trained side by side (engine threads)
+        assert re.fullmatch(r"stopped by SIGTERM with [12] of 3 teachers trained, each saved", str(stopped.value))
+        assert not (tmp_path / "b" / "manifest.json").exists()
+    else:
+        assert str(stopped.value) == f"stopped by SIGTERM with its pool of 3 teachers complete in {tmp_path / 'b'}"
+        assert (tmp_path / "b" / "manifest.json").is_file()
+    monkeypatch.setattr(run_pool, "pretrain_pool", real)
+    request.signum = None
+    again = pool_in_run_dir(tmp_path / "b", tiny_dataset, cfg, torch.float32, "no --pool given")
+    for x, y in zip(straight.state_dicts, again.state_dicts, strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
