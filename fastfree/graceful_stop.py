@@ -29,13 +29,9 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 @dataclass
 class StopRequest:
-    """What the loop checks at each iteration's end: the signal that asked it to stop, if one did.
-
-    `stopping_after`: what the first signal's message says will end before the stop (set by the
-    context, changed by a command whose phases stop differently: `train` pretraining its own pool)."""
+    """What the loop checks at each iteration's end: the signal that asked it to stop, if one did."""
 
     signum: int | None = None
-    stopping_after: str = "the current iteration, with a checkpoint there"
 
     @property
     def requested(self) -> bool:
@@ -60,11 +56,11 @@ class StoppedBySignal(Exception):
 
 
 @contextmanager
-def stop_on_signals(stopping_after: str | None = None) -> Iterator[StopRequest]:
-    """Inside, the first SIGINT or SIGTERM sets the yielded request (and says so on stderr); a second
-    one stops at once through the handler that was there before. The former handlers are restored on
-    leaving, also on an error."""
-    request = StopRequest() if stopping_after is None else StopRequest(stopping_after=stopping_after)
+def stop_on_signals(stopping_after: str = "the current iteration, with a checkpoint there") -> Iterator[StopRequest]:
+    """Inside, the first SIGINT or SIGTERM sets the yielded request (and says on stderr that the loop
+    is `stopping_after` what); a second one stops at once through the handler that was there before.
+    The former handlers are restored on leaving, also on an error."""
+    request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
@@ -83,7 +79,7 @@ def stop_on_signals(stopping_after: str | None = None) -> Iterator[StopRequest]:
         request.signum = signum
         # os.write, not print: a handler may run while the main thread is inside print (reentrant I/O)
         again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        os.write(2, (f"\nfastfree: {signal.Signals(signum).name}: stopping after {request.stopping_after} "
+        os.write(2, (f"\nfastfree: {signal.Signals(signum).name}: stopping after {stopping_after} "
                      f"({again} again stops at once, keeping what is saved)\n").encode())
 
     for s in previous:
