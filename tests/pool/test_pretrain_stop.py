@@ -14,7 +14,7 @@ from fastfree.graceful_stop import StoppedBySignal, StopRequest
 from fastfree.pool import pretrain
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool, train_teachers_side_by_side
 from fastfree.pool.teachers import sample_teacher_specs
-from tests.pool.test_pretrain_threads import _same
+from tests.pool.test_pretrain_threads import _one_thread_reference, _same
 
 CFG = PretrainConfig(teachers=4, epochs=2, batch_size=20, group_size=2)
 
@@ -64,7 +64,9 @@ def test_side_by_side_the_teachers_under_way_finish_and_no_other_starts(tiny_spl
                                       on_trained=saved.extend, workers=2, stop=stop)
     assert sorted(started) == sorted(s.index for s in specs[:2])  # the other two never started
     assert [t.spec.index for t in got] == [s.index for s in specs[:2]] and len(saved) == 2
-    assert all(t.heldout_accuracy >= 0 for t in got)  # finished, not cut off (each was trained to its end)
+    monkeypatch.setattr(pretrain, "train_teacher_reference", real)
+    for a, b in zip(got, _one_thread_reference(tiny_split, specs[:2], CFG), strict=True):
+        _same(a, b)  # finished, not cut off: each is the one-thread reference's teacher, bit for bit
 
 
 def test_side_by_side_pool_raises_with_the_teachers_kept_and_continues_bit_for_bit(tiny_split):
