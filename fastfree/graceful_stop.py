@@ -9,7 +9,8 @@ the signal's number, as a shell reports a process killed by it). A second signal
 as it would have without this: Ctrl-C raises KeyboardInterrupt, SIGTERM terminates (the last
 checkpoint is kept either way). Pretraining (`pretrain`, and `train`'s own pool) stops the same
 way, after the teachers under way: each finished teacher is saved as it finishes, and one cut
-off mid-way would start over.
+off mid-way would start over; a batched group (a whole pool on a GPU) stops at the end of its
+epoch instead, its state saved (fastfree/pool/group_state.py).
 
 Signal handlers belong to the main thread: elsewhere (a library caller's worker thread) the
 context changes nothing and the request is never set. A signal the process ignores stays ignored.

@@ -10,7 +10,8 @@ ResNets; fastfree does the same (PretrainConfig's milestones).
 
 `train_teachers_batched` stacks the teachers' parameters and buffers (one architecture),
 takes one vmap(grad) step for all of them with a functional optimiser, and tracks each
-teacher's best epoch with masked copies. `train_teacher_reference` is the plain one-model
+teacher's best epoch with masked copies; asked to stop, it pauses at an epoch's end with its
+state (fastfree/pool/group_state.py), from which it continues. `train_teacher_reference` is the plain one-model
 loop the batched path is tested against (equal in float64); `train_teachers_side_by_side` runs
 it for several teachers at once in threads (a CPU's engine). `pretrain_pool` trains a mixed
 pool group by group: one batched run per architecture (and training-set size).
@@ -38,6 +39,7 @@ from fastfree.graceful_stop import StoppedBySignal, StopRequest
 from fastfree.layout import cpu_layout
 from fastfree.models import ARCHITECTURES, build_model
 from fastfree.optim import clip_grad_norm_stacked
+from fastfree.pool.group_state import PARTS, GroupPaused, GroupState, pack, unpack
 from fastfree.pool.optimizers import OPTIMIZERS, OptimizerSpec
 from fastfree.pool.teachers import TeacherSpec, epoch_order, teacher_data
 from fastfree.threads import bound_to_this_thread, one_intra_op_thread
@@ -256,11 +258,15 @@ def train_teachers_side_by_side(
 def train_teachers_batched(
     split: ImageSplit, normalization: Normalization, specs: list[TeacherSpec], cfg: PretrainConfig,
     dtype: torch.dtype = torch.float32, max_steps: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, stop: StopRequest | None = None,
+    resume_from: GroupState | None = None,
 ) -> list[TrainedTeacher]:
     """All `specs` (one architecture, equal training-set sizes) in one vmapped step each.
 
-    `progress(k)` is called after each optimiser step with the number of teachers stepped.
+    `progress(k)` is called after each optimiser step with the number of teachers stepped. Once `stop`
+    is requested, the group stops at the end of the epoch under way and raises GroupPaused with its
+    state (unless that was the last epoch); `resume_from` (such a state, of these specs) continues it
+    from the next epoch, equal to an uninterrupted run bit for bit (fastfree/pool/group_state.py).
     """
     if len({s.arch for s in specs}) != 1:
         raise FastFreeError("a batched run trains at least one teacher, all of one architecture: group the "
@@ -295,8 +301,21 @@ def train_teachers_batched(
     best_epoch = torch.full((len(specs),), -1, dtype=torch.long, device=device)
     best_params = {k: v.clone() for k, v in params.items()}
     best_buffers = {k: v.clone() for k, v in buffers.items()}
+    indices, first_epoch = tuple(s.index for s in specs), 0
+    if resume_from is not None:
+        if resume_from.indices != indices or not 0 < resume_from.epochs_done < cfg.epochs:
+            raise FastFreeError(f"the saved group of teachers {list(resume_from.indices)} after epoch "
+                                f"{resume_from.epochs_done} cannot continue the group {list(indices)} of {cfg.epochs} "
+                                "epochs: pass the state of this group")
+        parts, opt_state, best_acc, best_epoch = unpack(
+            resume_from, {"params": params, "buffers": buffers, "best_params": best_params,
+                          "best_buffers": best_buffers}, opt_state, best_acc, best_epoch)
+        params, buffers, best_params, best_buffers = (parts[p] for p in PARTS)
+        first_epoch = resume_from.epochs_done
+        if progress is not None:  # the steps its first epochs took before
+            progress(len(specs) * first_epoch * len(_batches(n, cfg.batch_size)))
     steps = 0
-    for epoch in range(cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         template.train()
         order = torch.as_tensor(np.stack([epoch_order(s, epoch, n) for s in specs]), device=device)
         for sl in _batches(n, cfg.batch_size):
@@ -326,6 +345,10 @@ def train_teachers_batched(
                 dst[k] = torch.where(mask, v, dst[k])
         if max_steps is not None and steps >= max_steps:
             break
+        if stop is not None and stop.requested and epoch + 1 < cfg.epochs:  # asked to stop, epochs left: pause
+            raise GroupPaused(pack(indices, epoch + 1, {"params": params, "buffers": buffers, "best_params":
+                                                        best_params, "best_buffers": best_buffers},
+                                   opt_state, best_acc, best_epoch))
     accs, epochs = best_acc.tolist(), best_epoch.tolist()
     return [
         TrainedTeacher(
@@ -343,6 +366,7 @@ def pretrain_pool(
     progress: Callable[[int], None] | None = None,
     done: dict[int, TrainedTeacher] | None = None,
     on_trained: Callable[[list[TrainedTeacher]], None] | None = None, stop: StopRequest | None = None,
+    paused: GroupState | None = None, on_paused: Callable[[GroupState], None] | None = None,
 ) -> list[TrainedTeacher]:
     """Train every teacher: batched in groups of `cfg.group_size`, one by one (reference), or the
     reference's teachers side by side in threads (threads: the same teachers as the reference at one
@@ -356,8 +380,10 @@ def pretrain_pool(
     rest trains in a smaller group), so its teachers are the same bit for bit; the new teachers of a
     grown pool train in groups of their own: equal to training them with the old ones up to
     rounding. `on_trained` gets each newly trained group (or teacher) at once. Once `stop` is
-    requested (fastfree.graceful_stop: Ctrl-C or SIGTERM), the group or teachers under way finish
-    and are handed to `on_trained`, and StoppedBySignal is raised unless every teacher is trained.
+    requested (fastfree.graceful_stop: Ctrl-C or SIGTERM), the teachers under way finish and are
+    handed to `on_trained` (reference, threads), or the batched group under way stops at its epoch's
+    end and its state is handed to `on_paused`; then StoppedBySignal is raised unless every teacher is
+    trained. `paused` (such a state) continues its group where it stopped when the group comes.
     """
     stray = sorted({s.arch for s in specs} - set(cfg.archs))
     if stray:
@@ -390,14 +416,28 @@ def pretrain_pool(
         if engine == "reference":
             new = [train_teacher_reference(split, normalization, chunk[0], cfg, dtype, progress=progress)]
         else:
-            new = train_teachers_batched(split, normalization, chunk, cfg, dtype, progress=progress)
+            ours = paused if paused is not None and paused.indices == tuple(s.index for s in chunk) else None
+            try:
+                new = train_teachers_batched(split, normalization, chunk, cfg, dtype, progress=progress, stop=stop,
+                                             resume_from=ours)
+            except GroupPaused as p:
+                if on_paused is not None:
+                    on_paused(p.state)
+                raise StoppedBySignal(stop.signum, len(trained), len(specs),
+                                      f"with {len(trained)} of {len(specs)} teachers trained{', each saved' * bool(trained)}"
+                                      f", and the {len(chunk)} under way saved after epoch {p.state.epochs_done} of "
+                                      f"{cfg.epochs}") from None
         if on_trained is not None:
             on_trained(new)
         trained.update({t.spec.index: t for t in new})
     return [trained[s.index] for s in specs]
 
 
-TEACHERS_UNDER_WAY = "the teachers under way, each saved as it finishes"  # what a stop waits for (the message)
+def stopping_after(engine: str) -> str:
+    """What a stop of `pretrain_pool` with this (resolved) engine waits for, as the signal's message says it."""
+    if engine == "batched":
+        return "the epoch under way, with the teachers' state saved there"
+    return "the teachers under way, each saved as it finishes"
 
 
 def _stop_if_asked(stop: StopRequest | None, trained: int, total: int) -> None:

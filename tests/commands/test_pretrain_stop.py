@@ -10,11 +10,17 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from fastfree.cli import main
-from fastfree.pool.progress import PROGRESS
+from fastfree.commands import pretrain as command
+from fastfree.graceful_stop import StopRequest
+from fastfree.pool.progress import GROUP, PROGRESS
+from fastfree.pool.store import WEIGHTS
 from tests.test_cli import SMALL
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -53,3 +59,48 @@ def test_a_signal_stops_pretraining_after_the_teachers_under_way_and_resume_trai
     result = json.loads(out.read_text())
     assert result["resumed_teachers"] == kept and result["teachers"] == TEACHERS
     assert (pool / "manifest.json").is_file() and not (pool / PROGRESS).exists()
+
+
+def test_a_batched_pool_stops_at_an_epochs_end_and_resume_continues_it(tmp_path, monkeypatch, capsys):
+    """The batched engine trains the pool as one group: a stop keeps its state at the epoch's end, and
+    --resume continues from the next epoch to the pool an uninterrupted run writes. In-process, the
+    request set where the first signal's handler would set it (the handlers: tests/test_graceful_stop.py)."""
+    flags = ["pretrain", "--teachers", "4", "--epochs", "3", "--batch-size", "32", "--engine", "batched",
+             "--device", "cpu", *SMALL]
+    assert main([*flags, "--out", str(tmp_path / "whole")]) == 0
+    request, real = None, command.pretrain_pool
+
+    @contextmanager
+    def signals(stopping_after):
+        nonlocal request
+        assert stopping_after == "the epoch under way, with the teachers' state saved there"
+        request = StopRequest()
+        yield request
+
+    def asked(split, normalization, specs, cfg, engine, dtype, bar, **kwargs):
+        def step(k):
+            bar(k)
+            request.signum = signal.SIGTERM  # in the first epoch
+        return real(split, normalization, specs, cfg, engine, dtype, step, **kwargs)
+
+    monkeypatch.setattr(command, "stop_on_signals", signals)
+    monkeypatch.setattr(command, "pretrain_pool", asked)
+    pool = tmp_path / "cut"
+    capsys.readouterr()
+    assert main([*flags, "--out", str(pool)]) == 143
+    assert "fastfree pretrain: stopped by SIGTERM with 0 of 4 teachers trained, and the 4 under way saved after " \
+           "epoch 1 of 3: run the same command with --resume to continue" in capsys.readouterr().err
+    assert (pool / PROGRESS / GROUP).is_file() and _saved(pool) == 0
+    handed = []  # a group trained again from its start would give the same pool: check that the state is used
+
+    def recorded(*args, paused, **kwargs):
+        handed.append(paused)
+        return real(*args, paused=paused, **kwargs)
+
+    monkeypatch.setattr(command, "pretrain_pool", recorded)
+    assert main([*flags, "--out", str(pool), "--resume"]) == 0
+    assert "resuming: 0 of 4 teachers already trained, 4 more from epoch 2 of 3" in capsys.readouterr().out
+    assert [(p.indices, p.epochs_done) for p in handed] == [((0, 1, 2, 3), 1)]
+    a, b = load_file(str(tmp_path / "whole" / WEIGHTS)), load_file(str(pool / WEIGHTS))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (pool / PROGRESS).exists()

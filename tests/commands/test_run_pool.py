@@ -93,6 +93,16 @@ def test_an_interrupted_pretraining_with_other_settings_is_refused_in_trains_wor
     assert "was started with other settings" in str(e.value) and "to start over" in str(e.value)
 
 
+def _signals_saying(expected: str, request: StopRequest):
+    """Stands in for stop_on_signals: checks what the stop is said to wait for and yields `request`, which
+    the test sets where the first signal's handler would."""
+    @contextmanager
+    def signals(stopping_after):
+        assert stopping_after == expected
+        yield request
+    return signals
+
+
 @pytest.mark.parametrize("when", ["mid-way", "at the last teacher"])
 def test_a_stop_asked_for_in_the_runs_own_pretraining_keeps_its_teachers(tiny_dataset, tmp_path, monkeypatch, when):
     """Ctrl-C or SIGTERM while train pretrains its own pool: the teachers under way finish and are saved,
@@ -101,12 +111,7 @@ def test_a_stop_asked_for_in_the_runs_own_pretraining_keeps_its_teachers(tiny_da
     cfg = replace(CFG, teachers=3)
     straight = pool_in_run_dir(tmp_path / "a", tiny_dataset, cfg, torch.float32, "no --pool given")
     request = StopRequest()
-
-    @contextmanager
-    def signals(stopping_after):
-        assert stopping_after == "the teachers under way, each saved as it finishes"
-        yield request
-
+    signals = _signals_saying("the teachers under way, each saved as it finishes", request)
     real = run_pool.pretrain_pool
 
     def asked(*args, on_trained, **kwargs):
@@ -132,5 +137,42 @@ def test_a_stop_asked_for_in_the_runs_own_pretraining_keeps_its_teachers(tiny_da
     monkeypatch.setattr(run_pool, "pretrain_pool", real)
     request.signum = None
     again = pool_in_run_dir(tmp_path / "b", tiny_dataset, cfg, torch.float32, "no --pool given")
+    for x, y in zip(straight.state_dicts, again.state_dicts, strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_a_stop_in_the_runs_own_batched_pretraining_keeps_the_group_and_the_same_command_continues(
+        tiny_dataset, tmp_path, monkeypatch, capsys):
+    """On a GPU the run's own pool trains batched, as one group: a stop keeps the group's state at the
+    epoch's end and the same command continues it (not --resume: the run has no checkpoint yet)."""
+    cfg = replace(CFG, teachers=3, epochs=3)
+    monkeypatch.setattr(run_pool, "resolve_pool_engine", lambda engine, device: "batched")
+    straight = pool_in_run_dir(tmp_path / "a", tiny_dataset, cfg, torch.float32, "no --pool given")
+    request = StopRequest()
+    signals = _signals_saying("the epoch under way, with the teachers' state saved there", request)
+    real = run_pool.pretrain_pool
+
+    def asked(*args, **kwargs):  # the signal comes in the first step: the group pauses after its first epoch
+        return real(*args, progress=lambda k: setattr(request, "signum", signal.SIGTERM), **kwargs)
+
+    monkeypatch.setattr(run_pool, "stop_on_signals", signals)
+    monkeypatch.setattr(run_pool, "pretrain_pool", asked)
+    with pytest.raises(StoppedBySignal) as stopped:
+        pool_in_run_dir(tmp_path / "b", tiny_dataset, cfg, torch.float32, "no --pool given")
+    assert str(stopped.value) == "stopped by SIGTERM with 0 of 3 teachers trained, and the 3 under way saved after " \
+                                 "epoch 1 of 3"
+    assert stopped.value.then.startswith("run the same command to continue (")
+    handed = []  # a group trained again from its start would give the same pool: check that the state is used
+
+    def recorded(*args, paused, **kwargs):
+        handed.append(paused)
+        return real(*args, paused=paused, **kwargs)
+
+    monkeypatch.setattr(run_pool, "pretrain_pool", recorded)
+    request.signum = None
+    capsys.readouterr()
+    again = pool_in_run_dir(tmp_path / "b", tiny_dataset, cfg, torch.float32, "no --pool given")
+    assert "continued: 0 already trained, 3 more from epoch 2 of 3" in capsys.readouterr().out
+    assert [(p.indices, p.epochs_done) for p in handed] == [((0, 1, 2), 1)]
     for x, y in zip(straight.state_dicts, again.state_dicts, strict=True):
         assert all(torch.equal(x[k], y[k]) for k in x)

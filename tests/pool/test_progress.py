@@ -3,6 +3,7 @@
 import contextlib
 import json
 import re
+import signal
 
 import pytest
 import torch
@@ -11,9 +12,10 @@ from safetensors.torch import load_file
 from fastfree.cli import main
 from fastfree.data.split import CIFAR100_NORM
 from fastfree.errors import FastFreeError
+from fastfree.graceful_stop import StoppedBySignal, StopRequest
 from fastfree.pool import pretrain as pretrain_module
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
-from fastfree.pool.progress import PROGRESS, REPLACING, PretrainProgress, fingerprint
+from fastfree.pool.progress import GROUP, PROGRESS, REPLACING, PretrainProgress, fingerprint
 from fastfree.pool.store import MANIFEST, WEIGHTS, load_pool
 from fastfree.pool.teachers import sample_teacher_specs
 from tests.pool.test_pretrain import NOISE_ONLY
@@ -298,3 +300,43 @@ def test_lr_gamma_counts_only_where_a_milestone_acts(tmp_path, capsys):
     capsys.readouterr()
     assert _pretrain(tmp_path / "decayed", 3, "--resume", "--lr-milestones", "1", "--lr-gamma", "0.5") == 2
     assert "lr_gamma: 0.2 there, 0.5 now" in capsys.readouterr().err
+
+
+def test_a_paused_batched_group_is_kept_on_disk_and_continues_the_uninterrupted_pool(tiny_split, tmp_path):
+    """float64 (its dtype survives the file): groups [0, 1] and [2], 3 epochs of 2 steps; the stop comes in
+    the second group's first epoch, so the first is saved as teachers and the second as its state after
+    epoch 1. Continued from the folder, the pool is the uninterrupted one, and the state file goes once its
+    teachers are saved; an unreadable one is refused, naming the fix."""
+    cfg = PretrainConfig(teachers=3, epochs=3, batch_size=20, group_size=2)
+    specs = sample_teacher_specs(tiny_split.classes, 3, 5, seed=4)
+    whole = pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, "batched", torch.float64)
+    progress = PretrainProgress(tmp_path, _fp(cfg, "batched"))
+    progress.start()
+    stop, calls = StopRequest(), []
+
+    def step(k):
+        calls.append(k)
+        if len(calls) == 7:  # the first step of the second group
+            stop.signum = signal.SIGINT
+
+    with pytest.raises(StoppedBySignal, match="^stopped by SIGINT with 2 of 3 teachers trained, each saved, and the 1 "
+                                              "under way saved after epoch 1 of 3$"):
+        pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, "batched", torch.float64, step,
+                      on_trained=progress.save, stop=stop, on_paused=progress.save_group)
+    group = tmp_path / PROGRESS / GROUP
+    assert group.is_file()
+
+    again = PretrainProgress(tmp_path, _fp(cfg, "batched"))
+    done, paused = again.resume(specs), again.paused_group()
+    assert sorted(done) == [0, 1] and (paused.indices, paused.epochs_done) == ((2,), 1)
+    assert paused.tensors["params.features.0.weight"].dtype == torch.float64
+    resumed = pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, "batched", torch.float64, done=done,
+                            paused=paused, on_trained=again.save, on_paused=again.save_group)
+    _equal(resumed, whole)
+    assert not group.exists() and sorted(p.name for p in (tmp_path / PROGRESS).glob("*.safetensors")) == \
+        ["teacher0000.safetensors", "teacher0001.safetensors", "teacher0002.safetensors"]
+
+    group.write_bytes(b"torn")
+    with pytest.raises(FastFreeError, match=r"group-under-way.safetensors cannot be read .*: delete it to train "
+                                            r"that group of teachers from its first epoch"):
+        again.paused_group()
