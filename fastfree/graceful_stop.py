@@ -8,9 +8,8 @@ checkpoint there and raises `StoppedBySignal` (the CLI then says how to resume a
 the signal's number, as a shell reports a process killed by it). A second signal stops at once,
 as it would have without this: Ctrl-C raises KeyboardInterrupt, SIGTERM terminates (the last
 checkpoint is kept either way). Pretraining (`pretrain`, and `train`'s own pool) stops the same
-way, after the teachers under way: each finished teacher is saved as it finishes, and one cut
-off mid-way would start over; a batched group (a whole pool on a GPU) stops at the end of its
-epoch instead, its state saved (fastfree/pool/group_state.py).
+way: no teacher starts, and those under way (or the batched group, a whole pool on a GPU) stop
+at the end of their epoch with their state saved (fastfree/pool/group_state.py).
 
 Signal handlers belong to the main thread: elsewhere (a library caller's worker thread) the
 context changes nothing and the request is never set. A signal the process ignores stays ignored.

@@ -10,7 +10,8 @@ from fastfree.commands.common import data_config, load_on_device, progress_bar, 
 from fastfree.device import resolve_pool_engine
 from fastfree.errors import FastFreeError
 from fastfree.graceful_stop import stop_on_signals
-from fastfree.pool.pretrain import PretrainConfig, pretrain_pool, stopping_after
+from fastfree.pool.group_state import continuing
+from fastfree.pool.pretrain import STOPPING_AFTER, PretrainConfig, pretrain_pool
 from fastfree.pool.progress import PretrainProgress, fingerprint
 from fastfree.pool.store import records_from_training, save_pool
 from fastfree.pool.teachers import sample_teacher_specs, teacher_data
@@ -51,22 +52,22 @@ def run(args) -> dict:
     if args.resume and args.overwrite:
         raise FastFreeError("--resume keeps the pool's teachers and --overwrite replaces them: pass one of them")
     if args.resume:
-        done, paused = progress.resume(specs), progress.paused_group()
+        done, paused = progress.resume(specs), progress.paused()
         print(f"resuming: {len(done)} of {len(specs)} teachers already trained"
-              + (f", {len(paused.indices)} more from epoch {paused.epochs_done + 1} of {cfg.epochs}" if paused else ""),
+              + (f", {continuing(paused, cfg.epochs)}" if paused else ""),
               flush=True)
     else:
         progress.start(overwrite=args.overwrite)
-        done, paused = {}, None
+        done, paused = {}, []
     t0 = time.perf_counter()
     desc = f"pretraining {cfg.teachers} teachers ({engine})"
-    # Ctrl-C / SIGTERM: the teachers under way finish and are saved (batched: the group under way stops at
-    # its epoch's end, its state saved), then StoppedBySignal (fastfree/graceful_stop.py)
+    # Ctrl-C / SIGTERM: the teachers under way stop at their epoch's end, their state saved, then
+    # StoppedBySignal (fastfree/graceful_stop.py, fastfree/pool/group_state.py)
     with progress_bar(total=cfg.epochs * sum(steps_per_epoch), desc=desc, unit="teacher-step") as bar, \
-            stop_on_signals(stopping_after(engine)) as stop:
+            stop_on_signals(STOPPING_AFTER) as stop:
         trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, bar.update,
                                 done=done, on_trained=progress.save, stop=stop, paused=paused,
-                                on_paused=progress.save_group)
+                                on_paused=progress.save_paused)
     if device.type == "cuda":
         import torch
 

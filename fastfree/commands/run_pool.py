@@ -11,7 +11,8 @@ from fastfree.data.split import FewShotDataset
 from fastfree.device import resolve_pool_engine
 from fastfree.errors import FastFreeError
 from fastfree.graceful_stop import StoppedBySignal, stop_on_signals
-from fastfree.pool.pretrain import PretrainConfig, pretrain_pool, stopping_after
+from fastfree.pool.group_state import continuing
+from fastfree.pool.pretrain import STOPPING_AFTER, PretrainConfig, pretrain_pool
 from fastfree.pool.progress import PretrainProgress, fingerprint
 from fastfree.pool.store import Pool, load_pool, records_from_training, save_pool
 from fastfree.pool.teachers import sample_teacher_specs
@@ -35,23 +36,22 @@ def pool_in_run_dir(pool_dir: Path, dataset: FewShotDataset, cfg: PretrainConfig
                 done = progress.resume(specs)
             except FastFreeError as e:  # worded for `pretrain --resume`: this is train's own pool
                 raise FastFreeError(f"{what}, its pool's pretraining: {str(e).removeprefix('--resume: ')}") from e
-            paused = progress.paused_group()
+            paused = progress.paused()
             print(f"{what}: pretraining {cfg.teachers} teachers into {pool_dir}, continued: {len(done)} already "
-                  "trained" + (f", {len(paused.indices)} more from epoch {paused.epochs_done + 1} of {cfg.epochs}"
-                               if paused else ""), flush=True)
+                  "trained" + (f", {continuing(paused, cfg.epochs)}" if paused else ""), flush=True)
         else:
             progress.start()
-            done, paused = {}, None
+            done, paused = {}, []
             print(f"{what}: pretraining {cfg.teachers} teachers into {pool_dir}", flush=True)
-        # Ctrl-C / SIGTERM: the teachers under way finish and are kept (batched: the group under way stops at
-        # its epoch's end, its state kept; fastfree/graceful_stop.py); the run has no checkpoint yet, so the
-        # same command continues it, not --resume (which needs one)
+        # Ctrl-C / SIGTERM: the teachers under way stop at their epoch's end, their state kept
+        # (fastfree/graceful_stop.py); the run has no checkpoint yet, so the same command continues it, not
+        # --resume (which needs one)
         again = "run the same command to continue (its pool's pretraining goes on from what was saved)"
-        with stop_on_signals(stopping_after(engine)) as stop:
+        with stop_on_signals(STOPPING_AFTER) as stop:
             try:
                 trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, done=done,
                                         on_trained=progress.save, stop=stop, paused=paused,
-                                        on_paused=progress.save_group)
+                                        on_paused=progress.save_paused)
             except StoppedBySignal as e:
                 e.then = again
                 raise

@@ -39,7 +39,8 @@ from fastfree.graceful_stop import StoppedBySignal, StopRequest
 from fastfree.layout import cpu_layout
 from fastfree.models import ARCHITECTURES, build_model
 from fastfree.optim import clip_grad_norm_stacked
-from fastfree.pool.group_state import PARTS, GroupPaused, GroupState, pack, unpack
+from fastfree.pool.group_state import (PARTS, GroupPaused, GroupState, continue_teacher, pack, pack_teacher,
+                                       under_way, unpack)
 from fastfree.pool.optimizers import OPTIMIZERS, OptimizerSpec
 from fastfree.pool.teachers import TeacherSpec, epoch_order, teacher_data
 from fastfree.threads import bound_to_this_thread, one_intra_op_thread
@@ -155,9 +156,14 @@ def _batches(n: int, batch_size: int) -> list[slice]:
 def train_teacher_reference(
     split: ImageSplit, normalization: Normalization, spec: TeacherSpec, cfg: PretrainConfig,
     dtype: torch.dtype = torch.float32, max_steps: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, stop: StopRequest | None = None,
+    resume_from: GroupState | None = None,
 ) -> TrainedTeacher:
-    """One teacher, plain PyTorch: nn.Module, torch.optim (Adam or SGD), clip_grad_norm_."""
+    """One teacher, plain PyTorch: nn.Module, torch.optim (Adam or SGD), clip_grad_norm_.
+
+    Once `stop` is requested it stops at the end of the epoch under way and raises GroupPaused with its
+    state (unless that was the last epoch); `resume_from` (such a state) continues it from the next
+    epoch, equal to an uninterrupted run bit for bit (fastfree/pool/group_state.py)."""
     device = split.device
     data = teacher_data(split, spec, cfg.heldout_fraction)
     model = init_teacher(spec, cfg, split.image_size).to(device=device, dtype=dtype)
@@ -165,8 +171,17 @@ def train_teacher_reference(
     opt = ospec.torch(model.parameters())
     schedule = torch.optim.lr_scheduler.MultiStepLR(opt, list(ospec.milestones), ospec.gamma)  # as the authors'
     best = (-1.0, copy.deepcopy(model.state_dict()), -1)
+    first_epoch = 0
+    if resume_from is not None:
+        if resume_from.indices != (spec.index,) or not 0 < resume_from.epochs_done < cfg.epochs:
+            raise FastFreeError(f"the saved state of teachers {list(resume_from.indices)} after epoch "
+                                f"{resume_from.epochs_done} cannot continue teacher {spec.index} of {cfg.epochs} "
+                                "epochs: pass the state of this teacher")
+        best, first_epoch = continue_teacher(resume_from, model, opt, schedule), resume_from.epochs_done
+        if progress is not None:  # the steps its first epochs took before
+            progress(first_epoch * len(_batches(data.train_idx.numel(), cfg.batch_size)))
     steps = 0
-    for epoch in range(cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         model.train()
         order = torch.as_tensor(epoch_order(spec, epoch, data.train_idx.numel()), device=device)
         for sl in _batches(order.numel(), cfg.batch_size):
@@ -194,6 +209,8 @@ def train_teacher_reference(
             best = (acc, copy.deepcopy(model.state_dict()), epoch)
         if max_steps is not None and steps >= max_steps:
             break
+        if stop is not None and stop.requested and epoch + 1 < cfg.epochs:  # asked to stop, epochs left: pause
+            raise GroupPaused(pack_teacher(spec.index, epoch + 1, model, opt, best))
     return TrainedTeacher(spec, best[1], best[0], best[2])
 
 
@@ -206,6 +223,7 @@ def train_teachers_side_by_side(
     dtype: torch.dtype = torch.float32, progress: Callable[[int], None] | None = None,
     on_trained: Callable[[list[TrainedTeacher]], None] | None = None, workers: int | None = None,
     max_steps: int | None = None, stop: StopRequest | None = None,
+    paused: dict[int, GroupState] | None = None, on_paused: Callable[[GroupState], None] | None = None,
 ) -> list[TrainedTeacher]:
     """`train_teacher_reference` for each spec, `workers` teachers at a time (default: torch's thread
     count) in Python threads, torch at one intra-op thread in each. Each teacher is the reference's at
@@ -216,8 +234,10 @@ def train_teachers_side_by_side(
     `on_trained` gets each teacher as it finishes (so an interrupted pool keeps it), called under a
     lock like `progress`. A teacher that fails, or a Ctrl-C, stops the others at their next step and
     the error is raised; the teachers finished before are kept by `on_trained`. Once `stop` is
-    requested (fastfree.graceful_stop) no teacher starts and those under way finish: the teachers
-    not started are left out of the list returned (in the specs' order)."""
+    requested (fastfree.graceful_stop) no teacher starts and those under way stop at the end of their
+    epoch (or finish, in their last), each paused one's state handed to `on_paused` (under the lock):
+    the teachers not started or paused are left out of the list returned (in the specs' order).
+    `paused` maps a teacher's index to such a state, from which it continues."""
     lock, abort = threading.Lock(), threading.Event()
 
     def step(k: int) -> None:  # every optimiser step of every teacher passes here: where an abort is seen
@@ -228,9 +248,16 @@ def train_teachers_side_by_side(
                 progress(k)
 
     def one(spec: TeacherSpec) -> TrainedTeacher | None:
-        if stop is not None and stop.requested:  # asked to stop: the teachers under way finish, no new one starts
+        if stop is not None and stop.requested:  # asked to stop: the teachers under way pause, no new one starts
             return None
-        trained = train_teacher_reference(split, normalization, spec, cfg, dtype, max_steps, progress=step)
+        try:
+            trained = train_teacher_reference(split, normalization, spec, cfg, dtype, max_steps, progress=step,
+                                              stop=stop, resume_from=(paused or {}).get(spec.index))
+        except GroupPaused as p:
+            if on_paused is not None:
+                with lock:
+                    on_paused(p.state)
+            return None
         if on_trained is not None:
             with lock:
                 on_trained([trained])
@@ -366,7 +393,7 @@ def pretrain_pool(
     progress: Callable[[int], None] | None = None,
     done: dict[int, TrainedTeacher] | None = None,
     on_trained: Callable[[list[TrainedTeacher]], None] | None = None, stop: StopRequest | None = None,
-    paused: GroupState | None = None, on_paused: Callable[[GroupState], None] | None = None,
+    paused: list[GroupState] | None = None, on_paused: Callable[[GroupState], None] | None = None,
 ) -> list[TrainedTeacher]:
     """Train every teacher: batched in groups of `cfg.group_size`, one by one (reference), or the
     reference's teachers side by side in threads (threads: the same teachers as the reference at one
@@ -380,10 +407,10 @@ def pretrain_pool(
     rest trains in a smaller group), so its teachers are the same bit for bit; the new teachers of a
     grown pool train in groups of their own: equal to training them with the old ones up to
     rounding. `on_trained` gets each newly trained group (or teacher) at once. Once `stop` is
-    requested (fastfree.graceful_stop: Ctrl-C or SIGTERM), the teachers under way finish and are
-    handed to `on_trained` (reference, threads), or the batched group under way stops at its epoch's
-    end and its state is handed to `on_paused`; then StoppedBySignal is raised unless every teacher is
-    trained. `paused` (such a state) continues its group where it stopped when the group comes.
+    requested (fastfree.graceful_stop: Ctrl-C or SIGTERM), no teacher starts, and the teachers (or
+    batched group) under way stop at the end of their epoch, each state handed to `on_paused` (those
+    in their last epoch finish and go to `on_trained`); then StoppedBySignal is raised unless every
+    teacher is trained. `paused` (such states) continue their teachers where they stopped.
     """
     stray = sorted({s.arch for s in specs} - set(cfg.archs))
     if stray:
@@ -395,10 +422,19 @@ def pretrain_pool(
     if progress is not None and done:  # the steps the finished teachers took before
         progress(sum(cfg.epochs * -(-teacher_data(split, s, cfg.heldout_fraction).train_idx.numel() //
                                     cfg.batch_size) for s in specs if s.index in done))
+    paused_by = {p.indices: p for p in paused or []}
+    kept: list[GroupState] = []  # the states paused by this call
+
+    def keep(state: GroupState) -> None:
+        kept.append(state)
+        if on_paused is not None:
+            on_paused(state)
+
     if engine == "threads":
         trained = {t.spec.index: t for t in train_teachers_side_by_side(
-            split, normalization, todo, cfg, dtype, progress, on_trained, stop=stop)}
-        _stop_if_asked(stop, len(done) + len(trained), len(specs))
+            split, normalization, todo, cfg, dtype, progress, on_trained, stop=stop,
+            paused={i[0]: p for i, p in paused_by.items() if len(i) == 1}, on_paused=keep)}
+        _stop_if_asked(stop, len(done) + len(trained), len(specs), kept, cfg.epochs)
         return [done[s.index] if s.index in done else trained[s.index] for s in specs]
     if engine == "reference":
         chunks = [[s] for s in todo]
@@ -413,34 +449,32 @@ def pretrain_pool(
     trained: dict[int, TrainedTeacher] = dict(done)
     for chunk in chunks:
         _stop_if_asked(stop, len(trained), len(specs))
-        if engine == "reference":
-            new = [train_teacher_reference(split, normalization, chunk[0], cfg, dtype, progress=progress)]
-        else:
-            ours = paused if paused is not None and paused.indices == tuple(s.index for s in chunk) else None
-            try:
-                new = train_teachers_batched(split, normalization, chunk, cfg, dtype, progress=progress, stop=stop,
-                                             resume_from=ours)
-            except GroupPaused as p:
-                if on_paused is not None:
-                    on_paused(p.state)
-                raise StoppedBySignal(stop.signum, len(trained), len(specs),
-                                      f"with {len(trained)} of {len(specs)} teachers trained{', each saved' * bool(trained)}"
-                                      f", and the {len(chunk)} under way saved after epoch {p.state.epochs_done} of "
-                                      f"{cfg.epochs}") from None
+        train = train_teacher_reference if engine == "reference" else train_teachers_batched
+        try:
+            new = train(split, normalization, chunk[0] if engine == "reference" else chunk, cfg, dtype,
+                        progress=progress, stop=stop, resume_from=paused_by.get(tuple(s.index for s in chunk)))
+        except GroupPaused as p:
+            keep(p.state)
+            raise _stopped(stop, len(trained), len(specs), kept, cfg.epochs) from None
+        new = [new] if engine == "reference" else new
         if on_trained is not None:
             on_trained(new)
         trained.update({t.spec.index: t for t in new})
     return [trained[s.index] for s in specs]
 
 
-def stopping_after(engine: str) -> str:
-    """What a stop of `pretrain_pool` with this (resolved) engine waits for, as the signal's message says it."""
-    if engine == "batched":
-        return "the epoch under way, with the teachers' state saved there"
-    return "the teachers under way, each saved as it finishes"
+# what a stop of `pretrain_pool` waits for, as the first signal's message says it
+STOPPING_AFTER = "the epoch under way, with the teachers' state saved there"
 
 
-def _stop_if_asked(stop: StopRequest | None, trained: int, total: int) -> None:
-    """StoppedBySignal if a stop was asked for and teachers are left to train."""
+def _stop_if_asked(stop: StopRequest | None, trained: int, total: int, paused: list[GroupState] = (),
+                   epochs: int = 0) -> None:
+    """StoppedBySignal if a stop was asked for and teachers are left to train (`paused`: the states
+    of those stopped mid-way, saved, of `epochs` epochs)."""
     if stop is not None and stop.requested and trained < total:
-        raise StoppedBySignal(stop.signum, trained, total, f"with {trained} of {total} teachers trained, each saved")
+        raise _stopped(stop, trained, total, paused, epochs)
+
+
+def _stopped(stop: StopRequest, trained: int, total: int, paused: list[GroupState], epochs: int) -> StoppedBySignal:
+    kept = f"with {trained} of {total} teachers trained" + (", each saved" if trained else "")
+    return StoppedBySignal(stop.signum, trained, total, kept + (f", and {under_way(paused, epochs)}" if paused else ""))

@@ -7,9 +7,10 @@ accuracy and best epoch in the file's metadata. Each file is written to a tempor
 renamed, so a kill leaves whole teachers only. `--resume` reuses every teacher whose fingerprint
 and spec match and trains the rest; a finished pool at POOL counts as progress too, so a pool
 grows (`--teachers 100 --resume` over a pool of 20 trains the 80 new ones). A teacher depends
-only on its own spec and the config, so the resumed pool equals an uninterrupted one. A batched
-group stopped by a signal leaves `group-under-way.safetensors`, its state at an epoch's end, and
-`--resume` continues it from the next epoch (fastfree/pool/group_state.py), equally exactly.
+only on its own spec and the config, so the resumed pool equals an uninterrupted one. Teachers
+stopped by a signal mid-way leave `under-way-NNNN.safetensors` (a teacher's, or a batched
+group's, state at an epoch's end), and `--resume` continues them from the next epoch
+(fastfree/pool/group_state.py), equally exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fastfree.settings_diff import settings_diff
 
 PROGRESS = ".progress"
 FINGERPRINT = "fingerprint.json"
-GROUP = "group-under-way.safetensors"  # a batched group paused at an epoch's end
+PAUSED = "under-way-{}.safetensors"  # teachers paused at an epoch's end, by their first index
 REPLACING = "replacing-the-pool"  # marks a progress folder started with --overwrite: the old pool is not reused
 
 
@@ -195,44 +196,46 @@ class PretrainProgress:
         return done
 
     def save(self, trained: list[TrainedTeacher]) -> None:
-        """Each teacher atomically: a kill leaves it whole or absent. A paused group's state is dropped
-        once its teachers are all saved (it is of no use then)."""
+        """Each teacher atomically: a kill leaves it whole or absent. A paused state is dropped once its
+        teachers are all saved (it is of no use then)."""
         for t in trained:
             path = self.dir / f"teacher{t.spec.index:04d}.safetensors"
             atomic_save_readable({k: v.detach().to("cpu").contiguous() for k, v in t.state_dict.items()}, path,
                                  metadata=_spec_meta(t))
-        group = self.dir / GROUP
-        if trained and group.is_file():
-            with safe_open(str(group), "pt") as f:
-                indices = json.loads(f.metadata()["indices"])
-            if set(indices) <= {t.spec.index for t in trained}:
-                group.unlink(missing_ok=True)
+        saved = {t.spec.index for t in trained}
+        for path in self._paused_files():
+            with safe_open(str(path), "pt") as f:
+                if set(json.loads(f.metadata()["indices"])) <= saved:
+                    path.unlink(missing_ok=True)
 
-    def save_group(self, state: GroupState) -> None:
-        """A batched group paused at an epoch's end (fastfree/pool/group_state.py), atomically; one at a
-        time: the batched engine trains its groups one after another."""
-        atomic_save_readable(state.tensors, self.dir / GROUP,
+    def _paused_files(self) -> list[Path]:
+        return sorted(self.dir.glob(PAUSED.format("[0-9]*")))
+
+    def save_paused(self, state: GroupState) -> None:
+        """Teachers paused at an epoch's end (fastfree/pool/group_state.py: a batched group, or a
+        reference teacher), atomically, named by their first index."""
+        atomic_save_readable(state.tensors, self.dir / PAUSED.format(f"{state.indices[0]:04d}"),
                              metadata={"indices": json.dumps(list(state.indices)),
                                        "epochs_done": str(state.epochs_done)})
 
-    def paused_group(self) -> GroupState | None:
-        """The paused group's state, if the progress folder holds one (call after `resume`, which checks
-        that the folder was started with these settings)."""
-        path = self.dir / GROUP
-        if not path.is_file():
-            return None
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata()
-            state = GroupState(tuple(json.loads(meta["indices"])), int(meta["epochs_done"]), load_file(str(path)))
-        except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
-            raise FastFreeError(f"--resume: {path} cannot be read ({e}): delete it to train that group of teachers "
-                                "from its first epoch") from e
-        return state
+    def paused(self) -> list[GroupState]:
+        """The paused teachers' states the progress folder holds (call after `resume`, which checks that
+        the folder was started with these settings)."""
+        states = []
+        for path in self._paused_files():
+            try:
+                with safe_open(str(path), "pt") as f:
+                    meta = f.metadata()
+                states.append(GroupState(tuple(json.loads(meta["indices"])), int(meta["epochs_done"]),
+                                         load_file(str(path))))
+            except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
+                raise FastFreeError(f"--resume: {path} cannot be read ({e}): delete it to train its teachers from "
+                                    "their first epoch") from e
+        return states
 
     def finish(self) -> None:
         """After the pool is written: the progress is in it."""
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-__all__ = ["GROUP", "PROGRESS", "PretrainProgress", "fingerprint"]
+__all__ = ["PAUSED", "PROGRESS", "PretrainProgress", "fingerprint"]

@@ -1,11 +1,12 @@
 """`fastfree pretrain` stopped by SIGTERM (or Ctrl-C's SIGINT, the same path): the teachers under way
-finish and are saved, the command says how to continue and exits 143, and `--resume` trains only the
-rest. Run as a real process, since it is about signals."""
+stop at their epoch's end with their state saved, the command says how to continue and exits 143, and
+`--resume` continues them and trains the rest. Run as a real process, since it is about signals."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from safetensors.torch import load_file
 from fastfree.cli import main
 from fastfree.commands import pretrain as command
 from fastfree.graceful_stop import StopRequest
-from fastfree.pool.progress import GROUP, PROGRESS
+from fastfree.pool.progress import PAUSED, PROGRESS
 from fastfree.pool.store import WEIGHTS
 from tests.test_cli import SMALL
 
@@ -32,7 +33,7 @@ def _saved(pool) -> int:
     return len(list((pool / PROGRESS).glob("teacher*.safetensors")))
 
 
-def test_a_signal_stops_pretraining_after_the_teachers_under_way_and_resume_trains_the_rest(tmp_path):
+def test_a_signal_stops_pretraining_at_the_epochs_end_and_resume_continues(tmp_path, capsys):
     pool = tmp_path / "pool"
     flags = ["pretrain", "--teachers", str(TEACHERS), "--epochs", "20", "--batch-size", "32", "--out", str(pool),
              "--device", "cpu", *SMALL]
@@ -51,11 +52,19 @@ def test_a_signal_stops_pretraining_after_the_teachers_under_way_and_resume_trai
     assert proc.returncode == 143, err
     kept = _saved(pool)
     assert 1 <= kept < TEACHERS and not (pool / "manifest.json").exists()
-    assert "fastfree: SIGTERM: stopping after the teachers under way, each saved as it finishes" in err
-    assert f"fastfree pretrain: stopped by SIGTERM with {kept} of {TEACHERS} teachers trained, each saved: run the " \
-           "same command with --resume to continue" in err
+    paused = len(list((pool / PROGRESS).glob(PAUSED.format("*"))))
+    assert "fastfree: SIGTERM: stopping after the epoch under way, with the teachers' state saved there" in err
+    # those under way pause (one could be in its last epoch, and finish instead)
+    said = re.search(rf"fastfree pretrain: stopped by SIGTERM with {kept} of {TEACHERS} teachers trained, each saved"
+                     r"(, and the (\d) under way saved after epochs? [\d, and]+ of 20)?: run the same command with "
+                     r"--resume to continue", err)
+    assert said is not None, err
+    assert paused == int(said.group(2) or 0) and paused + kept < TEACHERS
     out = tmp_path / "p.json"
+    capsys.readouterr()
     assert main([*flags, "--resume", "--json", str(out)]) == 0
+    assert f"resuming: {kept} of {TEACHERS} teachers already trained" + (f", {paused} more from epoch" if paused else "\n") \
+        in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["resumed_teachers"] == kept and result["teachers"] == TEACHERS
     assert (pool / "manifest.json").is_file() and not (pool / PROGRESS).exists()
@@ -90,7 +99,7 @@ def test_a_batched_pool_stops_at_an_epochs_end_and_resume_continues_it(tmp_path,
     assert main([*flags, "--out", str(pool)]) == 143
     assert "fastfree pretrain: stopped by SIGTERM with 0 of 4 teachers trained, and the 4 under way saved after " \
            "epoch 1 of 3: run the same command with --resume to continue" in capsys.readouterr().err
-    assert (pool / PROGRESS / GROUP).is_file() and _saved(pool) == 0
+    assert (pool / PROGRESS / PAUSED.format("0000")).is_file() and _saved(pool) == 0
     handed = []  # a group trained again from its start would give the same pool: check that the state is used
 
     def recorded(*args, paused, **kwargs):
@@ -100,7 +109,7 @@ def test_a_batched_pool_stops_at_an_epochs_end_and_resume_continues_it(tmp_path,
     monkeypatch.setattr(command, "pretrain_pool", recorded)
     assert main([*flags, "--out", str(pool), "--resume"]) == 0
     assert "resuming: 0 of 4 teachers already trained, 4 more from epoch 2 of 3" in capsys.readouterr().out
-    assert [(p.indices, p.epochs_done) for p in handed] == [((0, 1, 2, 3), 1)]
+    assert [[(p.indices, p.epochs_done) for p in states] for states in handed] == [[((0, 1, 2, 3), 1)]]
     a, b = load_file(str(tmp_path / "whole" / WEIGHTS)), load_file(str(pool / WEIGHTS))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (pool / PROGRESS).exists()

@@ -93,25 +93,26 @@ def test_an_interrupted_pretraining_with_other_settings_is_refused_in_trains_wor
     assert "was started with other settings" in str(e.value) and "to start over" in str(e.value)
 
 
-def _signals_saying(expected: str, request: StopRequest):
+def _signals(request: StopRequest):
     """Stands in for stop_on_signals: checks what the stop is said to wait for and yields `request`, which
     the test sets where the first signal's handler would."""
     @contextmanager
     def signals(stopping_after):
-        assert stopping_after == expected
+        assert stopping_after == "the epoch under way, with the teachers' state saved there"
         yield request
     return signals
 
 
 @pytest.mark.parametrize("when", ["mid-way", "at the last teacher"])
 def test_a_stop_asked_for_in_the_runs_own_pretraining_keeps_its_teachers(tiny_dataset, tmp_path, monkeypatch, when):
-    """Ctrl-C or SIGTERM while train pretrains its own pool: the teachers under way finish and are saved,
-    and the run (which has no checkpoint yet) is continued by the same command, not by --resume. The
-    request is set by hand where the first signal's handler would set it (tests/test_graceful_stop.py)."""
+    """Ctrl-C or SIGTERM while train pretrains its own pool: the teachers under way (in their last epoch,
+    of one) finish and are saved, and the run (which has no checkpoint yet) is continued by the same
+    command, not by --resume. The request is set by hand where the first signal's handler would set it
+    (tests/test_graceful_stop.py)."""
     cfg = replace(CFG, teachers=3)
     straight = pool_in_run_dir(tmp_path / "a", tiny_dataset, cfg, torch.float32, "no --pool given")
     request = StopRequest()
-    signals = _signals_saying("the teachers under way, each saved as it finishes", request)
+    signals = _signals(request)
     real = run_pool.pretrain_pool
 
     def asked(*args, on_trained, **kwargs):
@@ -149,7 +150,7 @@ def test_a_stop_in_the_runs_own_batched_pretraining_keeps_the_group_and_the_same
     monkeypatch.setattr(run_pool, "resolve_pool_engine", lambda engine, device: "batched")
     straight = pool_in_run_dir(tmp_path / "a", tiny_dataset, cfg, torch.float32, "no --pool given")
     request = StopRequest()
-    signals = _signals_saying("the epoch under way, with the teachers' state saved there", request)
+    signals = _signals(request)
     real = run_pool.pretrain_pool
 
     def asked(*args, **kwargs):  # the signal comes in the first step: the group pauses after its first epoch
@@ -173,6 +174,6 @@ def test_a_stop_in_the_runs_own_batched_pretraining_keeps_the_group_and_the_same
     capsys.readouterr()
     again = pool_in_run_dir(tmp_path / "b", tiny_dataset, cfg, torch.float32, "no --pool given")
     assert "continued: 0 already trained, 3 more from epoch 2 of 3" in capsys.readouterr().out
-    assert [(p.indices, p.epochs_done) for p in handed] == [((0, 1, 2), 1)]
+    assert [[(p.indices, p.epochs_done) for p in states] for states in handed] == [[((0, 1, 2), 1)]]
     for x, y in zip(straight.state_dicts, again.state_dicts, strict=True):
         assert all(torch.equal(x[k], y[k]) for k in x)

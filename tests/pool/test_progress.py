@@ -15,7 +15,7 @@ from fastfree.errors import FastFreeError
 from fastfree.graceful_stop import StoppedBySignal, StopRequest
 from fastfree.pool import pretrain as pretrain_module
 from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
-from fastfree.pool.progress import GROUP, PROGRESS, REPLACING, PretrainProgress, fingerprint
+from fastfree.pool.progress import PAUSED, PROGRESS, REPLACING, PretrainProgress, fingerprint
 from fastfree.pool.store import MANIFEST, WEIGHTS, load_pool
 from fastfree.pool.teachers import sample_teacher_specs
 from tests.pool.test_pretrain import NOISE_ONLY
@@ -322,21 +322,21 @@ def test_a_paused_batched_group_is_kept_on_disk_and_continues_the_uninterrupted_
     with pytest.raises(StoppedBySignal, match="^stopped by SIGINT with 2 of 3 teachers trained, each saved, and the 1 "
                                               "under way saved after epoch 1 of 3$"):
         pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, "batched", torch.float64, step,
-                      on_trained=progress.save, stop=stop, on_paused=progress.save_group)
-    group = tmp_path / PROGRESS / GROUP
+                      on_trained=progress.save, stop=stop, on_paused=progress.save_paused)
+    group = tmp_path / PROGRESS / PAUSED.format("0002")
     assert group.is_file()
 
     again = PretrainProgress(tmp_path, _fp(cfg, "batched"))
-    done, paused = again.resume(specs), again.paused_group()
+    done, (paused,) = again.resume(specs), again.paused()
     assert sorted(done) == [0, 1] and (paused.indices, paused.epochs_done) == ((2,), 1)
     assert paused.tensors["params.features.0.weight"].dtype == torch.float64
     resumed = pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, "batched", torch.float64, done=done,
-                            paused=paused, on_trained=again.save, on_paused=again.save_group)
+                            paused=[paused], on_trained=again.save, on_paused=again.save_paused)
     _equal(resumed, whole)
     assert not group.exists() and sorted(p.name for p in (tmp_path / PROGRESS).glob("*.safetensors")) == \
         ["teacher0000.safetensors", "teacher0001.safetensors", "teacher0002.safetensors"]
 
     group.write_bytes(b"torn")
-    with pytest.raises(FastFreeError, match=r"group-under-way.safetensors cannot be read .*: delete it to train "
-                                            r"that group of teachers from its first epoch"):
-        again.paused_group()
+    with pytest.raises(FastFreeError, match=r"under-way-0002.safetensors cannot be read .*: delete it to train its "
+                                            r"teachers from their first epoch"):
+        again.paused()
