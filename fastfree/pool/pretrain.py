@@ -171,15 +171,10 @@ def train_teacher_reference(
     opt = ospec.torch(model.parameters())
     schedule = torch.optim.lr_scheduler.MultiStepLR(opt, list(ospec.milestones), ospec.gamma)  # as the authors'
     best = (-1.0, copy.deepcopy(model.state_dict()), -1)
-    first_epoch = 0
+    first_epoch = _first_epoch(resume_from, (spec.index,), f"teacher {spec.index}", cfg, progress,
+                               len(_batches(data.train_idx.numel(), cfg.batch_size)))
     if resume_from is not None:
-        if resume_from.indices != (spec.index,) or not 0 < resume_from.epochs_done < cfg.epochs:
-            raise FastFreeError(f"the saved state of teachers {list(resume_from.indices)} after epoch "
-                                f"{resume_from.epochs_done} cannot continue teacher {spec.index} of {cfg.epochs} "
-                                "epochs: pass the state of this teacher")
-        best, first_epoch = continue_teacher(resume_from, model, opt, schedule), resume_from.epochs_done
-        if progress is not None:  # the steps its first epochs took before
-            progress(first_epoch * len(_batches(data.train_idx.numel(), cfg.batch_size)))
+        best = continue_teacher(resume_from, model, opt, schedule)
     steps = 0
     for epoch in range(first_epoch, cfg.epochs):
         model.train()
@@ -212,6 +207,20 @@ def train_teacher_reference(
         if stop is not None and stop.requested and epoch + 1 < cfg.epochs:  # asked to stop, epochs left: pause
             raise GroupPaused(pack_teacher(spec.index, epoch + 1, model, opt, best))
     return TrainedTeacher(spec, best[1], best[0], best[2])
+
+
+def _first_epoch(state: GroupState | None, indices: tuple[int, ...], what: str, cfg: PretrainConfig,
+                 progress: Callable[[int], None] | None, steps_per_epoch: int) -> int:
+    """The epoch a trainer starts from: 0, or that after a paused `state`, which must be of these
+    teachers (`what`, in the refusal), with epochs left; progress counts the steps it took before."""
+    if state is None:
+        return 0
+    if state.indices != indices or not 0 < state.epochs_done < cfg.epochs:
+        raise FastFreeError(f"the saved state of teachers {list(state.indices)} after epoch {state.epochs_done} "
+                            f"cannot continue {what} of {cfg.epochs} epochs: pass the state of these teachers")
+    if progress is not None:
+        progress(state.epochs_done * steps_per_epoch)
+    return state.epochs_done
 
 
 class _Stopped(Exception):
@@ -328,19 +337,14 @@ def train_teachers_batched(
     best_epoch = torch.full((len(specs),), -1, dtype=torch.long, device=device)
     best_params = {k: v.clone() for k, v in params.items()}
     best_buffers = {k: v.clone() for k, v in buffers.items()}
-    indices, first_epoch = tuple(s.index for s in specs), 0
+    indices = tuple(s.index for s in specs)
+    first_epoch = _first_epoch(resume_from, indices, f"the group {list(indices)}", cfg, progress,
+                               len(specs) * len(_batches(n, cfg.batch_size)))
     if resume_from is not None:
-        if resume_from.indices != indices or not 0 < resume_from.epochs_done < cfg.epochs:
-            raise FastFreeError(f"the saved group of teachers {list(resume_from.indices)} after epoch "
-                                f"{resume_from.epochs_done} cannot continue the group {list(indices)} of {cfg.epochs} "
-                                "epochs: pass the state of this group")
         parts, opt_state, best_acc, best_epoch = unpack(
             resume_from, {"params": params, "buffers": buffers, "best_params": best_params,
                           "best_buffers": best_buffers}, opt_state, best_acc, best_epoch)
         params, buffers, best_params, best_buffers = (parts[p] for p in PARTS)
-        first_epoch = resume_from.epochs_done
-        if progress is not None:  # the steps its first epochs took before
-            progress(len(specs) * first_epoch * len(_batches(n, cfg.batch_size)))
     steps = 0
     for epoch in range(first_epoch, cfg.epochs):
         template.train()
@@ -449,14 +453,17 @@ def pretrain_pool(
     trained: dict[int, TrainedTeacher] = dict(done)
     for chunk in chunks:
         _stop_if_asked(stop, len(trained), len(specs))
-        train = train_teacher_reference if engine == "reference" else train_teachers_batched
+        ours = paused_by.get(tuple(s.index for s in chunk))
         try:
-            new = train(split, normalization, chunk[0] if engine == "reference" else chunk, cfg, dtype,
-                        progress=progress, stop=stop, resume_from=paused_by.get(tuple(s.index for s in chunk)))
+            if engine == "reference":
+                new = [train_teacher_reference(split, normalization, chunk[0], cfg, dtype, progress=progress,
+                                               stop=stop, resume_from=ours)]
+            else:
+                new = train_teachers_batched(split, normalization, chunk, cfg, dtype, progress=progress, stop=stop,
+                                             resume_from=ours)
         except GroupPaused as p:
             keep(p.state)
             raise _stopped(stop, len(trained), len(specs), kept, cfg.epochs) from None
-        new = [new] if engine == "reference" else new
         if on_trained is not None:
             on_trained(new)
         trained.update({t.spec.index: t for t in new})

@@ -196,17 +196,14 @@ class PretrainProgress:
         return done
 
     def save(self, trained: list[TrainedTeacher]) -> None:
-        """Each teacher atomically: a kill leaves it whole or absent. A paused state is dropped once its
-        teachers are all saved (it is of no use then)."""
+        """Each teacher atomically: a kill leaves it whole or absent. A paused state goes once the teacher
+        it is named by is saved: a group's teachers are saved together, and a state of a group one of
+        whose teachers is trained can no longer continue any group."""
         for t in trained:
             path = self.dir / f"teacher{t.spec.index:04d}.safetensors"
             atomic_save_readable({k: v.detach().to("cpu").contiguous() for k, v in t.state_dict.items()}, path,
                                  metadata=_spec_meta(t))
-        saved = {t.spec.index for t in trained}
-        for path in self._paused_files():
-            with safe_open(str(path), "pt") as f:
-                if set(json.loads(f.metadata()["indices"])) <= saved:
-                    path.unlink(missing_ok=True)
+            (self.dir / PAUSED.format(f"{t.spec.index:04d}")).unlink(missing_ok=True)
 
     def _paused_files(self) -> list[Path]:
         return sorted(self.dir.glob(PAUSED.format("[0-9]*")))

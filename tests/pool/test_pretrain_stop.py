@@ -108,9 +108,8 @@ def test_a_paused_state_continues_only_its_own_teachers(tiny_split):
                                         resume_from=paused[0])
     with pytest.raises(FastFreeError, match=r"cannot continue teacher \d+ of 3 epochs: pass the state"):
         pretrain.train_teacher_reference(tiny_split, CIFAR100_NORM, specs[2], cfg3, resume_from=paused[0])
-    one = []
+    one, stop = [], StopRequest()
     with pytest.raises(StoppedBySignal):
-        stop = StopRequest()
         pretrain_pool(tiny_split, CIFAR100_NORM, specs[:1], cfg3, "reference", progress=_asked_at(stop, 1),
                       stop=stop, on_paused=one.append)
     with pytest.raises(FastFreeError, match=f"saved state of teacher {specs[0].index} does not fit it"):
