@@ -11,10 +11,10 @@ from fastfree.device import resolve_pool_engine
 from fastfree.errors import FastFreeError
 from fastfree.graceful_stop import stop_on_signals
 from fastfree.pool.group_state import continuing
-from fastfree.pool.pretrain import STOPPING_AFTER, PretrainConfig, pretrain_pool
+from fastfree.pool.pretrain import STOPPING_AFTER, PretrainConfig, pretrain_pool, steps_per_epoch, steps_trained_before
 from fastfree.pool.progress import PretrainProgress, fingerprint
 from fastfree.pool.store import records_from_training, save_pool
-from fastfree.pool.teachers import sample_teacher_specs, teacher_data
+from fastfree.pool.teachers import sample_teacher_specs
 
 
 def pretrain_config(args, base: PretrainConfig) -> PretrainConfig:
@@ -43,9 +43,7 @@ def run(args) -> dict:
     out = args.out or preset.pool_dir
     dataset, load_s = load_on_device(dcfg, device)
     specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed, cfg.archs)
-    steps_per_epoch = [
-        -(-teacher_data(dataset.train, s, cfg.heldout_fraction).train_idx.numel() // cfg.batch_size) for s in specs
-    ]
+    per_epoch = steps_per_epoch(dataset.train, specs, cfg)
     engine = resolve_pool_engine(args.engine, device)
     progress = PretrainProgress(out, fingerprint(cfg.to_dict(), dataset.name, dataset.normalization.to_dict(),
                                                  dataset.image_size, dcfg.__dict__, args.dtype, engine))
@@ -63,7 +61,10 @@ def run(args) -> dict:
     desc = f"pretraining {cfg.teachers} teachers ({engine})"
     # Ctrl-C / SIGTERM: the teachers under way stop at their epoch's end, their state saved, then
     # StoppedBySignal (fastfree/graceful_stop.py, fastfree/pool/group_state.py)
-    with progress_bar(total=cfg.epochs * sum(steps_per_epoch), desc=desc, unit="teacher-step") as bar, \
+    # a resumed run's bar starts at the steps taken before, so its rate and time left are this run's
+    before = steps_trained_before(per_epoch, cfg.epochs, done, paused)
+    with progress_bar(total=cfg.epochs * sum(per_epoch.values()), initial=before, desc=desc,
+                      unit="teacher-step") as bar, \
             stop_on_signals(STOPPING_AFTER) as stop:
         trained = pretrain_pool(dataset.train, dataset.normalization, specs, cfg, engine, dtype, bar.update,
                                 done=done, on_trained=progress.save, stop=stop, paused=paused,

@@ -171,8 +171,7 @@ def train_teacher_reference(
     opt = ospec.torch(model.parameters())
     schedule = torch.optim.lr_scheduler.MultiStepLR(opt, list(ospec.milestones), ospec.gamma)  # as the authors'
     best = (-1.0, copy.deepcopy(model.state_dict()), -1)
-    first_epoch = _first_epoch(resume_from, (spec.index,), f"teacher {spec.index}", cfg, progress,
-                               len(_batches(data.train_idx.numel(), cfg.batch_size)))
+    first_epoch = _first_epoch(resume_from, (spec.index,), f"teacher {spec.index}", cfg)
     if resume_from is not None:
         best = continue_teacher(resume_from, model, opt, schedule)
     steps = 0
@@ -209,17 +208,28 @@ def train_teacher_reference(
     return TrainedTeacher(spec, best[1], best[0], best[2])
 
 
-def _first_epoch(state: GroupState | None, indices: tuple[int, ...], what: str, cfg: PretrainConfig,
-                 progress: Callable[[int], None] | None, steps_per_epoch: int) -> int:
+def steps_per_epoch(split: ImageSplit, specs: list[TeacherSpec], cfg: PretrainConfig) -> dict[int, int]:
+    """Each teacher's optimiser steps per epoch, by its index."""
+    return {s.index: len(_batches(teacher_data(split, s, cfg.heldout_fraction).train_idx.numel(), cfg.batch_size))
+            for s in specs}
+
+
+def steps_trained_before(per_epoch: dict[int, int], epochs: int, done, paused: list[GroupState]) -> int:
+    """The teacher-steps an interrupted pretraining already took: all epochs of each finished teacher
+    (`done`: indices), the completed epochs of each paused one. A resumed run's progress bar starts
+    there, so that its rate and time left count this run's steps only."""
+    return sum(per_epoch[i] * epochs for i in done) + sum(
+        per_epoch[i] * state.epochs_done for state in paused for i in state.indices if i not in done)
+
+
+def _first_epoch(state: GroupState | None, indices: tuple[int, ...], what: str, cfg: PretrainConfig) -> int:
     """The epoch a trainer starts from: 0, or that after a paused `state`, which must be of these
-    teachers (`what`, in the refusal), with epochs left; progress counts the steps it took before."""
+    teachers (`what`, in the refusal), with epochs left."""
     if state is None:
         return 0
     if state.indices != indices or not 0 < state.epochs_done < cfg.epochs:
         raise FastFreeError(f"the saved state of teachers {list(state.indices)} after epoch {state.epochs_done} "
                             f"cannot continue {what} of {cfg.epochs} epochs: pass the state of these teachers")
-    if progress is not None:
-        progress(state.epochs_done * steps_per_epoch)
     return state.epochs_done
 
 
@@ -338,8 +348,7 @@ def train_teachers_batched(
     best_params = {k: v.clone() for k, v in params.items()}
     best_buffers = {k: v.clone() for k, v in buffers.items()}
     indices = tuple(s.index for s in specs)
-    first_epoch = _first_epoch(resume_from, indices, f"the group {list(indices)}", cfg, progress,
-                               len(specs) * len(_batches(n, cfg.batch_size)))
+    first_epoch = _first_epoch(resume_from, indices, f"the group {list(indices)}", cfg)
     if resume_from is not None:
         parts, opt_state, best_acc, best_epoch = unpack(
             resume_from, {"params": params, "buffers": buffers, "best_params": best_params,
@@ -404,7 +413,9 @@ def pretrain_pool(
     thread; engine 'auto' picks it on a CPU with more than one torch thread).
 
     Batched, teachers are grouped by architecture (a vmapped step needs one) and training-set
-    size. `progress(k)` gets the number of teacher-steps done (one per teacher and optimiser step).
+    size. `progress(k)` gets the number of teacher-steps done (one per teacher and optimiser step),
+    those of this call only: `steps_trained_before` counts the finished and paused teachers' earlier
+    ones, where a progress bar starts.
     `done` holds teachers finished before (a resumed or grown pool): they are not trained again and
     the rest are grouped as they come. A resumed run's groups are those of an uninterrupted one
     (whole groups are saved; a kill while one is being written leaves part of it, and then its
@@ -423,9 +434,6 @@ def pretrain_pool(
     done = {s.index: done[s.index] for s in specs if done and s.index in done}
     engine = resolve_pool_engine(engine, split.device)
     todo = [s for s in specs if s.index not in done]
-    if progress is not None and done:  # the steps the finished teachers took before
-        progress(sum(cfg.epochs * -(-teacher_data(split, s, cfg.heldout_fraction).train_idx.numel() //
-                                    cfg.batch_size) for s in specs if s.index in done))
     paused_by = {p.indices: p for p in paused or []}
     kept: list[GroupState] = []  # the states paused by this call
 

@@ -106,10 +106,21 @@ def test_a_batched_pool_stops_at_an_epochs_end_and_resume_continues_it(tmp_path,
         handed.append(paused)
         return real(*args, paused=paused, **kwargs)
 
+    bars, real_bar = [], command.progress_bar
+
+    def counted(**kwargs):
+        bars.append(real_bar(**kwargs))
+        return bars[-1]
+
     monkeypatch.setattr(command, "pretrain_pool", recorded)
+    monkeypatch.setattr(command, "progress_bar", counted)
     assert main([*flags, "--out", str(pool), "--resume"]) == 0
     assert "resuming: 0 of 4 teachers already trained, 4 more from epoch 2 of 3" in capsys.readouterr().out
     assert [[(p.indices, p.epochs_done) for p in states] for states in handed] == [[((0, 1, 2, 3), 1)]]
+    # the bar starts at the epoch already trained and ends full
+    [bar] = bars
+    assert 0 < bar.initial < bar.total and bar.n == bar.total
     a, b = load_file(str(tmp_path / "whole" / WEIGHTS)), load_file(str(pool / WEIGHTS))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (pool / PROGRESS).exists()
+

@@ -15,7 +15,9 @@ from fastfree.data.split import CIFAR100_NORM
 from fastfree.errors import FastFreeError
 from fastfree.graceful_stop import StoppedBySignal, StopRequest
 from fastfree.pool import pretrain
-from fastfree.pool.pretrain import PretrainConfig, pretrain_pool, train_teachers_side_by_side
+from fastfree.pool.group_state import GroupState
+from fastfree.pool.pretrain import (PretrainConfig, pretrain_pool, steps_per_epoch, steps_trained_before,
+                                    train_teachers_side_by_side)
 from fastfree.pool.teachers import sample_teacher_specs
 from tests.pool.test_pretrain_threads import _one_thread_reference, _same
 
@@ -23,8 +25,8 @@ CFG = PretrainConfig(teachers=4, epochs=2, batch_size=20, group_size=2)  # tiny_
 
 
 def _asked_at(stop: StopRequest, call: int):
-    """A progress callback: the signal arrives during the `call`-th call (1-based; one per optimiser step,
-    and a resumed run's first call counts the steps done before)."""
+    """A progress callback: the signal arrives during the `call`-th call (1-based; one per optimiser step
+    this run takes)."""
     calls = []
 
     def progress(k):
@@ -39,8 +41,9 @@ def _asked_at(stop: StopRequest, call: int):
 def test_the_teachers_under_way_stop_at_their_epochs_end_and_continue_bit_for_bit(tiny_split, engine, arch):
     """float32, where any changed draw, rate or sum shows: 3 teachers of 4 epochs, stopped in the second
     epoch (of the first teacher, or of the group of 3), paused after it with nothing saved as a teacher,
-    and continued from that state; every teacher equals the uninterrupted run's, and the continued run
-    counts the steps the paused one took. SGD's rate drops at the pause and once more after it."""
+    and continued from that state; every teacher equals the uninterrupted run's, and the continued run's
+    steps with those the paused one took (`steps_trained_before`) are the uninterrupted run's. SGD's rate
+    drops at the pause and once more after it."""
     cfg = PretrainConfig(teachers=3, archs=(arch,), width=4, epochs=4, batch_size=20, group_size=3,
                          resnet_milestones=(2, 3))
     specs = sample_teacher_specs(tiny_split.classes, 3, 5, seed=12, archs=cfg.archs)
@@ -61,7 +64,10 @@ def test_the_teachers_under_way_stop_at_their_epochs_end_and_continue_bit_for_bi
     resumed = pretrain_pool(tiny_split, CIFAR100_NORM, specs, cfg, engine, progress=steps.append, paused=[state])
     for a, b in zip(resumed, straight, strict=True):
         _same(a, b)
-    assert sum(steps) == sum(straight_steps)  # the paused epochs counted at once, then one call per step
+    # one call per step this run takes (its bar starts at the steps taken before)
+    before = steps_trained_before(steps_per_epoch(tiny_split, specs, cfg), cfg.epochs, {}, [state])
+    assert before == n * 2 * 2 and 0 < len(steps) and sum(steps) + before == sum(straight_steps)
+    assert set(steps) == {1 if engine == "reference" else 3}
     # the teachers returned are each one's best epoch, which may come before the pause: compare the whole
     # state (weights, optimiser, best so far) one epoch after it, continued and uninterrupted (the state
     # is used a second time here: the first continuation must not have changed it)
@@ -162,8 +168,8 @@ def test_asked_during_the_last_teachers_last_epoch_the_pool_is_simply_finished(t
     specs = sample_teacher_specs(tiny_split.classes, 2, 5, seed=10)
     done = {specs[0].index: pretrain_pool(tiny_split, CIFAR100_NORM, specs[:1], CFG, "reference")[0]}
     stop = StopRequest()
-    # the first call counts the finished teacher's steps; the 4th is the first step of the last epoch
-    got = pretrain_pool(tiny_split, CIFAR100_NORM, specs, CFG, engine, progress=_asked_at(stop, 4), done=done,
+    # the 3rd call is the first step of the last teacher's last epoch
+    got = pretrain_pool(tiny_split, CIFAR100_NORM, specs, CFG, engine, progress=_asked_at(stop, 3), done=done,
                         stop=stop)
     assert stop.requested and [t.spec.index for t in got] == [s.index for s in specs]
 
@@ -174,3 +180,11 @@ def test_without_a_request_nothing_changes(tiny_split):
     b = pretrain_pool(tiny_split, CIFAR100_NORM, specs, CFG, "reference")
     for x, y in zip(a, b, strict=True):
         _same(x, y)
+
+
+def test_the_steps_trained_before_count_finished_teachers_whole_and_paused_ones_to_their_pause():
+    """A paused state's teacher that finished since counts once, as finished."""
+    paused = [GroupState((2, 3), 1, {}), GroupState((4,), 0, {}), GroupState((0,), 1, {})]
+    per_epoch = {0: 3, 1: 4, 2: 5, 3: 6, 4: 7}
+    assert steps_trained_before(per_epoch, 4, {0: None}, paused) == 3 * 4 + (5 + 6) * 1
+    assert steps_trained_before(per_epoch, 4, {}, []) == 0

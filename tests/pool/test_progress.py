@@ -14,7 +14,7 @@ from fastfree.data.split import CIFAR100_NORM
 from fastfree.errors import FastFreeError
 from fastfree.graceful_stop import StoppedBySignal, StopRequest
 from fastfree.pool import pretrain as pretrain_module
-from fastfree.pool.pretrain import PretrainConfig, pretrain_pool
+from fastfree.pool.pretrain import PretrainConfig, pretrain_pool, steps_per_epoch, steps_trained_before
 from fastfree.pool.progress import PAUSED, PROGRESS, REPLACING, PretrainProgress, fingerprint
 from fastfree.pool.store import MANIFEST, WEIGHTS, load_pool
 from fastfree.pool.teachers import sample_teacher_specs
@@ -68,8 +68,10 @@ def test_resumed_pool_equals_uninterrupted(tiny_split, tmp_path, monkeypatch, en
                             on_trained=lambda new: trained_again.extend(t.spec.index for t in new))
     _equal(resumed, whole)
     assert set(trained_again).isdisjoint(done) and set(trained_again) | set(done) == {0, 1, 2}
-    # the progress bar still counts every teacher's steps: 2 epochs x 2 steps (40 images, batch 20) x 3
-    assert sum(steps) == 12
+    # only the teachers trained again report steps, 2 epochs x 2 steps each (40 images, batch 20); the bar
+    # starts at the others' (steps_trained_before)
+    assert sum(steps) == 4 * len(trained_again)
+    assert steps_trained_before(steps_per_epoch(tiny_split, specs, cfg), cfg.epochs, done, []) + sum(steps) == 12
 
 
 def test_batched_growth_trains_only_the_new_teachers(tiny_split, monkeypatch):
