@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+from collections.abc import Collection
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -214,10 +215,12 @@ def steps_per_epoch(split: ImageSplit, specs: list[TeacherSpec], cfg: PretrainCo
             for s in specs}
 
 
-def steps_trained_before(per_epoch: dict[int, int], epochs: int, done, paused: list[GroupState]) -> int:
+def steps_trained_before(per_epoch: dict[int, int], epochs: int, done: Collection[int],
+                         paused: list[GroupState]) -> int:
     """The teacher-steps an interrupted pretraining already took: all epochs of each finished teacher
-    (`done`: indices), the completed epochs of each paused one. A resumed run's progress bar starts
-    there, so that its rate and time left count this run's steps only."""
+    (`done`: their indices, or a dict keyed by them), the completed epochs of each paused one. A
+    resumed run's progress bar starts there, so that its rate and time left count this run's steps
+    only."""
     return sum(per_epoch[i] * epochs for i in done) + sum(
         per_epoch[i] * state.epochs_done for state in paused for i in state.indices if i not in done)
 
