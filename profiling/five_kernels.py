@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
               **run_metadata(device)}
     for name, call in calls.items():
         call()  # warm-up
-        with profile(activities=activities) as prof:
+        # acc_events: one cycle either way; without it torch 2.11 warns on every profile that events
+        # are cleared between cycles (2.13 warns only on a second cycle)
+        with profile(activities=activities, acc_events=True) as prof:
             t0 = time.perf_counter()
             for _ in range(args.epochs):
                 call()

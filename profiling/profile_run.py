@@ -191,7 +191,8 @@ def profile_run(w: Workload, options, iterations: int, metatest_tasks: int, peak
         from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=acts) as prof:
+        # acc_events: one cycle either way; without it torch 2.11 warns that events are cleared between cycles
+        with profile(activities=acts, acc_events=True) as prof:
             _iteration(w, state, engine)
         Path(trace).parent.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(trace)

@@ -44,6 +44,7 @@ def test_bench_five_runs(tmp_path):
     assert set(r["times"]) == {"reference", "fast", "fast_unfused"} and r["speedup_over_reference"]["reference"] == 1.0
 
 
+@pytest.mark.filterwarnings("error:.*Profiler clears events:UserWarning")  # torch 2.11's, without acc_events
 def test_five_kernels_profiles_operators_on_a_cpu(tmp_path):
     """On a CPU the profile ranks operators by self CPU time, per profiled epoch."""
     from fastfree.profiling import five_kernels

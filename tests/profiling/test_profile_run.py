@@ -20,6 +20,17 @@ def profile(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.filterwarnings("error:.*Profiler clears events:UserWarning")
+def test_trace_writes_one_iterations_chrome_trace_without_a_profiler_warning(tmp_path):
+    """--trace profiles one more iteration into a Chrome trace (torch 2.11 warned on every profile
+    unless acc_events was set)."""
+    trace = tmp_path / "t" / "trace.json"
+    assert main(["profile", "run", *TINY, "--peak-tflops", "2.0", "--json", str(tmp_path / "p.json"),
+                 "--trace", str(trace)]) == 0
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert any(e.get("name", "").startswith("aten::convolution") for e in events)
+
+
 def test_every_phase_has_time_flops_and_rate(profile):
     phases = profile["phases"]
     assert list(phases) == list(PHASES)
