@@ -22,7 +22,7 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from fastfree.data.split import CIFAR100_NORM, FewShotDataset, ImageSplit  # noqa: E402
+from fastfree.data.split import CIFAR100_NORM, IMAGENET_NORM, FewShotDataset, ImageSplit  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR_FS = SHARED / "data" / "cifar-fs"
@@ -51,6 +51,14 @@ def tiny_dataset() -> FewShotDataset:
         make_split("tiny/test", range(16, 24), 20, seed=3),
         CIFAR100_NORM,
     )
+
+
+@pytest.fixture
+def small_dataset() -> FewShotDataset:
+    """A second domain beside tiny_dataset: 16 px, ImageNet's normalisation, its own class ids 0..15."""
+    return FewShotDataset("small", make_split("small/train", range(0, 6), 8, 16, 4),
+                          make_split("small/val", range(6, 11), 8, 16, 5),
+                          make_split("small/test", range(11, 16), 8, 16, 6), IMAGENET_NORM)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from fastfree.graceful_stop import StoppedBySignal, StopRequest
 from fastfree.pool.pretrain import PretrainConfig
 from fastfree.pool.progress import PretrainProgress
 from fastfree.pool.teachers import sample_teacher_specs
-from tests.free.test_domains import small_dataset  # noqa: F401  (a fixture: the second domain)
 
 CFG = PretrainConfig(teachers=2, ways=3, epochs=1, batch_size=16, width=4, seed=5)
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fastfree.data.domains import combine_domains
-from fastfree.data.split import CIFAR100_NORM, IMAGENET_NORM, FewShotDataset
+from fastfree.data.split import CIFAR100_NORM, IMAGENET_NORM
 from fastfree.engine.options import EngineOptions
 from fastfree.engine.trainer import FastEngine
 from fastfree.errors import FastFreeError
@@ -14,17 +14,8 @@ from fastfree.free.run import RunContext, final_results, results_markdown, train
 from fastfree.metatest.initializations import random_init
 from fastfree.metatest.protocol import MetaTestConfig
 from fastfree.models import Conv4
-from tests.conftest import make_split
 from tests.engine.test_bell import assert_same_learner
 from tests.free.test_run import CFG, _params
-
-
-@pytest.fixture
-def small_dataset() -> FewShotDataset:
-    """A second domain: 16 px, ImageNet's normalisation, its own class ids 0..15."""
-    return FewShotDataset("small", make_split("small/train", range(0, 6), 8, 16, 4),
-                          make_split("small/val", range(6, 11), 8, 16, 5),
-                          make_split("small/test", range(11, 16), 8, 16, 6), IMAGENET_NORM)
 
 
 def test_combine_domains_picks_size_normalisation_and_offsets(tiny_dataset, small_dataset):
