@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import importlib
 import math
 import os
 import sys
@@ -460,46 +461,27 @@ def interrupt_hint(args) -> str:
     return ""
 
 
+# Each subcommand's module; each has run(args).
+COMMAND_MODULES = {
+    "pretrain": "fastfree.commands.pretrain",
+    "import-pool": "fastfree.commands.import_pool",
+    "adapt": "fastfree.commands.adapt",
+    "export": "fastfree.commands.export",
+    "eval": "fastfree.commands.evaluate",
+    "train": "fastfree.commands.train",
+    "profile": "fastfree.commands.profile",
+    "compare": "fastfree.profiling.compare_runs",
+    "bench": "fastfree.commands.bench",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_output_files(args)
-        if args.command == "pretrain":
-            from fastfree.commands import pretrain
-
-            pretrain.run(args)
-        elif args.command == "import-pool":
-            from fastfree.commands import import_pool
-
-            import_pool.run(args)
-        elif args.command == "adapt":
-            from fastfree.commands import adapt
-
-            adapt.run(args)
-        elif args.command == "export":
-            from fastfree.commands import export
-
-            export.run(args)
-        elif args.command == "eval":
-            from fastfree.commands import evaluate
-
-            evaluate.run(args)
-        elif args.command == "train":
-            from fastfree.commands import train
-
-            train.run(args)
-        elif args.command == "profile":
-            from fastfree.commands import profile
-
-            profile.run(args)
-        elif args.command == "compare":
-            from fastfree.profiling import compare_runs
-
-            compare_runs.run(args)
-        elif args.command == "bench":
-            from fastfree.commands import bench
-
-            bench.run(args)
+        # Imported on demand: the fast engine, the Triton kernels and the profilers load only
+        # for the commands that use them.
+        importlib.import_module(COMMAND_MODULES[args.command]).run(args)
     except FastFreeError as e:
         print(f"fastfree {args.command}: error: {e}", file=sys.stderr)
         return 2

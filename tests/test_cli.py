@@ -5,9 +5,19 @@ import json
 import pytest
 import torch
 
-from fastfree.cli import main
+from fastfree.cli import COMMAND_MODULES, build_parser, main
 
 SMALL = ["--images-per-class", "25"]
+
+
+def test_every_subcommand_has_a_module_with_run():
+    import argparse
+    import importlib
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(COMMAND_MODULES)
+    for command, module in COMMAND_MODULES.items():
+        assert callable(importlib.import_module(module).run), command
 
 
 @pytest.fixture(scope="module")
