@@ -13,28 +13,25 @@ from fastfree.commands.common import write_json
 from fastfree.device import resolve_device
 
 
-def median_time(fn: Callable[[], object], repeats: int, device: torch.device, per: int = 1) -> dict:
-    """Call fn once to warm up, then `repeats` times; seconds per unit (`per` units per call).
-
-    warmup_s: the first call's seconds, synchronised (compilation, CUDA-graph capture and cuDNN's
-    algorithm search happen there; inductor's on-disk cache shortens a repeated compilation).
-    """
+def synced_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of fn; on CUDA synchronised before and after, so the queued work counts."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    warmup = time.perf_counter() - t0
-    runs = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        runs.append((time.perf_counter() - t0) / per)
+    return time.perf_counter() - t0
+
+
+def median_time(fn: Callable[[], object], repeats: int, device: torch.device, per: int = 1) -> dict:
+    """Call fn once to warm up, then `repeats` times; seconds per unit (`per` units per call).
+
+    warmup_s: the first call's seconds, synchronised (compilation, CUDA-graph capture and cuDNN's
+    algorithm search happen there; inductor's on-disk cache shortens a repeated compilation).
+    """
+    warmup = synced_seconds(fn, device)
+    runs = [synced_seconds(fn, device) / per for _ in range(repeats)]
     return {"median_s": statistics.median(runs), "runs_s": runs, "warmup_s": warmup}
 
 
