@@ -1,5 +1,7 @@
 """The command line end to end on small settings, and its clear errors."""
 
+import argparse
+import importlib
 import json
 
 import pytest
@@ -11,9 +13,6 @@ SMALL = ["--images-per-class", "25"]
 
 
 def test_every_subcommand_has_a_module_with_run():
-    import argparse
-    import importlib
-
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == set(COMMAND_MODULES)
     for command, module in COMMAND_MODULES.items():
