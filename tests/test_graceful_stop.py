@@ -17,7 +17,10 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
 def run(body: str) -> subprocess.CompletedProcess:
-    code = "import os, signal, threading\nfrom fastfree.graceful_stop import stop_on_signals\n" + textwrap.dedent(body)
+    # Each case starts as from a terminal, with Python's own Ctrl-C handler: a suite launched in the background
+    # by a non-interactive shell (`pytest &`, `nohup`) hands its children SIGINT ignored, which Python keeps.
+    code = ("import os, signal, threading\nfrom fastfree.graceful_stop import stop_on_signals\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n" + textwrap.dedent(body))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
 
 
