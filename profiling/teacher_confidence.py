@@ -40,20 +40,33 @@ def teacher_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float
             "heldout_nll": -logp.gather(1, labels[:, None]).mean().item()}
 
 
-def pool_confidence(pool: Pool, split: ImageSplit, batch: int = 512) -> dict:
-    """Each teacher's stats on its held-out images, their means, and the largest difference between
-    the recomputed held-out accuracy and the manifest's (0 when `split` is the pool's data)."""
+def heldout_logits(pool: Pool, i: int, split: ImageSplit, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher i's logits on the images its pretraining held out, and their labels (0..N-1)."""
     fraction = pool.manifest["pretrain"].get("heldout_fraction", pool.manifest.get("imported", {}).get("heldout_fraction"))
     if fraction is None:  # an imported pool without --classes: which images each teacher learned is unknown
         raise FastFreeError(f"{pool.path}: the teachers' classes are unknown (imported without --classes), so they "
-                         "have no held-out images to measure on")
-    per_teacher = []
-    for i, r in enumerate(pool.records):
-        data = teacher_data(split, TeacherSpec(r.index, tuple(r.classes), r.seed, r.arch), float(fraction))
-        model = pool.model(i, split.device)
-        with torch.no_grad():
-            logits = torch.cat([model(pool.normalization(split.images[idx])) for idx in data.heldout_idx.split(batch)])
-        per_teacher.append(teacher_stats(logits, data.heldout_y))
+                            "have no held-out images to measure on")
+    r = pool.records[i]
+    data = teacher_data(split, TeacherSpec(r.index, tuple(r.classes), r.seed, r.arch), float(fraction))
+    model = pool.model(i, split.device)
+    with torch.no_grad():
+        logits = torch.cat([model(pool.normalization(split.images[idx])) for idx in data.heldout_idx.split(batch)])
+    return logits, data.heldout_y
+
+
+def pool_on_data(path, dataset_name: str) -> Pool:
+    """The pool at `path`, refused (with the fix) when it was trained on another data set."""
+    pool = load_pool(path)
+    if pool.dataset != dataset_name:
+        raise FastFreeError(f"the pool at {pool.path} was trained on {pool.dataset!r}, not {dataset_name!r}: "
+                            f"pass --data (and --data-root) of the pool's data set")
+    return pool
+
+
+def pool_confidence(pool: Pool, split: ImageSplit, batch: int = 512) -> dict:
+    """Each teacher's stats on its held-out images, their means, and the largest difference between
+    the recomputed held-out accuracy and the manifest's (0 when `split` is the pool's data)."""
+    per_teacher = [teacher_stats(*heldout_logits(pool, i, split, batch)) for i in range(len(pool))]
     means = {k: sum(t[k] for t in per_teacher) / len(per_teacher) for k in STATS}
     drift = max(abs(t["heldout_accuracy"] - r.heldout_accuracy) for t, r in zip(per_teacher, pool.records))
     return {"path": str(pool.path), "teachers": len(pool), "epochs": pool.manifest["pretrain"].get("epochs"),
@@ -70,11 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "teachers on their own held-out images", "data": dataset.name, "pools": [],
               **run_metadata(device)}
     for path in args.pool:
-        pool = load_pool(path)
-        if pool.dataset != dataset.name:
-            raise FastFreeError(f"the pool at {pool.path} was trained on {pool.dataset!r}, not {dataset.name!r}: "
-                                f"pass --data (and --data-root) of the pool's data set")
-        r = pool_confidence(pool, dataset.train)
+        r = pool_confidence(pool_on_data(path, dataset.name), dataset.train)
         result["pools"].append(r)
         m = r["mean"]
         trained = "imported" if r["epochs"] is None else f"{r['epochs']} epochs"
