@@ -21,6 +21,9 @@ def test_fit_recovers_the_scale_that_generated_the_labels():
     beta = temper_pool.fit_logit_scale(z, labels)
     assert beta == pytest.approx(0.4, rel=0.05)
     assert abs(temper_pool.nll_slope(beta, z, labels)) < 1e-9  # the stationary point of a convex NLL
+    # there the mean NLL equals the mean entropy: a zero slope is mean(E_p[beta z]) = mean(beta z_label)
+    stats = temper_pool.teacher_stats(beta * z, labels)
+    assert stats["heldout_nll"] == pytest.approx(stats["mean_entropy_nats"], abs=1e-8)
     for other in (0.8 * beta, 1.25 * beta, 1.0):
         assert _nll(beta, z, labels) < _nll(other, z, labels)
 
