@@ -31,7 +31,7 @@ from fastfree.commands.common import data_config, load_on_device, run_metadata, 
 from fastfree.data.split import ImageSplit
 from fastfree.errors import FastFreeError
 from fastfree.pool.store import Pool, load_pool, save_pool
-from fastfree.profiling.teacher_confidence import heldout_logits, pool_on_data, teacher_stats
+from fastfree.profiling.teacher_confidence import STATS, heldout_logits, pool_on_data, teacher_stats
 
 SIDECAR = "temperature.json"
 
@@ -39,7 +39,7 @@ SIDECAR = "temperature.json"
 def nll_slope(beta: float, logits: torch.Tensor, labels: torch.Tensor) -> float:
     """d/d beta of the mean NLL of beta * logits: E_softmax[z] - z_label, averaged. Increasing in beta
     (the NLL is convex in beta: a log-sum-exp of terms linear in it, minus a linear term)."""
-    z = logits.double()
+    z = logits if logits.dtype == torch.float64 else logits.double()
     p = (beta * z).softmax(-1)
     return ((p * z).sum(-1) - z.gather(1, labels[:, None]).squeeze(1)).mean().item()
 
@@ -53,6 +53,7 @@ def fit_logit_scale(logits: torch.Tensor, labels: torch.Tensor, lo: float = 1e-3
     if logits.ndim != 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
         raise FastFreeError(f"fit_logit_scale needs logits [n, C] and n labels, got {tuple(logits.shape)} "
                             f"and {tuple(labels.shape)}")
+    logits = logits.double()  # once, not at each of the bisection's steps
     if nll_slope(lo, logits, labels) >= 0:
         return lo
     if nll_slope(hi, logits, labels) <= 0:
@@ -99,13 +100,12 @@ def temper_pool(pool: Pool, split: ImageSplit, out) -> dict:
         state_dicts.append(scaled_state_dict(pool.model(i, "cpu"), beta))
     save_pool(out, pool.records, state_dicts, pool.dataset, pool.normalization, pool.manifest.get("pretrain"),
               provenance=pool.manifest.get("provenance"))
-    keys = ("heldout_accuracy", "mean_max_softmax", "mean_entropy_nats", "heldout_nll")
-    mean = {w: {k: sum(t[w][k] for t in per_teacher) / len(per_teacher) for k in keys} for w in ("before", "after")}
+    mean = {w: {k: sum(t[w][k] for t in per_teacher) / len(per_teacher) for k in STATS} for w in ("before", "after")}
     record = {"what": "each teacher's logits multiplied by beta = 1/T, the held-out NLL minimiser",
               "source_pool": str(pool.path), "source_weights_sha256": pool.manifest["weights_sha256"],
               "beta_mean": sum(t["beta"] for t in per_teacher) / len(per_teacher), "mean": mean,
               "per_teacher": per_teacher}
-    tempered = load_pool(out)  # the copy loads (digests) and predicts as its source did
+    tempered = load_pool(out)  # the copy loads as a pool (its digests check); its digest goes in the record
     record["weights_sha256"] = tempered.manifest["weights_sha256"]
     (tempered.path / SIDECAR).write_text(json.dumps(record, indent=2))
     return record
@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
           f"accuracy {100 * b['heldout_accuracy']:.2f}% -> {100 * a['heldout_accuracy']:.2f}%, top softmax "
           f"{b['mean_max_softmax']:.3f} -> {a['mean_max_softmax']:.3f}, NLL {b['heldout_nll']:.3f} -> "
           f"{a['heldout_nll']:.3f}", flush=True)
+    for t in r["per_teacher"]:
+        if t["at_bracket_end"]:
+            print(f"    warning: teacher {t['index']} has no finite NLL minimum (beta {t['beta']:g}, the search's "
+                  "bound): it is right on every held-out image with margin, or wrong on every one", flush=True)
     write_json(args.json, {**r, **run_metadata(device)})
     return 0
 

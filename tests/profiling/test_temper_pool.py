@@ -54,3 +54,15 @@ def test_tempered_pool_scales_logits_and_keeps_predictions(tiny_pool, tmp_path):
         assert t["after"]["heldout_nll"] <= t["before"]["heldout_nll"] + 1e-12
         logits, labels = temper_pool.heldout_logits(tempered, i, data.train)  # the copy sits at its own optimum
         assert temper_pool.fit_logit_scale(logits, labels) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_command_writes_the_copy_and_its_json(tiny_pool, tmp_path, capsys):
+    _, path = tiny_pool
+    out = tmp_path / "t.json"
+    assert temper_pool.main(["--data", "builtin", "--images-per-class", "20", "--pool", str(path),
+                             "--out", str(tmp_path / "tempered"), "--json", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["per_teacher"] == json.loads((tmp_path / "tempered" / temper_pool.SIDECAR).read_text())["per_teacher"]
+    assert "mean beta" in capsys.readouterr().out
+    with pytest.raises(FastFreeError, match="trained on"):
+        temper_pool.pool_on_data(path, "elsewhere")  # a pool of another data set is refused
