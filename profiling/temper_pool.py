@@ -39,7 +39,7 @@ SIDECAR = "temperature.json"
 def nll_slope(beta: float, logits: torch.Tensor, labels: torch.Tensor) -> float:
     """d/d beta of the mean NLL of beta * logits: E_softmax[z] - z_label, averaged. Increasing in beta
     (the NLL is convex in beta: a log-sum-exp of terms linear in it, minus a linear term)."""
-    z = logits if logits.dtype == torch.float64 else logits.double()
+    z = logits.double()  # no copy when fit_logit_scale already converted them
     p = (beta * z).softmax(-1)
     return ((p * z).sum(-1) - z.gather(1, labels[:, None]).squeeze(1)).mean().item()
 
