@@ -283,6 +283,17 @@ def test_missing_file(tmp_path):
         load_cifar_fs(tmp_path)
 
 
+def test_parent_folder_names_the_data_set_inside(tmp_path):
+    """--data-root data/ instead of data/cifar-fs/: the error names the folder to pass."""
+    _make_cifar_fs(tmp_path / "cifar-fs")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(FastFreeError, match=r"must contain .*; .*cifar-fs has them: pass that folder"):
+        load_cifar_fs(tmp_path)
+    (tmp_path / "cifar-fs" / SPLIT_FILES["val"]).unlink()  # an incomplete copy is not offered
+    with pytest.raises(FastFreeError, match=r"with the class names\)$"):
+        load_cifar_fs(tmp_path)
+
+
 def test_missing_root(tmp_path):
     with pytest.raises(FastFreeError, match=r"CIFAR-FS folder .*absent does not exist"):
         load_cifar_fs(tmp_path / "absent")

@@ -211,7 +211,7 @@ def test_resume_and_overwrite_errors(tiny_dataset, tmp_path):
 
 
 def test_bad_free_config():
-    with pytest.raises(FastFreeError, match="warmup=5"):
+    with pytest.raises(FastFreeError, match=r"warmup=5 \(need .*: pass --warmup below --iterations"):
         FreeConfig(iterations=5, warmup=5)
     with pytest.raises(FastFreeError, match=r"shots \+ queries = 21 .* memory_per_class=20 \(lower --shots\)"):
         FreeConfig(memory_per_class=20, replay=ReplayConfig(shots=6))  # stops at the start, not at the first replay
