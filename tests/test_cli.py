@@ -40,7 +40,8 @@ def test_pretrain_writes_pool_and_report(pool_dir):
 @pytest.mark.parametrize("method", ["random", "average", "best-model"])
 def test_eval_methods_write_results(pool_dir, tmp_path, method):
     out = tmp_path / "r.json"
-    assert main(["eval", "--method", method, "--pool", str(pool_dir), "--tasks", "4", "--steps", "2",
+    pool = [] if method == "random" else ["--pool", str(pool_dir)]  # Random reads no pool, and refuses one
+    assert main(["eval", "--method", method, *pool, "--tasks", "4", "--steps", "2",
                  "--json", str(out), "--device", "cpu", *SMALL]) == 0
     r = json.loads(out.read_text())
     assert [x["shots"] for x in r["results"]] == [1, 5]

@@ -62,6 +62,8 @@ def _check_method(args) -> None:
                         for flag, value in (("--image-size", args.image_size),
                                             ("--images-per-class", args.images_per_class),
                                             ("--normalization", args.normalization))]
+    elif args.method in ("random", "learner"):  # only Average and Best-Model read a pool
+        ignored.append(("--pool", args.pool, f"{args.method} does not start from a pool's models"))
     if args.method in ("average", "best-model"):
         ignored += [("--arch", args.arch, f"{args.method} starts from the pool's models"),
                     ("--width", args.width, f"{args.method} starts from the pool's models")]

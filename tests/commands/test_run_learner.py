@@ -174,6 +174,12 @@ def test_flags_eval_would_ignore_are_refused(run, tmp_path, capsys):
         assert message in capsys.readouterr().err, extra
     assert main(["eval", "--method", "average", "--width", "8", "--pool", str(tmp_path)]) == 2
     assert "average starts from the pool's models" in capsys.readouterr().err
+    # Random and a learner file start from no pool: a --pool given with them would be read as having acted
+    assert main(["eval", "--method", "random", "--pool", str(tmp_path)]) == 2
+    assert "--pool would be ignored here: random does not start from a pool's models" in capsys.readouterr().err
+    assert main(["eval", "--method", "learner", "--learner-file", str(tmp_path / "l.safetensors"),
+                 "--pool", str(tmp_path)]) == 2
+    assert "--pool would be ignored here: learner does not" in capsys.readouterr().err
 
 
 def test_a_runs_data_is_named_absolute_and_can_be_found_where_it_moved(tmp_path, monkeypatch):
