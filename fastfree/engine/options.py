@@ -52,6 +52,13 @@ class EngineOptions:
         cuda = device.type == "cuda"
         if cuda_graphs and not cuda:
             raise FastFreeError("--cuda-graphs needs a CUDA device: drop the flag or use --device cuda")
+        if kernels and not cuda:
+            from fastfree.kernels._dispatch import INTERPRET  # off CUDA the Triton losses run only interpreted (tests)
+
+            if not INTERPRET:  # the op would take its torch path, and the run record "kernels" that never ran
+                raise FastFreeError(f"--kernels runs the fused Triton losses on CUDA (on a CPU only under "
+                                    f"TRITON_INTERPRET=1, for tests); on {device.type} the torch losses run either "
+                                    "way: drop the flag or use --device cuda")
         return EngineOptions(
             vectorize=cuda if vectorize is None else vectorize,
             five_vmap=five_vmap,

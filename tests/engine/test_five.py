@@ -156,6 +156,18 @@ def test_cuda_graphs_are_refused_off_cuda():
     assert EngineOptions.for_device(CPU) == EngineOptions()
 
 
+def test_kernels_are_refused_off_cuda_unless_interpreted(monkeypatch):
+    """Off CUDA the fused losses would take their torch path while the run recorded kernels=True."""
+    import fastfree.kernels._dispatch as dispatch
+
+    monkeypatch.setattr(dispatch, "INTERPRET", False)
+    with pytest.raises(FastFreeError, match=r"--kernels runs the fused Triton losses on CUDA .* drop the flag"):
+        EngineOptions.for_device(CPU, kernels=True)
+    assert not EngineOptions.for_device(CPU, kernels=False).kernels
+    monkeypatch.setattr(dispatch, "INTERPRET", True)  # the Triton interpreter runs them on a CPU: tests
+    assert EngineOptions.for_device(CPU, kernels=True).kernels
+
+
 def test_a_failed_graph_capture_warns_and_runs_the_epoch_eagerly(monkeypatch):
     """A capture error (simulated: on a CPU, _capture raises as CUDA does while recording) warns once
     and gives the eager epoch's values, then and on later calls; the reason is kept for the report."""
