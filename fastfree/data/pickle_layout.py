@@ -215,9 +215,14 @@ def load_cifar_fs(root: str | Path) -> FewShotDataset:
     missing = [f for f in SPLIT_FILES.values() if not (root / f).is_file()]
     if missing:
         # a common slip is passing the folder above the data set (data/ for data/cifar-fs/): name the one to pass
-        inside = [d for d in sorted(root.iterdir()) if d.is_dir()
-                  and all((d / f).is_file() for f in SPLIT_FILES.values())] if len(missing) == len(SPLIT_FILES) else []
-        hint = f"; {inside[0]} has them: pass that folder" if inside else ""
+        hint = ""
+        if len(missing) == len(SPLIT_FILES):
+            try:
+                inside = [d for d in sorted(root.iterdir()) if d.is_dir()
+                          and all((d / f).is_file() for f in SPLIT_FILES.values())]
+            except OSError:  # an unreadable folder: the error below still names what is missing
+                inside = []
+            hint = f"; {inside[0]} has them: pass that folder" if inside else ""
         raise FastFreeError(
             f"{root}: missing {', '.join(missing)}; a CIFAR-FS folder must contain "
             f"{', '.join(SPLIT_FILES.values())} (and optionally {CLASSES_FILE} with the class names){hint}"

@@ -55,8 +55,8 @@ class EngineOptions:
         if kernels and not cuda:
             from fastfree.kernels._dispatch import INTERPRET  # off CUDA the Triton losses run only interpreted (tests)
 
-            if not INTERPRET:  # the op would take its torch path, and the run record "kernels" that never ran
-                raise FastFreeError(f"--kernels runs the fused Triton losses on CUDA (on a CPU only under "
+            if not INTERPRET:  # the op would take its torch path, and the run would record kernels that never ran
+                raise FastFreeError("--kernels runs the fused Triton losses on CUDA (on a CPU only under "
                                     f"TRITON_INTERPRET=1, for tests); on {device.type} the torch losses run either "
                                     "way: drop the flag or use --device cuda")
         return EngineOptions(

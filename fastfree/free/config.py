@@ -50,7 +50,7 @@ class FreeConfig:
         if not 0 <= self.warmup < self.iterations:
             # the preset's warm-up is easy to exceed with a short --iterations the user did set: name both flags
             problems.append(f"warmup={self.warmup} (need 0 <= warmup < iterations={self.iterations}: pass --warmup "
-                            f"below --iterations, or more --iterations)")
+                            "below --iterations, or more --iterations)")
         if self.teachers_per_iteration < 1:
             problems.append(f"teachers_per_iteration={self.teachers_per_iteration} (need >= 1)")
         for name in ("ngf", "latent_dim", "learner_width", "memory_per_class", "eval_every", "val_tasks",
