@@ -17,9 +17,14 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_BLOCK_C = 8192
 
 
+def triton_runs_on(device: torch.device) -> bool:
+    """True where the Triton kernels can run: a CUDA device, or any under TRITON_INTERPRET=1."""
+    return device.type == "cuda" or INTERPRET
+
+
 def use_triton(tensor: torch.Tensor) -> bool:
-    """True where the Triton kernels can run on `tensor`: a CUDA tensor, or TRITON_INTERPRET=1."""
-    return tensor.is_cuda or INTERPRET
+    """True where the Triton kernels can run on `tensor` (triton_runs_on its device)."""
+    return triton_runs_on(tensor.device)
 
 
 def next_power_of_2(n: int) -> int:

@@ -52,10 +52,10 @@ class EngineOptions:
         cuda = device.type == "cuda"
         if cuda_graphs and not cuda:
             raise FastFreeError("--cuda-graphs needs a CUDA device: drop the flag or use --device cuda")
-        if kernels and not cuda:
-            from fastfree.kernels._dispatch import INTERPRET  # off CUDA the Triton losses run only interpreted (tests)
+        if kernels:  # imported only when asked for: fastfree.kernels imports Triton
+            from fastfree.kernels._dispatch import triton_runs_on
 
-            if not INTERPRET:  # the op would take its torch path, and the run would record kernels that never ran
+            if not triton_runs_on(device):  # the op would take its torch path, recorded as kernels
                 raise FastFreeError("--kernels runs the fused Triton losses on CUDA (on a CPU only under "
                                     f"TRITON_INTERPRET=1, for tests); on {device.type} the torch losses run either "
                                     "way: drop the flag or use --device cuda")
