@@ -33,7 +33,13 @@ from fastfree.commands.train import PER_TASK, POOL_RECORD, kept_name
 from fastfree.errors import FastFreeError
 from fastfree.free.run import meta_val_log, meta_val_per_task, metric_records, shot_cells
 from fastfree.metatest.protocol import MetaTestConfig, task_protocol
+from fastfree.read_back import read_json
 from fastfree.settings_diff import settings_diff
+
+
+def _read(path: Path) -> dict:
+    """One of the JSON files a run wrote (a damaged one is refused, naming it)."""
+    return read_json(path, "Restore it from a copy of the run")
 
 
 def _ends(run_dir: Path) -> dict[int, tuple[Path, Path]]:
@@ -45,7 +51,7 @@ def _ends(run_dir: Path) -> dict[int, tuple[Path, Path]]:
             ends[int(m.group(1))] = (path, run_dir / kept_name(PER_TASK, int(m.group(1))))
     last = run_dir / "results.json"
     if last.is_file():
-        ends[int(json.loads(last.read_text())["iterations"])] = (last, run_dir / PER_TASK)
+        ends[int(_read(last)["iterations"])] = (last, run_dir / PER_TASK)
     return dict(sorted(ends.items()))
 
 
@@ -61,22 +67,22 @@ def read_run(run_dir: Path, at: int | None = None) -> dict:
         raise FastFreeError(f"{run_dir}: no meta-test at {at} iterations (it has: "
                             f"{', '.join(map(str, ends)) or 'none yet'}); pass one of those to --at")
     chosen = at if at is not None else (max(ends) if ends else None)
-    done = json.loads(ends[chosen][0].read_text()) if chosen is not None else {}
+    done = _read(ends[chosen][0]) if chosen is not None else {}
     per_task = ends[chosen][1] if chosen is not None else None
     upto = at if at is not None else len(lines)
     return {
         "run_dir": str(run_dir),
-        "config": json.loads(config.read_text()),
+        "config": _read(config),
         "iterations_done": min(len(lines), upto),
         "iteration_seconds": sum(m.get("iteration_s", 0.0) for m in lines if m["iteration"] < upto),
         "meta_val": [e for e in meta_val_log(run_dir) if e["iteration"] <= upto],
         "val_per_task": {i: v for i, v in meta_val_per_task(run_dir).items() if i <= upto},
         "results": done.get("results"),
-        "per_task": json.loads(per_task.read_text()) if per_task is not None and per_task.is_file() else None,
+        "per_task": _read(per_task) if per_task is not None and per_task.is_file() else None,
         **{k: done[k] for k in ("iterations", "train_seconds", "data_recovery_seconds", "device_name", "torch",
                                 "threads", "malloc", "date") if k in done},
         # the meta-tests before the chosen one (a lengthened run's earlier ends)
-        "earlier_ends": {n: json.loads(r.read_text()).get("results") for n, (r, _) in ends.items()
+        "earlier_ends": {n: _read(r).get("results") for n, (r, _) in ends.items()
                          if chosen is not None and n < chosen},
     }
 
@@ -139,7 +145,7 @@ def paired_meta_val(base: dict, other: dict) -> dict[int, dict]:
 def _teachers(run_dir: str | Path) -> list[str] | None:
     """The weights digests of a run's pools (pools.json), None for a run from before it."""
     path = Path(run_dir) / POOL_RECORD
-    return [p.get("weights_sha256") for p in json.loads(path.read_text())["pools"]] if path.is_file() else None
+    return [p.get("weights_sha256") for p in _read(path)["pools"]] if path.is_file() else None
 
 
 def differences(runs: list[dict], at: int | None = None) -> list[str]:

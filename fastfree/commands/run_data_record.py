@@ -14,7 +14,6 @@ elsewhere now); a run from before data.json records it on its first resume.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from fastfree.data.domains import MultiDomainData
 from fastfree.data.sources import ROOT_ENVS
 from fastfree.data.split import FewShotDataset
 from fastfree.errors import FastFreeError
+from fastfree.read_back import read_json
 
 DATA_RECORD = "data.json"
 
@@ -46,11 +46,12 @@ def read_digests(run_dir: Path) -> list[str] | None:
     path = Path(run_dir) / DATA_RECORD
     if not path.is_file():
         return None
+    fix = "Delete it: the next --resume records the data found then"
+    recorded = read_json(path, fix)
     try:
-        return list(json.loads(path.read_text())["sha256"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise FastFreeError(f"{path} cannot be read ({e!r}): delete it (the next --resume records the data found "
-                            "then)") from e
+        return list(recorded["sha256"])
+    except (KeyError, TypeError) as e:  # valid JSON, but not what `train` writes there
+        raise FastFreeError(f"{path} holds no list of digests under \"sha256\" ({e!r}). {fix}") from e
 
 
 def _data_sets(config: dict) -> list[dict]:

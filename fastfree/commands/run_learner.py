@@ -9,7 +9,6 @@ more tasks, on meta-val, or on another data set, in the input space it was train
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -26,10 +25,11 @@ from fastfree.data.sources import IMAGE_FOLDERS, DataConfig
 from fastfree.data.split import FewShotDataset, Normalization
 from fastfree.errors import FastFreeError
 from fastfree.free.learner_file import LearnerCard, learner_module
-from fastfree.free.run import CHECKPOINT, learner_init, selected_inits
+from fastfree.free.run import CHECKPOINT, learner_init, load_checkpoint, selected_inits
 from fastfree.free.selection import BEST, Selected, last_label, read_selected, selected_label
 from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.protocol import MetaTestConfig
+from fastfree.read_back import read_json
 
 WHICH = ("selected", "last", "every")  # every: commands/every_learner.py
 INPUT_SPACE = "input_space.json"  # the learner's image size and normalisation, written by `train`
@@ -62,7 +62,17 @@ def read_run_config(run_dir: Path) -> dict:
     if not path.is_file():
         raise FastFreeError(f"no config.json in {run_dir}: --run takes the directory a `fastfree train` run wrote "
                             "(its --run-dir, by default runs/<preset>)")
-    return json.loads(path.read_text())
+    return read_json(path, "Restore it from a copy of the run: it holds the run's settings, which --resume, eval, "
+                     "adapt and export read")
+
+
+def read_input_space(run_dir: Path) -> dict | None:
+    """input_space.json as `train` wrote it, or None for a run from before it."""
+    path = Path(run_dir) / INPUT_SPACE
+    if not path.is_file():
+        return None
+    return read_json(path, "Restore it from a copy of the run, or delete it: the learner's image size and "
+                     "normalisation are then read from the run's data, and the next --resume writes it again")
 
 
 def run_data_configs(config: dict, data_root: str | None = None, decoder: str | None = None) -> list[DataConfig]:
@@ -108,8 +118,7 @@ def write_input_space(run_dir: Path, data: FewShotDataset | MultiDomainData, way
 
 def run_ways(run_dir: Path) -> int | None:
     """The run's N: as `train` recorded it, or for a run from before that, its learners' outputs."""
-    path = run_dir / INPUT_SPACE
-    recorded = json.loads(path.read_text()).get("ways") if path.is_file() else None
+    recorded = (read_input_space(run_dir) or {}).get("ways")
     if recorded:
         return int(recorded)
     if (run_dir / BEST).is_file():
@@ -124,16 +133,15 @@ def run_ways(run_dir: Path) -> int | None:
 def run_input_space(run_dir: Path, config: dict, device: torch.device) -> tuple[int, Normalization]:
     """The image size and normalisation the run's learner was trained in: from input_space.json, or
     for a run from before it, from the run's data (which must then be where training found it)."""
-    path = run_dir / INPUT_SPACE
-    if path.is_file():
-        recorded = json.loads(path.read_text())
+    recorded = read_input_space(run_dir)
+    if recorded is not None:
         return int(recorded["image_size"]), Normalization.from_dict(recorded)
     try:
         data = run_data(config, device)
     except FastFreeError as e:
         raise FastFreeError(f"{run_dir} has no {INPUT_SPACE} (it predates it), so its learner's image size and "
                             f"normalisation come from its data, which could not be read ({e}); restore the data where "
-                            f"config.json names it, or write {path} as {{\"image_size\": S, \"mean\": [r, g, b], "
+                            f"config.json names it, or write {run_dir / INPUT_SPACE} as {{\"image_size\": S, \"mean\": [r, g, b], "
                             f"\"std\": [r, g, b]}} (the data's)") from e
     return data.image_size, data.normalization
 
@@ -143,7 +151,7 @@ def last_learner(run_dir: Path, device: torch.device) -> tuple[dict, int]:
     if not path.is_file():
         raise FastFreeError(f"{run_dir} has no {CHECKPOINT}: the run has not completed a checkpointed iteration; "
                             "train it further, or use the learner selected on meta-val (--learner selected)")
-    saved = torch.load(path, map_location="cpu", weights_only=True)  # the bank and optimisers stay off the GPU
+    saved = load_checkpoint(run_dir)  # on the CPU: the bank and optimisers stay off the GPU
     return {k: v.to(device) for k, v in saved["learner"].items()}, int(saved["iteration"])
 
 
@@ -173,11 +181,9 @@ def data_names(config: dict, run_dir: Path | None = None) -> tuple[str, ...]:
     """The names the run's data sets loaded under (an image folder's: its folder's), without loading them:
     as `train` recorded them in input_space.json, or for a run from before that, from config.json's roots
     (as typed: `--data-root .` names no folder, so such a root is resolved here, at best)."""
-    path = None if run_dir is None else Path(run_dir) / INPUT_SPACE
-    if path is not None and path.is_file():
-        recorded = json.loads(path.read_text()).get("data")
-        if recorded:
-            return tuple(recorded)
+    recorded = None if run_dir is None else (read_input_space(run_dir) or {}).get("data")
+    if recorded:
+        return tuple(recorded)
 
     def name(d: dict) -> str:
         if d["source"] != "folder" or not d.get("root"):
@@ -252,6 +258,6 @@ def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initializati
     return learner_init(target.learner)
 
 
-__all__ = ["INPUT_SPACE", "WHICH", "RunLearner", "data_names", "last_learner", "read_run_selected", "run_learner_card",
+__all__ = ["INPUT_SPACE", "WHICH", "RunLearner", "data_names", "last_learner", "read_input_space", "read_run_selected", "run_learner_card",
            "shots_of_pick", "load_run_learner", "read_run_config", "run_ways",
            "run_data", "run_data_configs", "run_input_space", "run_learner_init", "write_input_space"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
 from fastfree.commands.run_data_record import accept_moved_data, check_same_data, record_data, say_moved
-from fastfree.commands.run_learner import write_input_space
+from fastfree.commands.run_learner import read_run_config, write_input_space
 from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
 from fastfree.errors import FastFreeError
@@ -22,6 +22,7 @@ from fastfree.metatest.initializations import random_init
 from fastfree.models import build_model
 from fastfree.pool.fit import check_pool_fits
 from fastfree.pool.store import load_pool
+from fastfree.read_back import read_json
 from fastfree.settings_diff import settings_diff
 
 
@@ -118,7 +119,8 @@ def check_same_pools(run_dir: Path, pools: list, resume: bool) -> None:
     path = run_dir / POOL_RECORD
     if not resume or not path.is_file():
         return
-    started = json.loads(path.read_text())["pools"]
+    started = read_json(path, "Restore it from a copy of the run, or delete it: --resume then takes the pools given "
+                        "now as the run's, without checking that they are the ones it started with")["pools"]
     now = [pool_identity(p) for p in pools]
     for a, b in zip(started, now):
         if a["weights_sha256"] != b["weights_sha256"]:
@@ -148,7 +150,8 @@ def change_length(run_dir: Path, iterations: int, done: int) -> None:
     refuse_cutting(run_dir, iterations, done)
     old = run_dir / "results.json"
     if old.is_file():
-        ended = json.loads(old.read_text()).get("iterations", done)
+        ended = read_json(old, "Restore it from a copy of the run, or delete it: the lengthened run then writes its "
+                          "results over its old end's (results.md, results_per_task.json)").get("iterations", done)
         for name in ("results.json", "results.md", PER_TASK):
             path = run_dir / name
             if path.is_file():
@@ -174,7 +177,7 @@ def run(args) -> dict:
     started_at = completed_iterations(run_dir) if args.resume else 0  # train_seconds counts this call's only
     if args.resume and args.iterations is None and config_path.is_file():
         # the run's own length: only an explicit --iterations lengthens it (not the preset's default)
-        cfg = replace(cfg, iterations=json.loads(config_path.read_text())["free"]["iterations"])
+        cfg = replace(cfg, iterations=read_run_config(run_dir)["free"]["iterations"])
     options, engine_settings = engine_options(args, device)
     if domains:
         resolved = {"preset": preset.name, "domains": [absolute_root(c.__dict__) for c in domains], "free": cfg.to_dict(),
@@ -186,7 +189,7 @@ def run(args) -> dict:
     if args.shots is not None:  # recorded only when given, so runs from before the flag resume as they were
         resolved["shots"] = [args.shots]
     if args.resume and config_path.is_file():
-        stored = json.loads(config_path.read_text())
+        stored = read_run_config(run_dir)
         if stored.get("data"):  # a run from before roots were recorded absolute: as typed, from here
             stored["data"] = absolute_root(stored["data"])
         if stored.get("domains"):

@@ -19,6 +19,7 @@ import torch
 
 from fastfree.errors import FastFreeError
 from fastfree.free.atomic import atomic_torch_save
+from fastfree.read_back import load_torch
 
 LEARNERS = "learners"
 _NAME = re.compile(r"iter_(\d+)\.pt$")
@@ -54,6 +55,12 @@ def drop_kept_after(run_dir: Path, iteration: int) -> None:
             p.unlink()
 
 
+def load_kept(path: Path, device: torch.device | str = "cpu") -> dict:
+    """One kept learner's file as saved (a damaged file is refused with what to do)."""
+    return load_torch(path, "Restore it from a copy of the run, or delete it: that evaluation's learner is then "
+                      "left out (--learner every)", device)
+
+
 def read_kept(run_dir: Path, device: torch.device | str = "cpu") -> list[KeptLearner]:
     """Every kept learner, by iteration."""
     folder = Path(run_dir) / LEARNERS
@@ -63,9 +70,9 @@ def read_kept(run_dir: Path, device: torch.device | str = "cpu") -> list[KeptLea
                             "this version; meta-test the selected or the last learner (--learner selected|last)")
     out = []
     for p in paths:
-        d = torch.load(p, map_location=device, weights_only=True)
+        d = load_kept(p, device)
         out.append(KeptLearner(int(d["iteration"]), {str(k): list(v) for k, v in d["val"].items()}, d["learner"]))
     return sorted(out, key=lambda k: k.iteration)
 
 
-__all__ = ["LEARNERS", "KeptLearner", "drop_kept_after", "keep_learner", "kept_path", "read_kept"]
+__all__ = ["LEARNERS", "KeptLearner", "drop_kept_after", "keep_learner", "kept_path", "load_kept", "read_kept"]

@@ -30,11 +30,12 @@ from fastfree.errors import FastFreeError
 from fastfree.free.atomic import atomic_torch_save, atomic_write_text
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask
-from fastfree.free.kept import drop_kept_after, keep_learner, kept_path
-from fastfree.free.selection import BEST, for_shots, improved_shots, is_legacy, read_selected, selected_label, \
-    write_selected
+from fastfree.free.kept import drop_kept_after, keep_learner, kept_path, load_kept
+from fastfree.free.selection import BEST, for_shots, improved_shots, is_legacy, load_selection, read_selected, \
+    selected_label, write_selected
 from fastfree.free.trainer import FreeState, free_iteration, init_state
 from fastfree.graceful_stop import StoppedBySignal, StopRequest
+from fastfree.read_back import CHANGED, load_torch
 from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.domains import metatest_data
 from fastfree.metatest.protocol import MetaTestConfig, ShotResult, task_protocol
@@ -43,18 +44,37 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
+def load_checkpoint(run_dir: Path) -> dict:
+    """The run's checkpoint, read on the CPU (its RNG states must stay there: a CPU generator refuses a
+    CUDA state; every other part moves its own tensors to the run's device when it loads)."""
+    return load_torch(run_dir / CHECKPOINT, f"The run cannot continue from it: restore {run_dir} from a copy, or start "
+                      "the run again in another --run-dir. Its selected and kept learners (best_learner.pt, "
+                      f"learners/) can still be meta-tested: `fastfree eval --method learner --run {run_dir} "
+                      "--learner selected` (or every)")
+
+
 def completed_iterations(run_dir: Path) -> int:
     """How many iterations the run in run_dir has checkpointed (0 when it has no checkpoint)."""
-    ckpt = run_dir / CHECKPOINT
-    if not ckpt.is_file():
+    if not (run_dir / CHECKPOINT).is_file():
         return 0
-    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["iteration"])
+    return int(load_checkpoint(run_dir)["iteration"])
 
 
 def metric_records(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's records, one per iteration (0-based "iteration"), in order."""
+    """metrics.jsonl's records, one per iteration (0-based "iteration"), in order. A last line torn by a
+    kill (or a full disk) is left out, as --resume drops it; a damaged line before it is refused."""
     path = run_dir / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError as e:
+            if number == len(lines):  # torn by a kill: the iteration it began to record is not checkpointed
+                break
+            raise FastFreeError(f"{path} is damaged (line {number} is not valid JSON: {e}); {CHANGED}. Restore it "
+                                "from a copy of the run") from None
+    return records
 
 
 def meta_val_log(run_dir: Path) -> list[dict]:
@@ -144,8 +164,7 @@ def _roll_back_selection(run_dir: Path, state: FreeState) -> None:
     path = run_dir / BEST
     if not path.is_file():
         return
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    shots = dict(saved.get("shots", {}))
+    shots = dict(load_selection(path).get("shots", {}))
     later = [k for k, v in shots.items() if int(v["iteration"]) > state.iteration]
     if not later:
         return
@@ -153,7 +172,7 @@ def _roll_back_selection(run_dir: Path, state: FreeState) -> None:
         earlier = state.best.get(key)
         kept = kept_path(run_dir, earlier["iteration"]) if earlier else None
         if kept is not None and kept.is_file():
-            learner = torch.load(kept, map_location="cpu", weights_only=True)["learner"]
+            learner = load_kept(kept)["learner"]
             shots[key] = {"iteration": earlier["iteration"], "val": earlier["val"], "learner": learner}
         else:  # no pick before the checkpoint, or its learner was not kept (runs from before learners/)
             del shots[key]
@@ -192,9 +211,7 @@ def train_free(ctx: RunContext, resume: bool, progress: Callable[[dict], None] |
     if resume:
         if not ckpt.is_file():
             raise FastFreeError(f"--resume: no {CHECKPOINT} in {run_dir}; start the run without --resume")
-        # read on the CPU: the RNG states must stay there (a CPU generator refuses a CUDA state); every
-        # other part moves its own tensors to the run's device when it loads
-        state.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        state.load_state_dict(load_checkpoint(run_dir))
         refuse_cutting(run_dir, cfg.iterations, state.iteration)
         if is_legacy(state.best):
             _upgrade_selection(ctx, state)

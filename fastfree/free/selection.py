@@ -21,6 +21,7 @@ import torch
 
 from fastfree.errors import FastFreeError
 from fastfree.free.atomic import atomic_torch_save
+from fastfree.read_back import load_torch
 
 BEST = "best_learner.pt"
 
@@ -43,12 +44,15 @@ def is_legacy(best: dict) -> bool:
     return "iteration" in best
 
 
+def load_selection(path: Path, device: torch.device | str = "cpu") -> dict:
+    """best_learner.pt as saved (a damaged file is refused, naming what can still be used)."""
+    return load_torch(path, "Restore it from a copy of the run; meanwhile its last and kept learners can be "
+                      "meta-tested (--learner last, or every)", device)
+
+
 def write_selected(path: Path, learner_state: dict, improved: dict[str, dict]) -> None:
     """Record the current learner for the improved shot counts, keeping the others' picks."""
-    shots = {}
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        shots = dict(saved.get("shots", {}))
+    shots = dict(load_selection(path).get("shots", {})) if path.is_file() else {}
     cpu_state = {k: v.detach().cpu().clone() for k, v in learner_state.items()}
     for key, record in improved.items():
         shots[key] = {**record, "learner": cpu_state}
@@ -59,7 +63,7 @@ def read_selected(path: Path, device: torch.device | str = "cpu") -> dict[int | 
     """Per shot count, the selected learner; {None: ...} for a legacy single pick."""
     if not path.is_file():
         return {}
-    saved = torch.load(path, map_location=device, weights_only=True)
+    saved = load_selection(path, device)
     if "shots" not in saved:
         return {None: Selected(int(saved["iteration"]), float(saved["val"]), saved["learner"])}
     return {int(k): Selected(int(v["iteration"]), float(v["val"]), v["learner"]) for k, v in saved["shots"].items()}
@@ -89,5 +93,5 @@ def for_shots(selected: dict, shots: int):
                         "last learner (--learner last)")
 
 
-__all__ = ["BEST", "Selected", "for_shots", "improved_shots", "is_legacy", "last_label", "read_selected", "selected_label",
+__all__ = ["BEST", "Selected", "for_shots", "improved_shots", "is_legacy", "last_label", "load_selection", "read_selected", "selected_label",
            "write_selected"]

@@ -28,6 +28,7 @@ from fastfree.pool.group_state import GroupState
 from fastfree.pool.pretrain import TrainedTeacher
 from fastfree.pool.store import MANIFEST, load_pool
 from fastfree.pool.teachers import TeacherSpec
+from fastfree.read_back import read_json
 from fastfree.safetensors_io import atomic_save_readable
 from fastfree.settings_diff import settings_diff
 
@@ -122,7 +123,8 @@ class PretrainProgress:
         done = self._from_pool(specs) if (self.out / MANIFEST).is_file() and not replacing else {}
         if self.exists():
             path = self.dir / FINGERPRINT
-            stored = json.loads(path.read_text()) if path.is_file() else None
+            stored = read_json(path, f"Restore it from a copy, or delete {self.dir} to start the pretraining "
+                               "over") if path.is_file() else None
             if stored is not None and "pretrain" in stored:
                 stored["pretrain"] = _with_legacy(stored["pretrain"], self.fp["pretrain"])
             if stored != self.fp:
