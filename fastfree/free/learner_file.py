@@ -4,7 +4,10 @@ A run directory's learners (`best_learner.pt`, `checkpoint.pt`) are torch pickle
 run's config; to hand a meta-learner to someone else, or keep it after the run directory is gone,
 `fastfree export` writes one `.safetensors` file (no pickle, so loading it runs no code). Its
 tensors are the learner's state dict, named as `Conv4`'s; its metadata holds, under "fastfree",
-JSON {"format": "fastfree-learner/1", "card": {...}}. The card says the architecture and shape,
+JSON {"format": "fastfree-learner/1", "card": {...}, "tensors_sha256": "..."}. The digest covers
+every tensor's name, dtype, shape and bytes, so weights changed after export (a failing disk, a
+copy gone wrong: safetensors itself checks only that the file is whole) are refused rather than
+adapted; a file written before the digest has none and is read as before. The card says the architecture and shape,
 the input space (image size, normalisation), the meta-test adaptation its run used (SGD steps,
 learning rate), which learner it is and where it came from. `fastfree adapt --learner-file FILE`
 and `fastfree eval --learner-file FILE` use it with no run directory, and `load_learner` gives it
@@ -13,6 +16,7 @@ back as a module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -124,6 +128,16 @@ class LearnerCard:
         return LearnerCard(**raw)
 
 
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order (pure)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def write_learner_file(path: str | os.PathLike, state: dict[str, torch.Tensor], card: LearnerCard) -> Path:
     """Write `state` and `card` to `path` atomically (a temporary file, then a rename)."""
     path = Path(path)
@@ -135,7 +149,8 @@ def write_learner_file(path: str | os.PathLike, state: dict[str, torch.Tensor], 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     # one metadata entry: safetensors writes several in no fixed order, and the same learner and card
     # should give the same bytes
-    entry = json.dumps({"format": FORMAT, "card": asdict(card)}, sort_keys=True)
+    entry = json.dumps({"format": FORMAT, "card": asdict(card), "tensors_sha256": tensors_digest(tensors)},
+                       sort_keys=True)
     atomic_save_readable(tensors, path, metadata={"fastfree": entry})
     return path
 
@@ -169,6 +184,11 @@ def read_learner_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         raise FastFreeError(f"{path}: its learner card does not parse ({e}): export it again") from e
     except FastFreeError as e:
         raise FastFreeError(f"{path}: {e}: export it again") from e
+    recorded = entry.get("tensors_sha256")  # absent in files written before it
+    if recorded is not None and recorded != tensors_digest(state):
+        raise FastFreeError(f"{path}: its weights do not match the digest written at export (tensors_sha256): they "
+                            "changed afterwards (a failing disk, a copy gone wrong, an edit); export it again, or copy "
+                            "it again from where it came")
     return state, card
 
 
@@ -206,4 +226,4 @@ def load_learner(path: str | os.PathLike, device: torch.device | str = "cpu",
 
 
 __all__ = ["FORMAT", "SUFFIX", "LearnerCard", "learner_from_state", "learner_module", "load_learner",
-           "read_learner_file", "write_learner_file"]
+           "read_learner_file", "tensors_digest", "write_learner_file"]

@@ -8,11 +8,11 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from fastfree.errors import FastFreeError
 from fastfree.free.learner_file import FORMAT, LearnerCard, learner_module, load_learner, read_learner_file, \
-    write_learner_file
+    tensors_digest, write_learner_file
 from fastfree.metatest.adapt import functional_template
 from fastfree.models.conv4 import Conv4
 from fastfree.safetensors_io import umask
@@ -36,7 +36,8 @@ def test_weights_and_card_round_trip_exactly(tmp_path):
     assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
     with safe_open(str(path), framework="pt") as f:  # a plain safetensors file: any reader gets the card as JSON
         entry = json.loads(f.metadata()["fastfree"])
-        assert entry == {"format": FORMAT, "card": json.loads(json.dumps(asdict(CARD)))}
+        assert entry == {"format": FORMAT, "card": json.loads(json.dumps(asdict(CARD))),
+                         "tensors_sha256": tensors_digest(state)}
     module, card = load_learner(path, dtype=torch.float64)
     x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
     expected = learner_module(state, 8, 32, torch.device("cpu"), torch.float64)
@@ -127,3 +128,22 @@ def test_tensors_that_do_not_fit_the_card_are_refused(tmp_path):
     holed = write_learner_file(tmp_path / "holed.safetensors", state, CARD)
     with pytest.raises(FastFreeError, match="Missing key.*features.0.bias"):
         load_learner(holed)
+
+
+def test_weights_changed_after_export_are_refused_and_a_file_without_the_digest_still_reads(tmp_path):
+    """safetensors checks only that a file is whole: a changed byte inside a tensor reads back silently."""
+    state = _state()
+    path = write_learner_file(tmp_path / "l.safetensors", state, CARD)
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0xFF  # inside the last tensor's bytes
+    path.write_bytes(bytes(raw))
+    changed = load_file(str(path))  # safetensors alone takes it
+    assert any(not torch.equal(changed[k], state[k]) for k in state)
+    with pytest.raises(FastFreeError, match="weights do not match the digest written at export.*export it again"):
+        read_learner_file(path)
+    old = tmp_path / "before-digest.safetensors"  # a file written before the digest was
+    save_file(state, str(old), metadata={"fastfree": json.dumps({"format": FORMAT, "card": asdict(CARD)})})
+    got, card = read_learner_file(old)
+    assert card == CARD and all(torch.equal(got[k], state[k]) for k in state)
+    assert tensors_digest(state) != tensors_digest({**state, "classifier.bias": state["classifier.bias"] + 1})
+    assert tensors_digest(state) != tensors_digest({**state, "classifier.bias": state["classifier.bias"].double()})
