@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from fastfree.write_failure import writing
+
 
 def umask() -> int:
     """The process's umask: from /proc where Linux shows it, else read by setting it and restoring it at
@@ -48,8 +50,9 @@ def atomic_save_readable(tensors: dict[str, torch.Tensor], path: str | os.PathLi
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        save_readable(tensors, tmp, metadata)
-        os.replace(tmp, path)
+        with writing(path):
+            save_readable(tensors, tmp, metadata)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

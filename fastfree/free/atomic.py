@@ -7,14 +7,17 @@ from pathlib import Path
 
 import torch
 
+from fastfree.write_failure import writing
+
 
 def _replace_with(path: Path, write) -> None:
     """`write(tmp)` to a temporary file beside `path`, then rename it over `path`; a failure (or an
     interrupt) removes the temporary file, so none is left behind."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with writing(path):  # a full disk is named, not a traceback (torch.save's is a RuntimeError)
+            write(tmp)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

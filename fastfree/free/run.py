@@ -35,10 +35,11 @@ from fastfree.free.selection import BEST, for_shots, improved_shots, is_legacy, 
     selected_label, write_selected
 from fastfree.free.trainer import FreeState, free_iteration, init_state
 from fastfree.graceful_stop import StoppedBySignal, StopRequest
-from fastfree.read_back import CHANGED, load_torch
 from fastfree.metatest.initializations import Initialization
 from fastfree.metatest.domains import metatest_data
 from fastfree.metatest.protocol import MetaTestConfig, ShotResult, task_protocol
+from fastfree.read_back import CHANGED, load_torch
+from fastfree.write_failure import writing
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -113,7 +114,8 @@ def save_grid(tasks: list[RecoveredTask], path: Path, per_class: int = 4) -> Non
     rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
     grid = (torch.cat(rows, dim=-2) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    with writing(path):
+        Image.fromarray(grid).save(path)
 
 
 @dataclass
@@ -136,7 +138,7 @@ def is_evaluation(iteration: int, cfg: FreeConfig) -> bool:
 
 
 def _append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
+    with writing(path), open(path, "a") as f:  # a line torn by a full disk is dropped on --resume
         f.write(json.dumps(record, default=float) + "\n")
 
 

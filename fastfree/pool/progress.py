@@ -31,6 +31,7 @@ from fastfree.pool.teachers import TeacherSpec
 from fastfree.read_back import read_json
 from fastfree.safetensors_io import atomic_save_readable
 from fastfree.settings_diff import settings_diff
+from fastfree.write_failure import writing
 
 PROGRESS = ".progress"
 FINGERPRINT = "fingerprint.json"
@@ -114,8 +115,9 @@ class PretrainProgress:
     def _write_fingerprint(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / (FINGERPRINT + ".tmp")
-        tmp.write_text(json.dumps(self.fp, indent=2))
-        os.replace(tmp, self.dir / FINGERPRINT)
+        with writing(self.dir / FINGERPRINT):
+            tmp.write_text(json.dumps(self.fp, indent=2))
+            os.replace(tmp, self.dir / FINGERPRINT)
 
     def resume(self, specs: list[TeacherSpec]) -> dict[int, TrainedTeacher]:
         """The finished teachers among `specs`: from a finished pool at `out`, then the progress folder."""

@@ -26,6 +26,7 @@ from fastfree.data.split import Normalization
 from fastfree.errors import FastFreeError
 from fastfree.models import ARCHITECTURES, build_model, default_width
 from fastfree.safetensors_io import save_readable
+from fastfree.write_failure import writing
 
 FORMAT = "fastfree-pool"
 FORMAT_VERSION = 1
@@ -109,7 +110,8 @@ def save_pool(
     tmp_weights = path / (WEIGHTS + ".tmp")
     tmp_manifest = path / (MANIFEST + ".tmp")
     try:
-        save_readable(tensors, tmp_weights, metadata={"format": FORMAT})
+        with writing(path / WEIGHTS):
+            save_readable(tensors, tmp_weights, metadata={"format": FORMAT})
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -124,7 +126,8 @@ def save_pool(
             "weights_sha256": sha256_file(tmp_weights),
         }
         manifest["manifest_sha256"] = _manifest_digest(manifest)
-        tmp_manifest.write_text(json.dumps(manifest, indent=2))
+        with writing(path / MANIFEST):
+            tmp_manifest.write_text(json.dumps(manifest, indent=2))
     except BaseException:  # nothing half-written stays behind; the pool in place is untouched
         tmp_weights.unlink(missing_ok=True)
         tmp_manifest.unlink(missing_ok=True)
