@@ -51,6 +51,8 @@ def write_failure(path: str | os.PathLike, error: BaseException) -> FastFreeErro
     path = Path(path)
     code = None
     if isinstance(error, OSError):
+        if error.errno not in _FULL | _REFUSED and error.filename is not None:
+            return None  # a path problem that names its path (a folder where the file goes): the CLI says it
         code, reason = error.errno, error.strerror or str(error)
     elif isinstance(error, RuntimeError) and _from_torch_writer(error):
         reason = f"torch.save's writer: {str(error).splitlines()[0]}"

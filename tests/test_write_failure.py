@@ -34,7 +34,8 @@ def test_refused_writes_are_named_with_the_path_free_space_and_fix(tmp_path, err
     assert "left on its disk as the write failed" in message and "--resume" in message
 
 
-@pytest.mark.parametrize("error", [RuntimeError("a bug"), SafetensorError("invalid dtype")])
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), SafetensorError("invalid dtype"),
+                                   IsADirectoryError(errno.EISDIR, "Is a directory", "/x/taken.tmp", None, "/x/taken")])
 def test_other_errors_keep_their_traceback(tmp_path, error):
     assert write_failure(tmp_path / "x", error) is None
     with pytest.raises(type(error)):
