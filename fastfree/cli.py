@@ -15,6 +15,7 @@ from fastfree.config import PRESETS
 from fastfree.data.sources import NORMALIZATIONS, SOURCES
 from fastfree.device import ENGINES
 from fastfree.errors import FastFreeError
+from fastfree.folder_lock import held_until_done
 from fastfree.graceful_stop import StoppedBySignal
 from fastfree.commands.run_learner import WHICH
 from fastfree.metatest.initializations import METHODS
@@ -480,8 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_files(args)
         # Imported on demand: the fast engine, the Triton kernels and the profilers load only
-        # for the commands that use them.
-        importlib.import_module(COMMAND_MODULES[args.command]).run(args)
+        # for the commands that use them. The run or pool folder a command locks (folder_lock.hold)
+        # is released when it returns, however it ends.
+        with held_until_done(args.command):
+            importlib.import_module(COMMAND_MODULES[args.command]).run(args)
     except FastFreeError as e:
         print(f"fastfree {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ Other tests are unaffected: they do not use triton (the CPU inductor backend gen
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -73,6 +74,30 @@ def cifar_fs_root() -> Path:
 # cores and wait on each other, so each worker gets its share of the cores.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+_HOLDER = ("import sys\nfrom fastfree.folder_lock import held_until_done, hold\n"
+           "with held_until_done('train'):\n    hold(sys.argv[1])\n    print('held', flush=True)\n    sys.stdin.read()\n")
+
+
+@pytest.fixture
+def holder():
+    """Start a process that holds a folder's lock as a running command does (fastfree/folder_lock.py);
+    yields the function that starts one."""
+    started = []
+
+    def start(folder):
+        p = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "held"
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -19,6 +19,7 @@ import torch
 from fastfree.commands.common import data_config, load_on_device, run_metadata, setup, write_json
 from fastfree.data.split import ImageSplit, Normalization
 from fastfree.errors import FastFreeError
+from fastfree.folder_lock import hold
 from fastfree.models import build_model
 from fastfree.pool.importing import import_model, model_files
 from fastfree.pool.store import MANIFEST, TeacherRecord, save_pool, sha256_file
@@ -110,6 +111,8 @@ def run(args) -> dict:
         "heldout": (f"measured on the last {fraction:.0%} of each class's meta-train images, which the models may "
                     "have trained on" if args.classes else "unknown (no --classes)"),
     }
+    Path(out).mkdir(parents=True, exist_ok=True)
+    hold(out)  # not while another command writes a pool there (fastfree/folder_lock.py)
     save_pool(out, records, [sd for sd, *_ in imported], dataset.name, dataset.normalization, imported=provenance)
     seconds = time.perf_counter() - t0
     result = {"command": "import-pool", "pool": str(out), "dataset": dataset.name, "image_size": dataset.image_size,

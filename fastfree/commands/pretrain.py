@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-
+from pathlib import Path
 
 from fastfree.commands.common import data_config, load_on_device, progress_bar, run_metadata, setup, write_json
 from fastfree.device import resolve_pool_engine
 from fastfree.errors import FastFreeError
+from fastfree.folder_lock import hold
 from fastfree.graceful_stop import stop_on_signals
 from fastfree.pool.group_state import continuing
 from fastfree.pool.pretrain import STOPPING_AFTER, PretrainConfig, pretrain_pool, steps_per_epoch, steps_trained_before
@@ -49,6 +50,9 @@ def run(args) -> dict:
                                                  dataset.image_size, dcfg.__dict__, args.dtype, engine))
     if args.resume and args.overwrite:
         raise FastFreeError("--resume keeps the pool's teachers and --overwrite replaces them: pass one of them")
+    if Path(out).is_dir() or not args.resume:  # one command at a time on a pool (fastfree/folder_lock.py)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        hold(out)
     if args.resume:
         done, paused = progress.resume(specs), progress.paused()
         print(f"resuming: {len(done)} of {len(specs)} teachers already trained"

@@ -10,6 +10,7 @@ import torch
 from fastfree.data.split import FewShotDataset
 from fastfree.device import resolve_pool_engine
 from fastfree.errors import FastFreeError
+from fastfree.folder_lock import hold
 from fastfree.graceful_stop import StoppedBySignal, stop_on_signals
 from fastfree.pool.group_state import continuing
 from fastfree.pool.pretrain import STOPPING_AFTER, PretrainConfig, pretrain_pool
@@ -26,6 +27,8 @@ def pool_in_run_dir(pool_dir: Path, dataset: FewShotDataset, cfg: PretrainConfig
     the same command run again continues from them (an interrupt lost the whole pretraining: hours for
     the paper's 100 teachers); other settings than the interrupted pretraining's are refused."""
     if not (pool_dir / "manifest.json").is_file():
+        pool_dir.mkdir(parents=True, exist_ok=True)  # pretraining writes into it: one command at a time
+        hold(pool_dir)
         specs = sample_teacher_specs(dataset.train.classes, cfg.teachers, cfg.ways, cfg.seed, cfg.archs)
         engine = resolve_pool_engine("auto", dataset.train.images.device)  # teachers of one engine only, as pretrain's
         progress = PretrainProgress(pool_dir, fingerprint(cfg.to_dict(), dataset.name, dataset.normalization.to_dict(),

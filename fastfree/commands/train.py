@@ -14,6 +14,7 @@ from fastfree.commands.run_learner import read_run_config, write_input_space
 from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
 from fastfree.errors import FastFreeError
+from fastfree.folder_lock import hold
 from fastfree.free.config import BELL_SETTINGS_USED_BY, FreeConfig
 from fastfree.free.run import CHECKPOINT, RunContext, completed_iterations, default_run_dir, final_results, \
     is_evaluation, refuse_cutting, results_markdown, train_free
@@ -164,6 +165,8 @@ def run(args) -> dict:
     cfg = free_config(args, preset.free)
     run_dir = default_run_dir(args.run_dir, preset.name)
     config_path = run_dir / "config.json"
+    if run_dir.is_dir():  # before it is read: a second command on the run is refused (fastfree/folder_lock.py)
+        hold(run_dir)
     # before any data is read, a pool pretrained or a file of the run written
     if args.resume and not (run_dir / CHECKPOINT).is_file():
         raise FastFreeError(f"--resume: no {CHECKPOINT} in {run_dir}; start the run without --resume")
@@ -256,6 +259,7 @@ def run(args) -> dict:
                             f"classes, too few for {ways}-way meta-val and meta-test: use a pool of at most "
                             f"{len(narrow.classes)} classes per teacher (fastfree pretrain --ways {len(narrow.classes)})")
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or a pool that does not fit leave nothing
+    hold(run_dir)  # a fresh run's folder, as soon as it exists
     if lengthen:  # likewise: a lengthening refused for its data or pool leaves the run as it was
         change_length(run_dir, cfg.iterations, started_at)
         write_json(config_path, resolved)
