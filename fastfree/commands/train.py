@@ -15,6 +15,7 @@ from fastfree.commands.run_pool import pool_in_run_dir
 from fastfree.commands.train_domains import domain_configs, domain_pools, domain_teachers, load_domains
 from fastfree.errors import FastFreeError
 from fastfree.folder_lock import hold
+from fastfree.free.atomic import atomic_write_text
 from fastfree.free.config import BELL_SETTINGS_USED_BY, FreeConfig
 from fastfree.free.run import CHECKPOINT, RunContext, completed_iterations, default_run_dir, final_results, \
     is_evaluation, refuse_cutting, results_markdown, train_free
@@ -303,7 +304,7 @@ def run(args) -> dict:
     meta = run_metadata(device)
     table = results_markdown(summary, meta["device_name"], test_cfg.shots, ways,
                              cfg.replay.shots if cfg.replay_enabled else None)
-    (run_dir / "results.md").write_text(f"# FREE results ({preset.name})\n\n" + table)
+    atomic_write_text(run_dir / "results.md", f"# FREE results ({preset.name})\n\n" + table)  # as every run file
     payload = {"command": "train", "run_dir": str(run_dir), **summary, "train_seconds": train_s,
                "started_at_iteration": started_at,
                "config": resolved, **meta}
