@@ -71,3 +71,19 @@ def test_read_json_refuses_a_damaged_file_and_reads_a_whole_one(tmp_path):
         path.write_bytes(damaged)
         with pytest.raises(FastFreeError, match=r"config\.json is damaged \(not valid JSON: .*Restore it from a copy$"):
             read_json(path, FIX)
+
+
+def test_a_file_saved_without_checksums_loads(tmp_path):
+    """torch writes checksum 0 for every member when told not to compute them; that is not damage."""
+    from torch.utils.serialization import config
+
+    path = tmp_path / "nocrc.pt"
+    before = config.save.compute_crc32
+    config.save.compute_crc32 = False  # torch's config module: monkeypatch's undo would delete the setting
+    try:
+        torch.save({"w": torch.arange(10.0)}, path)
+    finally:
+        config.save.compute_crc32 = before
+    with zipfile.ZipFile(path) as archive:
+        assert {i.CRC for i in archive.infolist()} == {0}
+    assert zip_damage(path) is None and torch.equal(load_torch(path, FIX)["w"], torch.arange(10.0))
