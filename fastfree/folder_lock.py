@@ -28,7 +28,7 @@ LOCK = ".fastfree.lock"
 OWNER = ".fastfree.lock.owner"  # not the lock file itself: a second taker truncates that as it opens it
 
 _held: dict[Path, FileLock] = {}
-_command = ["fastfree"]  # the command holding them, for the owner record (set by held_until_done)
+_command = "fastfree"  # the command holding them, for the owner record (set by held_until_done)
 
 
 def _owner(folder: Path) -> str:
@@ -57,7 +57,7 @@ def hold(folder: str | os.PathLike) -> None:
         return
     _held[folder] = lock
     since = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    who = {"command": _command[0], "pid": os.getpid(), "host": socket.gethostname(), "since": since}
+    who = {"command": _command, "pid": os.getpid(), "host": socket.gethostname(), "since": since}
     try:
         (folder / OWNER).write_text(json.dumps(who))
     except OSError:  # only for the refusal's message
@@ -67,7 +67,8 @@ def hold(folder: str | os.PathLike) -> None:
 @contextmanager
 def held_until_done(command: str) -> Iterator[None]:
     """Release every lock `hold` took inside it, however it ends; `command` ("train") names the holder."""
-    _command[0] = f"fastfree {command}"
+    global _command
+    _command = f"fastfree {command}"
     try:
         yield
     finally:

@@ -4,15 +4,17 @@ space and the fix, not as a traceback.
 The libraries report it in three ways: a plain write raises OSError without a file name (which the
 CLI would take for a bug), torch.save a RuntimeError from its file writer ("basic_ios::clear:
 iostream error", then inline_container.cc's "unexpected pos 576 vs 534", or "PytorchStreamWriter
-failed writing file"), safetensors a SafetensorError ("I/O error: No space left on device"). Every file fastfree writes for a run or a pool replaces the
-old one only once the new one is whole (free/atomic.py, safetensors_io.py, pool/store.py), so what
-was saved before is kept, and `--resume` continues from it once there is room.
+failed writing file"), safetensors a SafetensorError ("I/O error: No space left on device (os error
+28)"). Every file fastfree writes for a run or a pool replaces the old one only once the new one is
+whole (free/atomic.py, safetensors_io.py, pool/store.py), so what was saved before is kept, and
+`--resume` continues from it once there is room.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,7 +60,8 @@ def write_failure(path: str | os.PathLike, error: BaseException) -> FastFreeErro
         reason = f"torch.save's writer: {str(error).splitlines()[0]}"
     elif isinstance(error, SafetensorError) and "I/O error" in str(error):
         reason = str(error)
-        code = errno.ENOSPC if "os error 28" in reason else None
+        found = re.search(r"os error (\d+)", reason)  # the errno, in Rust's words: permission 13, no space 28
+        code = int(found.group(1)) if found else None
     else:
         return None
     free = _free_space(path)

@@ -77,7 +77,8 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 
 _HOLDER = ("import sys\nfrom fastfree.folder_lock import held_until_done, hold\n"
-           "with held_until_done('train'):\n    hold(sys.argv[1])\n    print('held', flush=True)\n    sys.stdin.read()\n")
+           "with held_until_done('train'):\n    hold(sys.argv[1])\n    print('held', flush=True)\n"
+           "    sys.stdin.read()\n")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ needs_dev_full = pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full (
     (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"), "free space on its disk"),
     (RuntimeError("basic_ios::clear: iostream error"), "free space on its disk"),
     (SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"), "free space"),
+    (SafetensorError("Error while serializing: I/O error: Permission denied (os error 13)"), "folder's permissions"),
 ])
 def test_refused_writes_are_named_with_the_path_free_space_and_fix(tmp_path, error, says):
     failure = write_failure(tmp_path / "run" / "checkpoint.pt", error)  # run/ not made yet: its parent's disk

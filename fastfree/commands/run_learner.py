@@ -141,8 +141,8 @@ def run_input_space(run_dir: Path, config: dict, device: torch.device) -> tuple[
     except FastFreeError as e:
         raise FastFreeError(f"{run_dir} has no {INPUT_SPACE} (it predates it), so its learner's image size and "
                             f"normalisation come from its data, which could not be read ({e}); restore the data where "
-                            f"config.json names it, or write {run_dir / INPUT_SPACE} as {{\"image_size\": S, \"mean\": [r, g, b], "
-                            f"\"std\": [r, g, b]}} (the data's)") from e
+                            f"config.json names it, or write {run_dir / INPUT_SPACE} as {{\"image_size\": S, "
+                            f"\"mean\": [r, g, b], \"std\": [r, g, b]}} (the data's)") from e
     return data.image_size, data.normalization
 
 
@@ -258,6 +258,6 @@ def run_learner_init(target: RunLearner, shots: tuple[int, ...]) -> Initializati
     return learner_init(target.learner)
 
 
-__all__ = ["INPUT_SPACE", "WHICH", "RunLearner", "data_names", "last_learner", "read_input_space", "read_run_selected", "run_learner_card",
-           "shots_of_pick", "load_run_learner", "read_run_config", "run_ways",
+__all__ = ["INPUT_SPACE", "WHICH", "RunLearner", "data_names", "last_learner", "read_input_space", "read_run_selected",
+           "run_learner_card", "shots_of_pick", "load_run_learner", "read_run_config", "run_ways",
            "run_data", "run_data_configs", "run_input_space", "run_learner_init", "write_input_space"]

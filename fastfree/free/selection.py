@@ -93,5 +93,5 @@ def for_shots(selected: dict, shots: int):
                         "last learner (--learner last)")
 
 
-__all__ = ["BEST", "Selected", "for_shots", "improved_shots", "is_legacy", "last_label", "load_selection", "read_selected", "selected_label",
-           "write_selected"]
+__all__ = ["BEST", "Selected", "for_shots", "improved_shots", "is_legacy", "last_label", "load_selection",
+           "read_selected", "selected_label", "write_selected"]
