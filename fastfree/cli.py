@@ -17,6 +17,7 @@ from fastfree.device import ENGINES
 from fastfree.errors import FastFreeError
 from fastfree.folder_lock import held_until_done
 from fastfree.graceful_stop import StoppedBySignal
+from fastfree.out_of_memory import out_of_memory_message
 from fastfree.commands.run_learner import WHICH
 from fastfree.metatest.initializations import METHODS
 from fastfree.models import ARCHITECTURES
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-tasks", type=_positive, help="meta-val tasks per evaluation (their seed is fixed: every "
                                                        "evaluation and every run meets the same tasks)")
     t.add_argument("--test-tasks", type=_positive, help="meta-test tasks at the end")
+    t.add_argument("--eval-chunk", type=_positive,
+                   help="meta-val and meta-test tasks adapted together (default 50): fewer need less memory and "
+                        "meet the same tasks; not part of the run's configuration, so it may change on --resume")
     t.add_argument("--shots", type=_positive,
                    help="this run's shot setting, as the paper runs each one (the published code's num_sup_train = "
                         "num_sup_test): replay K-shot tasks, select on and meta-test K-shot tasks. Default: one run "
@@ -498,6 +502,12 @@ def main(argv: list[str] | None = None) -> int:
     except StoppedBySignal as e:  # asked to stop: the loop saved what it had done where it stopped
         print(f"fastfree {args.command}: {e}: {e.then}", file=sys.stderr)
         return e.exit_code
+    except (MemoryError, RuntimeError) as e:  # out of memory: the phase and the flags that need less
+        message = out_of_memory_message(e, args)
+        if message is None:  # any other error is a bug: its traceback
+            raise
+        print(f"fastfree {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"\nfastfree {args.command}: interrupted{interrupt_hint(args)}", file=sys.stderr)
         return 130

@@ -274,9 +274,12 @@ def run(args) -> dict:
         say_moved(moves)
     write_input_space(run_dir, dataset, ways)  # what `fastfree adapt` needs without the data
     shots = (args.shots,) if args.shots is not None else preset.metatest.shots
-    val_cfg = replace(preset.metatest, tasks=cfg.val_tasks, shots=shots, engine="auto")
+    # --eval-chunk changes how many tasks adapt at once, not which tasks: a runtime setting (memory), left out of
+    # config.json like --threads, so a run that ran out of memory in meta-val resumes with a smaller one
+    chunk = args.eval_chunk or preset.metatest.chunk
+    val_cfg = replace(preset.metatest, tasks=cfg.val_tasks, shots=shots, engine="auto", chunk=chunk)
     test_cfg = replace(preset.metatest, tasks=args.test_tasks or preset.metatest.tasks, shots=shots, ways=ways,
-                       engine="auto")
+                       engine="auto", chunk=chunk)
     engine = None
     if options is not None:
         from fastfree.engine.trainer import FastEngine
