@@ -22,17 +22,23 @@ T = TypeVar("T")
 def map_single_threaded(fn: Callable[[int], T], n: int, workers: int | None = None, name: str = "fastfree") -> list[T]:
     """[fn(0), ..., fn(n-1)], run by `workers` Python threads (default: torch's thread count) with torch
     at one intra-op thread while they run. torch's thread count is process-wide: it is restored after,
-    also on an error. With one worker (or one task), or where torch's per-thread state binds the work to
-    the caller's thread (bound_to_this_thread), fn runs in the caller's thread, at torch's threads;
-    grad mode is the caller's in every thread.
+    also on an error. With one worker (or one task) fn runs in the caller's thread, at one intra-op
+    thread too: a task's arithmetic must not depend on how many tasks run beside it (at torch's threads,
+    a meta-test chunk of one task rounded otherwise than in a chunk of three, and a Random learner's
+    5-shot accuracy moved with --chunk). Where torch's per-thread state binds the work to the caller's
+    thread (bound_to_this_thread), fn runs there at torch's threads; grad mode is the caller's in every
+    thread.
 
     An error in a task (or a Ctrl-C) cancels the tasks not started (Executor.map's own cleanup); the
     running ones finish (a fraction of a second for the tasks this is for). `fn` must not share
     mutable state between tasks: torch.func.functional_call swaps a module's parameters in place,
     so each task needs a module of its own."""
     workers = min(workers or torch.get_num_threads(), n)
-    if workers <= 1 or bound_to_this_thread():
+    if bound_to_this_thread():
         return [fn(i) for i in range(n)]
+    if workers <= 1:
+        with one_intra_op_thread():
+            return [fn(i) for i in range(n)]
     grad_enabled = torch.is_grad_enabled()  # thread-local too: the tasks run as the caller would
 
     def task(i: int) -> T:

@@ -74,6 +74,18 @@ def test_protocol_engines_agree_and_same_seed_same_tasks(tiny_split):
     assert [r.shots for r in a] == [1, 2] and all(r.tasks == 6 for r in a)
 
 
+def test_the_threads_engine_gives_each_task_the_same_logits_whatever_the_chunk(tiny_split):
+    """A chunk of one task (`--chunk 1`, or 51 tasks in chunks of 50) runs in the caller's thread; it ran at
+    torch's threads there, other arithmetic than among others at one, and a task's accuracy could move
+    with the chunk size (a Random learner's 5-shot did, on the demo's data). Float32, 2 torch threads."""
+    template, params, batch = _float32_tasks(tiny_split, 3)
+    with torch_threads(2):
+        together = adapted_query_logits_threaded(template, params, batch, steps=3, lr=0.05)
+        alone = [adapted_query_logits_threaded(template, {k: v[t:t + 1] for k, v in params.items()},
+                                               batch.task(t), steps=3, lr=0.05) for t in range(3)]
+    assert torch.equal(together, torch.cat(alone))
+
+
 def _float32_tasks(tiny_split, tasks: int):
     init = random_init(_builder, seed=2)
     batch = EpisodeSampler(tiny_split, CIFAR100_NORM, EpisodeSpec(5, 2, 3), seed=0).batch(range(tasks), torch.float32)
