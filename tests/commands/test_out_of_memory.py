@@ -61,6 +61,26 @@ def test_a_run_out_of_memory_in_meta_val_resumes_with_a_smaller_eval_chunk(run, 
     assert completed_iterations(run_dir) == 4 and json.loads(out.read_text())["iterations"] == 4
 
 
+def test_a_run_out_of_memory_in_its_final_meta_test_resumes_to_its_results(run, tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)
+    (run_dir / "results.json").unlink()  # as before the meta-test ran
+    flags = ["train", "--pool", str(run[0].parent / "pool"), "--run-dir", str(run_dir), "--resume", *TRAIN, *SMALL]
+
+    def failing_above_two_tasks(logits, labels):  # meta-val's 2 tasks fit, meta-test's 3 do not
+        if logits.shape[0] > 2:
+            allocate_too_much()
+        return fastfree.metatest.adapt.query_accuracy(logits, labels)
+
+    monkeypatch.setattr(fastfree.metatest.protocol, "query_accuracy", failing_above_two_tasks)
+    assert main(flags) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "in meta-val / meta-test adaptation" in err and "--eval-chunk 12" in err
+    assert not (run_dir / "results.json").exists()
+    assert main([*flags, "--eval-chunk", "2"]) == 0  # training was done: only the meta-test runs
+    assert json.loads((run_dir / "results.json").read_text())["results"] == run[1]  # the same tasks, the same numbers
+
+
 def test_eval_out_of_memory_names_chunk_and_a_smaller_one_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(fastfree.metatest.protocol, "query_accuracy", failing_with_more_than_one_task)
     flags = ["eval", "--method", "random", "--tasks", "3", "--shots", "1", "--steps", "1", "--device", "cpu", *SMALL]
