@@ -1,4 +1,4 @@
-"""Atomic file writes for run state: a crash mid-write leaves the previous file, never a torn one."""
+"""Atomic file writes for run state (and its grids): a crash mid-write leaves the previous file, never a torn one."""
 
 from __future__ import annotations
 
@@ -31,4 +31,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     _replace_with(path, lambda tmp: tmp.write_text(text))
 
 
-__all__ = ["atomic_torch_save", "atomic_write_text"]
+def atomic_write_png(path: Path, image) -> None:
+    """`image` (an RGB uint8 array [H, W, 3]) as a PNG file: named by the format, as the temporary
+    file's name does not end in .png."""
+    from PIL import Image
+
+    _replace_with(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+__all__ = ["atomic_torch_save", "atomic_write_png", "atomic_write_text"]

@@ -27,7 +27,7 @@ from torch import nn
 from fastfree.data.domains import MultiDomainData
 from fastfree.data.split import FewShotDataset
 from fastfree.errors import FastFreeError
-from fastfree.free.atomic import atomic_torch_save, atomic_write_text
+from fastfree.free.atomic import atomic_torch_save, atomic_write_png, atomic_write_text
 from fastfree.free.config import FreeConfig
 from fastfree.free.five import RecoveredTask
 from fastfree.free.kept import drop_kept_after, keep_learner, kept_path, load_kept
@@ -103,8 +103,6 @@ def learner_init(learner: nn.Module) -> Initialization:
 
 def save_grid(tasks: list[RecoveredTask], path: Path, per_class: int = 4) -> None:
     """One row per recovered task: `per_class` images of each of its classes, class by class (Fig. 7)."""
-    from PIL import Image
-
     rows = []
     for t in tasks:
         pick = torch.cat([torch.nonzero(t.labels == c).flatten()[:per_class] for c in torch.unique(t.labels)])
@@ -114,8 +112,7 @@ def save_grid(tasks: list[RecoveredTask], path: Path, per_class: int = 4) -> Non
     rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
     grid = (torch.cat(rows, dim=-2) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with writing(path):
-        Image.fromarray(grid).save(path)
+    atomic_write_png(path, grid)  # as every run file: a kill mid-write leaves the grid before, not a torn one
 
 
 @dataclass

@@ -319,3 +319,29 @@ def test_merged_shots_take_each_cell_from_its_own_measurement_also_per_domain():
     nothing_measured = _merge_shots(([], None), last, (1,))
     assert [x.mean for x in nothing_measured[0]] == [10.0] and nothing_measured[1]["b"][0].mean == 12.0
     assert _merge_shots(([r(5, 30.0)], None), ([r(1, 10.0), r(5, 20.0)], None), (1, 5))[1] is None
+
+
+def test_a_grid_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A kill while a grid is written leaves the grid before it (as every run file), and no temporary file."""
+    from PIL import Image
+
+    from fastfree.free.five import RecoveredTask
+    from fastfree.free.run import save_grid
+
+    torch.manual_seed(0)
+    task = RecoveredTask(images=torch.rand(10, 3, 8, 8), labels=torch.arange(5).repeat(2), teacher=0, eta_rate=1.0,
+                         final_loss=0.0)
+    path = tmp_path / "grids" / "iter_00010.png"
+    save_grid([task], path)
+    before = path.read_bytes()
+    assert Image.open(path).size == (8 * 2 * 5, 8)  # 2 images of each of the 5 classes in one row
+
+    def killed_mid_write(self, fp, format=None, **kw):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG")  # a few bytes, then the kill
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_grid([RecoveredTask(torch.rand(10, 3, 8, 8), task.labels, 0, 1.0, 0.0)], path)
+    assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == [path.name]
