@@ -73,6 +73,9 @@ class GraphedCallable:
                 # CUDA's own error then only says the capture failed; the cause is the error it was handling
                 cause = e.__context__ if isinstance(e.__context__, Exception) else e
                 self.fallback = f"{type(cause).__name__}: {cause}"
+                # the capture's static copies serve no eager call: freed, they leave room to a capture that ran
+                # out of GPU memory
+                self.static_in = self.static_out = None
                 warnings.warn(f"CUDA-graph capture of {self.name} failed ({self.fallback}); running it eagerly "
                               "(same values, slower). --no-cuda-graphs skips the attempt", RuntimeWarning,
                               stacklevel=2)

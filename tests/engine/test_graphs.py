@@ -21,3 +21,16 @@ def test_a_failed_capture_reports_its_cause_not_cudas_follow_up_error(monkeypatc
         out = graphed(torch.ones(3))
     assert torch.equal(out, torch.full((3,), 2.0))
     assert graphed.fallback == "RuntimeError: CUDA error: operation not permitted when stream is capturing"
+
+
+def test_a_capture_out_of_memory_frees_its_static_copies_and_runs_eagerly(monkeypatch):
+    def capture_runs_out(self, flat, spec):
+        self.static_in = [a.clone() for a in flat]  # as _capture does before it records
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+    monkeypatch.setattr(GraphedCallable, "_capture", capture_runs_out)
+    graphed = GraphedCallable(lambda x: x + 1, name="the epoch")
+    with pytest.warns(RuntimeWarning, match="capture of the epoch failed"):
+        out = graphed(torch.zeros(4))
+    assert torch.equal(out, torch.ones(4)) and graphed.fallback.startswith("OutOfMemoryError: CUDA out of memory")
+    assert graphed.static_in is None and graphed.static_out is None  # nothing held for a graph that never replays
