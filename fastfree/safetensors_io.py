@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from fastfree.write_failure import writing
+from fastfree.free.atomic import replace_with
 
 
 def umask() -> int:
@@ -49,13 +49,7 @@ def atomic_save_readable(tensors: dict[str, torch.Tensor], path: str | os.PathLi
     failure (or an interrupt) removes the temporary file."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with writing(path):
-            save_readable(tensors, tmp, metadata)
-            os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_with(path, lambda t: save_readable(tensors, t, metadata), tmp)
 
 
 __all__ = ["atomic_save_readable", "save_readable", "umask"]

@@ -10,10 +10,11 @@ import torch
 from fastfree.write_failure import writing
 
 
-def _replace_with(path: Path, write) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`; a failure (or an
-    interrupt) removes the temporary file, so none is left behind."""
-    tmp = path.with_name(path.name + ".tmp")
+def replace_with(path: Path, write, tmp: Path | None = None) -> None:
+    """`write(tmp)` to a temporary file beside `path` (default PATH.tmp), then rename it over `path`; a
+    failure (or an interrupt) removes the temporary file, so none is left behind. Every file fastfree
+    writes whole goes through here."""
+    tmp = path.with_name(path.name + ".tmp") if tmp is None else tmp
     try:
         with writing(path):  # a full disk is named, not a traceback (torch.save's is a RuntimeError)
             write(tmp)
@@ -24,11 +25,11 @@ def _replace_with(path: Path, write) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    _replace_with(path, lambda tmp: torch.save(obj, tmp))
+    replace_with(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _replace_with(path, lambda tmp: tmp.write_text(text))
+    replace_with(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_write_png(path: Path, image) -> None:
@@ -36,7 +37,7 @@ def atomic_write_png(path: Path, image) -> None:
     file's name does not end in .png."""
     from PIL import Image
 
-    _replace_with(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    replace_with(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
-__all__ = ["atomic_torch_save", "atomic_write_png", "atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write_png", "atomic_write_text", "replace_with"]

@@ -16,7 +16,6 @@ group's, state at an epoch's end), and `--resume` continues them from the next e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from fastfree.errors import FastFreeError
+from fastfree.free.atomic import atomic_write_text
 from fastfree.pool.group_state import GroupState
 from fastfree.pool.pretrain import TrainedTeacher
 from fastfree.pool.store import MANIFEST, load_pool
@@ -31,7 +31,6 @@ from fastfree.pool.teachers import TeacherSpec
 from fastfree.read_back import read_json
 from fastfree.safetensors_io import atomic_save_readable
 from fastfree.settings_diff import settings_diff
-from fastfree.write_failure import writing
 
 PROGRESS = ".progress"
 FINGERPRINT = "fingerprint.json"
@@ -114,10 +113,7 @@ class PretrainProgress:
 
     def _write_fingerprint(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / (FINGERPRINT + ".tmp")
-        with writing(self.dir / FINGERPRINT):
-            tmp.write_text(json.dumps(self.fp, indent=2))
-            os.replace(tmp, self.dir / FINGERPRINT)
+        atomic_write_text(self.dir / FINGERPRINT, json.dumps(self.fp, indent=2))
 
     def resume(self, specs: list[TeacherSpec]) -> dict[int, TrainedTeacher]:
         """The finished teachers among `specs`: from a finished pool at `out`, then the progress folder."""
