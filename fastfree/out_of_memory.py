@@ -67,18 +67,18 @@ def phase_of(tb: TracebackType | None) -> str | None:
     return phase
 
 
-def _what_ran_out(error: BaseException) -> str:
-    """torch's own sentence (what it tried to allocate, what is free) without its documentation link."""
-    text = str(error).split(" See documentation for Memory Management")[0].strip()
+def _what_ran_out(failure: BaseException) -> tuple[str, bool]:
+    """'out of [GPU] memory (torch's sentence)', without its documentation link, and whether a GPU's."""
+    text = str(failure).split(" See documentation for Memory Management")[0].strip()
     text = re.sub(r"^\[enforce fail at [^\]]*\] *(err == 0\. *)?", "", text)  # the CPU allocator's source line
-    kind = "GPU memory" if "CUDA" in text or "CUDNN" in text or "CUBLAS" in text else "memory"
-    return f"out of {kind}" + (f" ({text})" if text else "")
+    gpu = any(mark in text for mark in ("CUDA", "CUDNN", "CUBLAS"))
+    return f"out of {'GPU memory' if gpu else 'memory'}" + (f" ({text})" if text else ""), gpu
 
 
 def _preset(args):
     from fastfree.config import PRESETS
 
-    return PRESETS[getattr(args, "preset", "demo")]
+    return PRESETS[args.preset]  # train, pretrain and eval, which ask for it, all take --preset
 
 
 def _train_advice(args, phase: str | None, gpu: bool) -> str:
@@ -96,12 +96,12 @@ def _train_advice(args, phase: str | None, gpu: bool) -> str:
                 "and data flags; then pass `--pool POOL` to train")
     b = args.teachers_per_iteration or preset.free.teachers_per_iteration
     flags = [f"fewer teachers per iteration (--teachers-per-iteration, now {b})"]
-    fast = getattr(args, "engine", "fast") != "reference"
+    fast = args.engine != "reference"
     if fast and phase in (None, "five", "bell") and not args.amp:
         flags.append("--amp (bf16 activations in FIVE and BELL)")
-    if fast and phase in (None, "five") and getattr(args, "teacher_map", None) != "loop":
+    if fast and phase in (None, "five") and args.teacher_map != "loop":
         flags.append("--teacher-map loop (FIVE's teachers one at a time instead of one vmapped batch)")
-    if gpu and fast and phase in (None, "five", "replay") and getattr(args, "cuda_graphs", None) is not False:
+    if gpu and fast and phase in (None, "five", "replay") and args.cuda_graphs is not False:
         flags.append("--no-cuda-graphs (a captured graph keeps its own memory)")
     if phase in (None, "replay") and not args.replay_first_order:
         flags.append("--replay-first-order (no second-order graph through replay's inner steps)")
@@ -119,11 +119,11 @@ def _pretrain_advice(args, gpu: bool) -> str:
     group = args.group_size or preset.pretrain.group_size
     batch = args.batch_size or preset.pretrain.batch_size
     engine = resolve_pool_engine(args.engine, torch.device("cuda" if gpu else "cpu"))
-    restart = "start again with it (--overwrite, or another --out)"  # what a changed pool record takes
+    restart = "start again (--overwrite, or another --out)"  # what a changed pool record takes
     if engine == "batched":
         return (f"{group} teachers train together in one vmapped step: fewer (--group-size {max(1, group // 4)}) or "
                 f"a smaller --batch-size (now {batch}) need less memory. Both are part of the pool's record, which "
-                "--resume keeps: start again with them (--overwrite, or another --out)")
+                f"--resume keeps: {restart}")
     if engine == "threads":
         threads = torch.get_num_threads()
         return (f"{threads} teachers train side by side, one per thread: fewer threads (--threads "
@@ -156,12 +156,12 @@ def _advice(args, phase: str | None, gpu: bool) -> str:
 
 def out_of_memory_message(error: BaseException, args) -> str | None:
     """The message for an allocation failure (None: `error` is another error)."""
-    if not is_out_of_memory(error):
+    failure = allocation_failure(error)
+    if failure is None:
         return None
     phase = phase_of(error.__traceback__)
     where = f" in {_PHASE_NAMES[phase]}" if phase else ""
-    what = _what_ran_out(allocation_failure(error))
-    gpu = what.startswith("out of GPU memory")
+    what, gpu = _what_ran_out(failure)
     other = " Other processes on the GPU hold memory too: `nvidia-smi` lists them." if gpu else ""
     return f"{what}{where}: {_advice(args, phase, gpu)}.{other}"
 
