@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data-free meta-learning (FREE, CVPR 2024): teacher pools, FREE training, meta-testing.",
     )
     parser.add_argument("--version", action="version", version=f"fastfree {__version__}")
+    parser.set_defaults(argv=None)  # main() sets the command line as typed
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="train a pool of teachers (all at once with vmap on CUDA)",
@@ -345,6 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--what", default="", help="the question the comparison answers (recorded in the JSON)")
     c.add_argument("--json", metavar="PATH", help="write the comparison here")
 
+    st = sub.add_parser("status", help="where a train run or a pool stands: running or not, iterations, pace and "
+                                       "time left, meta-val, results, the command that continues it",
+                        description="Reads a `fastfree train` run folder (or a pool folder) as it is now, while a "
+                                    "command works in it or after; takes no lock and writes nothing. A run: whether a "
+                                    "command is running in it, iterations logged and checkpointed out of its total, "
+                                    "its pace and the time left, meta-val's last evaluation and picks, a finished "
+                                    "run's meta-test, and the command that continues or lengthens it. A pool: its "
+                                    "finished teachers (and those paused mid-way) and their held-out accuracy.")
+    st.add_argument("folders", nargs="+", type=Path, metavar="FOLDER",
+                    help="run folders (`fastfree train --run-dir`, default runs/<preset>) or pool folders")
+    st.add_argument("--json", metavar="PATH", help="write what it reports here too")
+
     b = sub.add_parser("bench", help="reference vs fast engine side by side (FIVE, iteration, pool, meta-test)",
                        description="Times the reference and the fast engine in one run on one device: one FIVE "
                                    "epoch, one whole FREE iteration (with each phase's share), pool pretraining "
@@ -476,18 +489,20 @@ COMMAND_MODULES = {
     "train": "fastfree.commands.train",
     "profile": "fastfree.commands.profile",
     "compare": "fastfree.profiling.compare_runs",
+    "status": "fastfree.commands.status",
     "bench": "fastfree.commands.bench",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: `train` records it for `fastfree status`
     try:
         check_output_files(args)
         # Imported on demand: the fast engine, the Triton kernels and the profilers load only
         # for the commands that use them. The run or pool folder a command locks (folder_lock.hold)
         # is released when it returns, however it ends.
-        with held_until_done(args.command):
+        with held_until_done(args.command, args.argv):
             importlib.import_module(COMMAND_MODULES[args.command]).run(args)
     except FastFreeError as e:
         print(f"fastfree {args.command}: error: {e}", file=sys.stderr)

@@ -29,13 +29,14 @@ OWNER = ".fastfree.lock.owner"  # not the lock file itself: a second taker trunc
 
 _held: dict[Path, FileLock] = {}
 _command = "fastfree"  # the command holding them, for the owner record (set by held_until_done)
+_argv: list[str] | None = None  # its command line as typed, likewise
 
 
 def _owner(folder: Path) -> str:
+    who = last_holder(folder) or {}
     try:
-        who = json.loads((folder / OWNER).read_text())
         return f"`{who['command']}` (pid {who['pid']} on {who['host']}, since {who['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except KeyError:
         return "another fastfree command"
 
 
@@ -57,18 +58,51 @@ def hold(folder: str | os.PathLike) -> None:
         return
     _held[folder] = lock
     since = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    who = {"command": _command, "pid": os.getpid(), "host": socket.gethostname(), "since": since}
+    who = {"command": _command, "pid": os.getpid(), "host": socket.gethostname(), "since": since, "argv": _argv,
+           "cwd": os.getcwd()}
     try:
         (folder / OWNER).write_text(json.dumps(who))
     except OSError:  # only for the refusal's message
         pass
 
 
+def last_holder(folder: str | os.PathLike) -> dict | None:
+    """The record of the command that holds `folder`, or held it last (kept after it ends): {"command", "pid",
+    "host", "since", "argv" (as typed), "cwd"}; None where there is none (or it cannot be read)."""
+    try:
+        who = json.loads((Path(folder) / OWNER).read_text())
+    except (OSError, ValueError):
+        return None
+    return who if isinstance(who, dict) else None
+
+
+def holder(folder: str | os.PathLike) -> dict | None:
+    """Who holds `folder`'s lock now, for `fastfree status` (which takes no lock: it reads a folder in use):
+    the holder's record ({"command", "pid", "host", "since"}; {} where it wrote none) while a command holds
+    it, None when none does. Told by trying the lock and letting go at once; a folder whose lock cannot
+    be tried (read-only, a file system without locks) gives {"unknown": why}."""
+    folder = Path(folder).resolve()
+    if folder in _held:  # this process's own
+        return {"command": _command, "pid": os.getpid(), "host": socket.gethostname(), "argv": _argv}
+    if not (folder / LOCK).exists():  # never held, or a folder from before locks
+        return None
+    lock = FileLock(folder / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return last_holder(folder) or {}
+    except (OSError, NotImplementedError) as e:
+        return {"unknown": str(e)}
+    lock.release()
+    return None
+
+
 @contextmanager
-def held_until_done(command: str) -> Iterator[None]:
-    """Release every lock `hold` took inside it, however it ends; `command` ("train") names the holder."""
-    global _command
-    _command = f"fastfree {command}"
+def held_until_done(command: str, argv: list[str] | None = None) -> Iterator[None]:
+    """Release every lock `hold` took inside it, however it ends; `command` ("train") names the holder, and
+    `argv` (its command line as typed) tells `fastfree status` what it runs."""
+    global _command, _argv
+    _command, _argv = f"fastfree {command}", argv
     try:
         yield
     finally:
@@ -77,4 +111,4 @@ def held_until_done(command: str) -> Iterator[None]:
             lock.release()
 
 
-__all__ = ["LOCK", "OWNER", "held_until_done", "hold"]
+__all__ = ["LOCK", "OWNER", "held_until_done", "hold", "holder", "last_holder"]

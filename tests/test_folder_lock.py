@@ -30,3 +30,21 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path, holder):
     p.wait()
     with held_until_done("train"):
         hold(tmp_path)
+
+
+def test_holder_tells_who_holds_a_folder_without_taking_it(tmp_path, holder):
+    """`fastfree status` asks, beside the command that holds the folder, and must not disturb it."""
+    from fastfree.folder_lock import holder as who_holds
+
+    assert who_holds(tmp_path) is None  # never locked
+    p = holder(tmp_path)
+    who = who_holds(tmp_path)
+    assert who["pid"] == p.pid and who["command"] == "fastfree train"
+    with held_until_done("pretrain"), pytest.raises(FastFreeError, match="in use by"):
+        hold(tmp_path)  # asking let go of nothing: the holder still holds it
+    p.stdin.close()
+    p.wait()
+    assert who_holds(tmp_path) is None
+    with held_until_done("train", ["train", "--preset", "demo"]):
+        hold(tmp_path)
+        assert who_holds(tmp_path)["argv"] == ["train", "--preset", "demo"]  # this process's own

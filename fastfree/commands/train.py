@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import replace
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 
@@ -109,6 +111,7 @@ def absolute_root(data: dict) -> dict:
 
 
 POOL_RECORD = "pools.json"  # which teachers the run learns from: each pool's path and weights digest
+COMMAND = "command.json"  # the last `fastfree train` call on the run, as typed and where: `fastfree status`
 
 
 def pool_identity(pool) -> dict:
@@ -273,6 +276,9 @@ def run(args) -> dict:
     if moves:
         say_moved(moves)
     write_input_space(run_dir, dataset, ways)  # what `fastfree adapt` needs without the data
+    if args.argv is not None:  # how to continue it, for `fastfree status` (config.json: what the flags resolved to)
+        write_json(run_dir / COMMAND, {"argv": args.argv, "cwd": os.getcwd(),
+                                       "at": datetime.now().astimezone().isoformat(timespec="seconds")})
     shots = (args.shots,) if args.shots is not None else preset.metatest.shots
     # --eval-chunk changes how many tasks adapt at once, not which tasks: a runtime setting (memory), left out of
     # config.json like --threads, so a run that ran out of memory in meta-val resumes with a smaller one
