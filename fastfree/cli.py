@@ -354,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "its pace and the time left, meta-val's last evaluation and picks, a finished "
                                     "run's meta-test, and the command that continues or lengthens it. A pool: its "
                                     "finished teachers (and those paused mid-way) and their held-out accuracy.")
-    st.add_argument("folders", nargs="+", type=Path, metavar="FOLDER",
-                    help="run folders (`fastfree train --run-dir`, default runs/<preset>) or pool folders")
+    st.add_argument("folders", nargs="*", type=Path, metavar="FOLDER",
+                    help="run folders (`fastfree train --run-dir`, default runs/<preset>) or pool folders (default: "
+                         "every one under ./runs and ./pools)")
     st.add_argument("--json", metavar="PATH", help="write what it reports here too")
 
     b = sub.add_parser("bench", help="reference vs fast engine side by side (FIVE, iteration, pool, meta-test)",

@@ -354,10 +354,22 @@ def _quiet(s: dict) -> str:
     return ""
 
 
+def default_folders(root: Path = Path(".")) -> list[Path]:
+    """The runs and pools under root/runs and root/pools (the commands' default folders), for a bare
+    `fastfree status`."""
+    found = [p for base in ("runs", "pools") if (root / base).is_dir() for p in sorted((root / base).iterdir())
+             if p.is_dir() and any((p / n).exists() for n in ("config.json", MANIFEST, PROGRESS, "pool"))]
+    if not found:
+        raise FastFreeError(f"no run or pool folder under {root / 'runs'} or {root / 'pools'} (the commands' "
+                            "defaults): pass the folders, e.g. `fastfree status runs/demo`")
+    return found
+
+
 def run(args) -> list[dict]:
     """`fastfree status` (fastfree/cli.py holds its flags)."""
     out, failed = [], []
-    for folder in args.folders:
+    folders = args.folders or default_folders()
+    for folder in folders:
         try:
             s = status_of(Path(folder))
         except FastFreeError as e:
@@ -369,8 +381,8 @@ def run(args) -> list[dict]:
     write_json(args.json, {"command": "status", "folders": out, "errors": failed,
                            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     if failed:
-        raise FastFreeError(f"{len(failed)} of {len(args.folders)} folders could not be read (above)")
+        raise FastFreeError(f"{len(failed)} of {len(folders)} folders could not be read (above)")
     return out
 
 
-__all__ = ["command_to", "pace", "pool_status", "run_status", "status_lines", "time_left"]
+__all__ = ["command_to", "default_folders", "pace", "pool_status", "run_status", "status_lines", "time_left"]

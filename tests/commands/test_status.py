@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import save_file
 
 from fastfree.cli import main
-from fastfree.commands.status import command_to, pace, status_lines, status_of, time_left
+from fastfree.commands.status import command_to, default_folders, pace, status_lines, status_of, time_left
+from fastfree.errors import FastFreeError
 from fastfree.folder_lock import OWNER
 from fastfree.free.run import CHECKPOINT, METRICS
 from fastfree.pool.progress import PROGRESS
@@ -199,3 +200,13 @@ def test_a_folder_that_is_neither_is_named_and_the_others_still_reported(run, tm
     assert "1 of 2 folders could not be read" in captured.err
     assert main(["status", str(tmp_path / "absent")]) == 2
     assert "no such folder" in capsys.readouterr().out
+
+
+def test_a_bare_status_reports_the_runs_and_pools_in_the_default_folders(tmp_path):
+    for folder, name in (("runs/a", "config.json"), ("runs/b", "pool"), ("pools/p", "manifest.json")):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / name).mkdir() if name == "pool" else (tmp_path / folder / name).write_text("{}")
+    (tmp_path / "runs" / "unrelated").mkdir()
+    assert default_folders(tmp_path) == [tmp_path / "runs/a", tmp_path / "runs/b", tmp_path / "pools/p"]
+    with pytest.raises(FastFreeError, match="no run or pool folder under .*pass the folders"):
+        default_folders(tmp_path / "runs" / "unrelated")
