@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import shlex
 import statistics
 import time
@@ -125,7 +126,7 @@ def pretraining_command(last: dict | None, folder: Path, run_dir: Path | None = 
     its lock's record): `pretrain` with --resume; a run's own pool (RUN/pool) the same `train`, without it."""
     if not last or not last.get("argv") or last["argv"][0] not in ("pretrain", "train"):
         return None
-    if last["argv"][0] == "train":  # a run's own pool: RUN/pool
+    if last["argv"][0] == "train":  # a run's own pool: RUN/pool (or RUN/pool-I-NAME)
         run_dir = run_dir or folder.parent
     argv = _aimed_here(_without(list(last["argv"]), "--resume", False), last.get("cwd"), run_dir or folder)
     return _typed_there([*argv, "--resume"] if argv[0] == "pretrain" else argv, last.get("cwd"))
@@ -141,6 +142,10 @@ def _holder_text(who: dict | None) -> str:
     return f"`{command}` is running in it ({where}{', since ' + who['since'] if who.get('since') else ''})"
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
 def _ago(seconds: float) -> str:
     return _duration(seconds) + " ago"
 
@@ -151,6 +156,11 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def own_pools(run_dir: Path) -> list[Path]:
+    """The pools `train` pretrains inside a run folder: RUN/pool, or one per domain, RUN/pool-I-NAME."""
+    return [p for p in sorted(run_dir.glob("pool*")) if p.is_dir() and re.fullmatch(r"pool(-\d+-.+)?", p.name)]
 
 
 def pool_status(folder: Path, run_dir: Path | None = None) -> dict:
@@ -193,10 +203,11 @@ def run_status(run_dir: Path) -> dict:
     """Where one `fastfree train` run stands (its folder read as it is now)."""
     who = holder(run_dir)
     if not (run_dir / "config.json").is_file():  # a run that has not started its iterations: its own pool first
-        if (run_dir / "pool").is_dir():  # the run's folder is locked once its pool is ready, the pool's before
-            pool = pool_status(run_dir / "pool", run_dir)
-            return {"kind": "run", "folder": str(run_dir), "holder": who or pool["holder"],
-                    "state": "pretraining its pool", "pool": pool}
+        pools = [pool_status(p, run_dir) for p in own_pools(run_dir)]
+        if pools:  # the run's folder is locked once its pools are ready, each pool's before
+            working = [p for p in pools if p["holder"] is not None]
+            return {"kind": "run", "folder": str(run_dir), "holder": who or (working[0]["holder"] if working else None),
+                    "state": "pretraining its pool", "pools": pools}
         raise FastFreeError(f"{run_dir}: no config.json, manifest.json or pool pretraining in it: not a run or pool "
                             "folder of fastfree (`fastfree train` writes a run's, `fastfree pretrain --out` a pool's)")
     run = read_run(run_dir)
@@ -259,14 +270,14 @@ def _pool_lines(s: dict) -> list[str]:
     lines = [f"  {_holder_text(s['holder'])}"]
     if s["teachers"] is not None:
         mean = "" if s["heldout_mean"] is None else f", held-out accuracy {100 * s['heldout_mean']:.1f} % on average"
-        lines.append(f"  a finished pool: {s['teachers']} teachers ({', '.join(s['architectures'])}){mean}")
+        lines.append(f"  a finished pool: {_count(s['teachers'], 'teacher')} ({', '.join(s['architectures'])}){mean}")
     p = s["pretraining"]
     if p is not None:
         mean = f", held-out {100 * p['heldout_mean']:.1f} % on average" if p["heldout_mean"] is not None else ""
         paused = f", {p['paused_files']} file(s) of teachers paused mid-way" if p["paused_files"] else ""
         saved = f"; last saved {_ago(p['last_saved_ago_s'])}" if p["last_saved_ago_s"] is not None else ""
         what = "pretraining" if s["state"] == "in use" else f"pretraining {s['state']}"
-        lines.append(f"  {what}: {p['finished']} teachers finished so far{mean}{paused}{saved}")
+        lines.append(f"  {what}: {_count(p['finished'], 'teacher')} finished so far{mean}{paused}{saved}")
     if s.get("continue"):
         lines.append(f"  continue it: {s['continue']}")
     elif "continue" in s:
@@ -280,9 +291,12 @@ def status_lines(s: dict) -> list[str]:
     if s["kind"] == "pool":
         return [f"{s['folder']}: teacher pool ({s['state']})"] + _pool_lines(s)
     if s["state"] == "pretraining its pool":
-        doing = "pretraining its pool" if s["pool"]["state"] == "in use" else "stopped while pretraining its pool"
-        return ([f"{s['folder']}: a FREE run {doing} (no iteration yet)", f"  {_holder_text(s['holder'])}"]
-                + _pool_lines(s["pool"])[1:])
+        running = any(p["state"] == "in use" for p in s["pools"])
+        lines = [f"{s['folder']}: a FREE run {'' if running else 'stopped while '}pretraining its "
+                 f"pool{'s' if len(s['pools']) > 1 else ''} (no iteration yet)", f"  {_holder_text(s['holder'])}"]
+        for p in s["pools"]:
+            lines += ([f"  {Path(p['folder']).name}:"] if len(s["pools"]) > 1 else []) + _pool_lines(p)[1:]
+        return lines
     total, lines = s["iterations"], []
     head = {"finished": f"finished, {total} iterations",
             "training": f"training: iteration {s['logged']} of {total} logged",
@@ -358,7 +372,7 @@ def default_folders(root: Path = Path(".")) -> list[Path]:
     """The runs and pools under root/runs and root/pools (the commands' default folders), for a bare
     `fastfree status`."""
     found = [p for base in ("runs", "pools") if (root / base).is_dir() for p in sorted((root / base).iterdir())
-             if p.is_dir() and any((p / n).exists() for n in ("config.json", MANIFEST, PROGRESS, "pool"))]
+             if p.is_dir() and (any((p / n).exists() for n in ("config.json", MANIFEST, PROGRESS)) or own_pools(p))]
     if not found:
         raise FastFreeError(f"no run or pool folder under {root / 'runs'} or {root / 'pools'} (the commands' "
                             "defaults): pass the folders, e.g. `fastfree status runs/demo`")

@@ -171,12 +171,12 @@ def test_a_run_stopped_while_pretraining_its_own_pool_continues_with_the_same_co
     (run_dir / "pool" / OWNER).write_text(json.dumps({"command": "fastfree train", "cwd": str(tmp_path),
                                                       "argv": argv}))
     s = status_of(run_dir)
-    assert s["state"] == "pretraining its pool" and s["pool"]["state"] == "interrupted" and s["holder"] is None
+    assert s["state"] == "pretraining its pool" and s["pools"][0]["state"] == "interrupted" and s["holder"] is None
     text = "\n".join(status_lines(s))
     assert f"{run_dir}: a FREE run stopped while pretraining its pool" in text
     # no checkpoint yet: the same command, not --resume (which needs one)
     assert f"continue it: cd {tmp_path} && fastfree train --preset demo --run-dir runs/mine\n" in text + "\n"
-    assert status_of(run_dir / "pool")["continue"] == s["pool"]["continue"]  # asked of the pool itself too
+    assert status_of(run_dir / "pool")["continue"] == s["pools"][0]["continue"]  # asked of the pool itself too
 
 
 def test_a_copied_run_is_continued_in_the_copy_and_a_damaged_checkpoint_said(run, tmp_path):
@@ -210,3 +210,18 @@ def test_a_bare_status_reports_the_runs_and_pools_in_the_default_folders(tmp_pat
     assert default_folders(tmp_path) == [tmp_path / "runs/a", tmp_path / "runs/b", tmp_path / "pools/p"]
     with pytest.raises(FastFreeError, match="no run or pool folder under .*pass the folders"):
         default_folders(tmp_path / "runs" / "unrelated")
+
+
+def test_a_multi_domain_run_pretraining_its_pools_reports_each(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "pool-0-builtin").mkdir(parents=True)
+    (run_dir / "pool-0-builtin" / "manifest.json").write_text(json.dumps(
+        {"teachers": [{"arch": "conv4", "heldout_accuracy": 0.5}]}))
+    _progress(run_dir / "pool-1-builtin", (0.7,))
+    (run_dir / "pooled-elsewhere").mkdir()  # not one of train's pool folders
+    s = status_of(run_dir)
+    assert [Path(p["folder"]).name for p in s["pools"]] == ["pool-0-builtin", "pool-1-builtin"]
+    assert [p["state"] for p in s["pools"]] == ["finished", "interrupted"]
+    text = "\n".join(status_lines(s))
+    assert f"{run_dir}: a FREE run stopped while pretraining its pools" in text
+    assert "  pool-1-builtin:\n  pretraining interrupted: 1 teacher finished so far" in text
