@@ -244,6 +244,7 @@ def run_status(run_dir: Path) -> dict:
     status = {
         "kind": "run", "folder": str(run_dir), "holder": who, "state": state,
         "preset": run["config"].get("preset"), "iterations": free["iterations"], "warmup": free["warmup"],
+        "checkpoint_every": free.get("checkpoint_every"),
         "logged": logged, "checkpointed": checkpointed, "checkpoint_damaged": damaged,
         "last_logged_ago_s": time.time() - metrics_file.stat().st_mtime if metrics_file.is_file() else None,
         "pace": speed, "left": left, "meta_val": run["meta_val"][-1] if run["meta_val"] else None, "picks": picks,
@@ -309,7 +310,8 @@ def status_lines(s: dict) -> list[str]:
         lines.append(f"  checkpoint: {s['checkpoint_damaged']}")
     elif s["state"] != "finished":
         again = s["logged"] - s["checkpointed"]
-        lines.append(f"  checkpointed at iteration {s['checkpointed']}"
+        lines.append((f"  checkpointed at iteration {s['checkpointed']}" if s["checkpointed"] else
+                      f"  no checkpoint yet (one every {s['checkpoint_every']} iterations)")
                      + (f" ({again} iteration(s) after it run again when it continues)" if again > 0 and
                         s["state"] != "training" else ""))
     if s["last_logged_ago_s"] is not None and s["state"] in ("training", "final meta-test"):
@@ -324,7 +326,8 @@ def status_lines(s: dict) -> list[str]:
         lines.append("  left: the final meta-test")
     elif left is not None and left["seconds"] is not None:
         evals = f" and {left['evaluations']} meta-val evaluation(s)" if left["evaluations"] else ""
-        untimed = " (meta-val not timed by this run's version: not counted)" if not left["val_timed"] else ""
+        untimed = "" if left["val_timed"] else " (meta-val not timed " + (
+            "by this run's version" if s["meta_val"] else "yet") + ": not counted)"
         lines.append(f"  left: about {_duration(left['seconds'])} for {left['iterations']} iteration(s){evals}"
                      f"{untimed}, then the final meta-test")
     if s["meta_val"]:

@@ -136,7 +136,10 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_without_resume(r
     s = status_of(run_dir)
     assert s["state"] == "stopped" and (s["logged"], s["checkpointed"]) == (1, 0)
     assert "--resume" not in s["continue"] and s["left"]["iterations"] == 3
-    assert "1 iteration(s) after it run again when it continues" in "\n".join(status_lines(s))
+    text = "\n".join(status_lines(s))
+    assert f"no checkpoint yet (one every {s['checkpoint_every']} iterations) (1 iteration(s) after it run again " \
+           "when it continues)" in text
+    assert "(meta-val not timed yet: not counted)" in text  # none evaluated yet, so none timed
 
 
 def _progress(folder, accuracies):
