@@ -251,7 +251,7 @@ def run_status(run_dir: Path) -> dict:
         "results": results, "earlier_ends": sorted(run["earlier_ends"]),
         "train_seconds": run.get("train_seconds"), "device_name": run.get("device_name"),
     }
-    if state in ("stopped", "unfinished"):
+    if state in ("stopped", "unfinished") and damaged is None:  # a damaged checkpoint: its message gives the fix
         status["continue"] = command_to(record, run_dir, resume=checkpointed > 0)
     elif state == "finished":
         status["lengthen"] = command_to(record, run_dir, resume=True, lengthen=True)

@@ -193,6 +193,7 @@ def test_a_copied_run_is_continued_in_the_copy_and_a_damaged_checkpoint_said(run
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     s = status_of(copy)
     assert s["checkpoint_damaged"] and "is damaged" in "\n".join(status_lines(s))
+    assert "continue" not in s  # not a fresh start (train refuses one over a run) nor --resume from it
 
 
 def test_a_folder_that_is_neither_is_named_and_the_others_still_reported(run, tmp_path, capsys):
