@@ -373,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "reference an earlier call timed; no ratio)")
     b.add_argument("--teachers-per-iteration", type=_positive, help="b: teachers per FIVE epoch / iteration")
     b.add_argument("--k", type=_positive, help="FIVE inner steps")
+    b.add_argument("--generator", choices=["meta", "sequential"], default="meta",
+                   help="the iteration's generator: meta (FIVE's, default) or sequential (Table 5's baseline: "
+                        "the teachers one after another, each from the previous one's generator)")
     b.add_argument("--pool-teachers", type=_positive, help="teachers in the pool benchmark (default: the preset's)")
     b.add_argument("--pool-steps", type=_positive, default=5, help="optimiser steps in the pool benchmark")
     b.add_argument("--metatest-tasks", type=_positive, default=20, help="tasks per shot count in the meta-test benchmark")

@@ -44,7 +44,8 @@ def _iteration(args, preset, cfg, dataset, options, device, dtype) -> dict:
               save_partial, reference=not args.fast_only)
     t = r["times"]
     reference = t["reference"]["median_s"] if "reference" in t else None
-    return {**r, "row": ("FREE iteration", reference, t["fast"]["median_s"], "fast")}
+    name = "FREE iteration" if cfg.generator == "meta" else f"FREE iteration, {cfg.generator} generator"
+    return {**r, "generator": cfg.generator, "row": (name, reference, t["fast"]["median_s"], "fast")}
 
 
 def _pool(args, preset, device) -> dict:
@@ -91,6 +92,11 @@ def run(args) -> dict:
         cfg = replace(cfg, teachers_per_iteration=args.teachers_per_iteration)
     if args.k is not None:
         cfg = replace(cfg, five=replace(cfg.five, k=args.k))
+    if args.generator != "meta":
+        if sections != ["iteration"]:
+            raise FastFreeError(f"--generator {args.generator} changes the whole iteration only: pass --only "
+                                "iteration with it")
+        cfg = replace(cfg, generator=args.generator)
     if args.amp and args.dtype == "float64":
         raise FastFreeError("--amp (bf16) and --dtype float64 contradict each other; drop one")
     options = EngineOptions.from_flags(args, device)

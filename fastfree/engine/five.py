@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_map, tree_map_only
 
 from fastfree.data.split import Normalization
 from fastfree.engine.augment import crop_flip_indexed
@@ -59,6 +59,9 @@ class FiveOutputs:
     images: torch.Tensor  # [b, n, C, H, W] recovered tasks in [0, 1]
     eta: torch.Tensor  # [b, n] agreement of teacher and learner on the final images
     loss: torch.Tensor  # [b] each teacher's L^k
+    # [b, ...] each teacher's generator after its k steps, by parameter name; only where asked for
+    # (keep_adapted: the sequential-generator ablation starts the next teacher from it)
+    adapted: dict[str, torch.Tensor] | None = None
 
 
 def eq1_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor, adversarial: bool,
@@ -151,7 +154,8 @@ def five_epoch(theta0: dict[str, torch.Tensor], z0: torch.Tensor, teacher: dict[
     pure functions above, maybe compiled; the epoch itself is what a CUDA graph captures).
 
     theta0: the meta-generator's parameters (unstacked); z0 [b, n, d]; teacher [b, ...];
-    draws [b, k+1, 3]. Returns (meta_grad, images [b, n, ...], eta [b, n], loss [b]).
+    draws [b, k+1, 3]. Returns (meta_grad, images [b, n, ...], eta [b, n], loss [b], adapted): adapted
+    is each teacher's generator after the k steps ([b, ...] by name; the steps' own output, no copy).
     """
     b = z0.shape[0]
     params = {n: p.detach().expand(b, *p.shape).clone() for n, p in theta0.items()}
@@ -159,7 +163,8 @@ def five_epoch(theta0: dict[str, torch.Tensor], z0: torch.Tensor, teacher: dict[
     state = AdamState.zeros_like(params)
     for i in range(k):
         params, state = step(params, state, teacher, draws[:, i], learner_params, labels)
-    return final(params, teacher, draws[:, k], learner_params, labels)
+    adapted = {n: p for n, p in params.items() if n != Z}
+    return (*final(params, teacher, draws[:, k], learner_params, labels), adapted)
 
 
 # Graphs torch.compile may keep per function (dynamo's recompile_limit, default 8; with fullgraph=True,
@@ -265,13 +270,15 @@ class FastFive:
         return [f.fallback for f in self._epochs.values() if isinstance(f, GraphedCallable) and f.fallback]
 
     def __call__(self, theta: dict[str, torch.Tensor], z: torch.Tensor, teacher_ids: torch.Tensor, draws: torch.Tensor,
-                 learner_params: dict[str, torch.Tensor], labels: torch.Tensor, adversarial: bool) -> FiveOutputs:
+                 learner_params: dict[str, torch.Tensor], labels: torch.Tensor, adversarial: bool,
+                 keep_adapted: bool = False) -> FiveOutputs:
+        """One epoch; keep_adapted also returns each teacher's adapted generator (FiveOutputs.adapted)."""
         teacher = self.teachers.gather(teacher_ids)
-        meta_grad, images, eta, loss = self._epoch(adversarial, z.shape[0])(theta, z, teacher, draws, learner_params,
-                                                                            labels)
+        *outs, adapted = self._epoch(adversarial, z.shape[0])(theta, z, teacher, draws, learner_params, labels)
+        kept = (*outs, adapted) if keep_adapted else (*outs, None)
         if self.options.cuda_graphs:  # outputs live in the graph's static buffers: keep copies
-            meta_grad, images, eta, loss = tree_map(torch.clone, (meta_grad, images, eta, loss))
-        return FiveOutputs(meta_grad, images, eta, loss)
+            kept = tree_map_only(torch.Tensor, torch.clone, kept)
+        return FiveOutputs(*kept)
 
 
 def merge_outputs(parts: list[GroupPart], outputs: list[FiveOutputs]) -> FiveOutputs:
@@ -284,5 +291,7 @@ def merge_outputs(parts: list[GroupPart], outputs: list[FiveOutputs]) -> FiveOut
         return outputs[0]
     b = sum(len(p) for p in parts)
     meta_grad = {n: sum(o.meta_grad[n] * (len(p) / b) for p, o in zip(parts, outputs)) for n in outputs[0].meta_grad}
+    adapted = None if outputs[0].adapted is None else {
+        n: merge(parts, [o.adapted[n] for o in outputs]) for n in outputs[0].adapted}
     return FiveOutputs(meta_grad, merge(parts, [o.images for o in outputs]), merge(parts, [o.eta for o in outputs]),
-                       merge(parts, [o.loss for o in outputs]))
+                       merge(parts, [o.loss for o in outputs]), adapted)

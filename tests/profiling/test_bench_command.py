@@ -61,3 +61,18 @@ def test_the_iteration_fast_engine_alone(tmp_path, capsys):
     assert "| FREE iteration | - |" in capsys.readouterr().out
     assert main(["bench", "--device", "cpu", "--fast-only"]) == 2
     assert "pass --only iteration with it" in capsys.readouterr().err
+
+
+def test_the_iteration_with_the_sequential_generator(tmp_path, capsys):
+    """--generator sequential: Table 5's baseline iteration on both engines (the fast one runs its teachers
+    one at a time), named so in the table; it changes the iteration only, so other sections refuse it."""
+    out = tmp_path / "s.json"
+    assert main(["bench", "--preset", "demo", "--device", "cpu", "--only", "iteration", "--generator", "sequential",
+                 "--repeats", "1", "--k", "1", "--teachers-per-iteration", "2", "--images-per-class", "20",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["summary"][0]["benchmark"] == "FREE iteration, sequential generator"
+    assert r["sections"]["iteration"]["generator"] == "sequential"
+    assert r["summary"][0]["reference_s"] > 0 and r["summary"][0]["fast_s"] > 0
+    assert main(["bench", "--device", "cpu", "--generator", "sequential"]) == 2
+    assert "pass --only iteration with it" in capsys.readouterr().err
