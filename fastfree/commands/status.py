@@ -38,6 +38,7 @@ from fastfree.read_back import read_json
 
 PACE_OF = 10  # the recent iterations whose median sets the pace (the first ones compile, warm up, hold no BELL)
 QUIET_AFTER = 5  # a running command silent for this many times its pace (and a minute) is said to be quiet
+WARMUP_UNDERSTATES = 4  # ... times this while its pace is the warm-up's (measured: 12 s vs 37-45 s per iteration)
 
 
 def pace(records: list[dict]) -> dict:
@@ -78,16 +79,41 @@ def _without(argv: list[str], flag: str, takes_value: bool) -> list[str]:
     return out
 
 
-def _aimed_here(argv: list[str], cwd: str | None, folder: Path) -> list[str]:
-    """argv (`train` or `pretrain`), its folder (--run-dir, --out, or the preset's default, read from where it
-    was typed) made `folder` where that was moved or copied since."""
+def _parsed(argv: list[str]):
+    """A recorded command line read by the CLI's own parser (its defaults filled in), or None for one it
+    refuses (a command line of another version)."""
     from fastfree.cli import build_parser  # here: the parser imports the commands' module names only
-    from fastfree.config import PRESETS
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            args = build_parser().parse_args(argv)
-    except SystemExit:  # a command line of another version: as typed
+            return build_parser().parse_args(argv)
+    except SystemExit:
+        return None
+
+
+def final_metatest(record: dict | None, speed: dict, val_tasks: int) -> dict | None:
+    """How long the final meta-test takes at meta-val's pace (val_s per evaluation of one learner on
+    val_tasks tasks), or None where that or the meta-test's task count (the recorded command's --test-tasks,
+    else its preset's) is not known. It tests the last learner and Random on every shot count, and each
+    shot count's meta-val pick that is not the last learner: two to three learners' worth (measured: the
+    20 x 60 CIFAR-FS runs' 600 tasks took 268-271 s where meta-val took 37 s per 200)."""
+    from fastfree.config import PRESETS
+
+    args = _parsed(list(record["argv"])) if record else None
+    if speed["val_s"] is None or args is None or args.command != "train":
+        return None
+    tasks = args.test_tasks or PRESETS[args.preset].metatest.tasks
+    per_learner = speed["val_s"] * tasks / val_tasks
+    return {"tasks": tasks, "low_s": 2 * per_learner, "high_s": 3 * per_learner}
+
+
+def _aimed_here(argv: list[str], cwd: str | None, folder: Path) -> list[str]:
+    """argv (`train` or `pretrain`), its folder (--run-dir, --out, or the preset's default, read from where it
+    was typed) made `folder` where that was moved or copied since."""
+    from fastfree.config import PRESETS
+
+    args = _parsed(argv)
+    if args is None:  # a command line of another version: as typed
         return argv
     if args.command == "train":
         flag, typed = "--run-dir", default_run_dir(args.run_dir, args.preset)
@@ -234,6 +260,7 @@ def run_status(run_dir: Path) -> dict:
     left = None
     if state in ("training", "stopped", "unfinished"):
         left = time_left(free, logged if state == "training" else checkpointed, speed)
+    final = final_metatest(record, speed, free["val_tasks"]) if state != "finished" else None
     picks = {}
     if (run_dir / BEST).is_file():
         try:
@@ -247,7 +274,7 @@ def run_status(run_dir: Path) -> dict:
         "checkpoint_every": free.get("checkpoint_every"),
         "logged": logged, "checkpointed": checkpointed, "checkpoint_damaged": damaged,
         "last_logged_ago_s": time.time() - metrics_file.stat().st_mtime if metrics_file.is_file() else None,
-        "pace": speed, "left": left, "meta_val": run["meta_val"][-1] if run["meta_val"] else None, "picks": picks,
+        "pace": speed, "left": left, "final_metatest": final, "meta_val": run["meta_val"][-1] if run["meta_val"] else None, "picks": picks,
         "results": results, "earlier_ends": sorted(run["earlier_ends"]),
         "train_seconds": run.get("train_seconds"), "device_name": run.get("device_name"),
     }
@@ -321,15 +348,18 @@ def status_lines(s: dict) -> list[str]:
         lines.append(f"  pace: {p['iteration_s']:.1f} s per iteration (median of the last {p['of_iterations']}"
                      + (", warm-up only: later ones also run BELL and replay, so longer)" if p["warmup_only"] else ")")
                      + (f", {p['val_s']:.1f} s per meta-val evaluation" if p["val_s"] is not None else ""))
-    left = s["left"]
-    if left is not None and left["iterations"] == 0:
-        lines.append("  left: the final meta-test")
+    left, final = s["left"], s.get("final_metatest")
+    test = "the final meta-test" + ("" if final is None else
+                                    f" (about {_duration(final['low_s'])} to {_duration(final['high_s'])} at "
+                                    f"meta-val's pace: {final['tasks']} tasks for 2-3 learners)")
+    if s["state"] == "final meta-test" or (left is not None and left["iterations"] == 0):
+        lines.append(f"  left: {test}")
     elif left is not None and left["seconds"] is not None:
         evals = f" and {left['evaluations']} meta-val evaluation(s)" if left["evaluations"] else ""
         untimed = "" if left["val_timed"] else " (meta-val not timed " + (
             "by this run's version" if s["meta_val"] else "yet") + ": not counted)"
         lines.append(f"  left: about {_duration(left['seconds'])} for {left['iterations']} iteration(s){evals}"
-                     f"{untimed}, then the final meta-test")
+                     f"{untimed}, then {test}")
     if s["meta_val"]:
         mv = s["meta_val"]
         shots = sorted(mv["val"], key=int)
@@ -365,7 +395,9 @@ def _quiet(s: dict) -> str:
     if p["iteration_s"] is None or s["state"] != "training":
         return ""
     usual = p["iteration_s"] + (p["val_s"] or 0.0)
-    if s["last_logged_ago_s"] > max(QUIET_AFTER * usual, 60.0):
+    # a warm-up pace understates the next iteration, the first to run BELL and replay (3-4x longer on CIFAR-FS)
+    patience = QUIET_AFTER * (WARMUP_UNDERSTATES if p["warmup_only"] else 1)
+    if s["last_logged_ago_s"] > max(patience * usual, 60.0):
         return (f": quiet for {s['last_logged_ago_s'] / usual:.0f} times its pace (if it is not stopped in a debugger "
                 "or starved of cores, it may hang: its own output says more)")
     return ""

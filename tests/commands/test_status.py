@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import save_file
 
 from fastfree.cli import main
-from fastfree.commands.status import command_to, default_folders, pace, status_lines, status_of, time_left
+from fastfree.commands.status import command_to, default_folders, final_metatest, pace, status_lines, status_of, \
+    time_left
 from fastfree.errors import FastFreeError
 from fastfree.folder_lock import OWNER
 from fastfree.free.run import CHECKPOINT, METRICS
@@ -47,6 +48,33 @@ def test_time_left_counts_the_iterations_and_the_meta_val_evaluations_still_to_c
     assert untimed["seconds"] == 9.0 and not untimed["val_timed"]  # said, not silently counted as 0
     assert time_left(free, 5, {"iteration_s": None, "val_s": None}) == {"iterations": 0, "evaluations": 0,
                                                                        "seconds": None, "val_timed": True}
+
+
+def test_a_run_is_called_quiet_later_while_its_pace_is_the_warm_ups():
+    """The first iteration after the warm-up also runs BELL and replay (3-4x longer on CIFAR-FS): silence that
+    is usual for it is not called a possible hang; longer silence still is."""
+    from fastfree.commands.status import _quiet
+
+    def silent_for(seconds: float, warmup_only: bool) -> str:
+        return _quiet({"state": "training", "last_logged_ago_s": seconds,
+                       "pace": {"iteration_s": 12.0, "val_s": None, "warmup_only": warmup_only}})
+
+    assert "quiet for 6 times" in silent_for(73, warmup_only=False)
+    assert silent_for(73, warmup_only=True) == ""  # the sequential ablation's first full iteration, as seen
+    assert "quiet for 25 times" in silent_for(300, warmup_only=True)
+
+
+def test_the_final_meta_test_is_estimated_at_meta_vals_pace_for_two_to_three_learners():
+    """600 meta-test tasks where meta-val took 37 s per 200: 222-333 s (the CIFAR-FS runs' took 268-271 s)."""
+    speed = {"iteration_s": 45.0, "val_s": 37.0}
+    typed = {"argv": ["train", "--preset", "cifar-fs", "--data-root", "d", "--val-tasks", "200"], "cwd": "/"}
+    est = final_metatest(typed, speed, 200)
+    assert est["tasks"] == 600 and est["low_s"] == pytest.approx(222) and est["high_s"] == pytest.approx(333)
+    assert final_metatest({**typed, "argv": typed["argv"] + ["--test-tasks", "100"]}, speed, 200)["tasks"] == 100
+    # not known: meta-val not timed yet, no recorded command, one of another version
+    assert final_metatest(typed, {**speed, "val_s": None}, 200) is None
+    assert final_metatest(None, speed, 200) is None
+    assert final_metatest({"argv": ["train", "--no-such-flag"], "cwd": "/"}, speed, 200) is None
 
 
 def test_the_command_that_continues_a_run_is_its_last_call_with_resume_and_where_it_was_typed(tmp_path):
@@ -188,7 +216,9 @@ def test_a_copied_run_is_continued_in_the_copy_and_a_damaged_checkpoint_said(run
     (copy / "results.json").unlink()  # as if it had stopped at its last checkpoint
     s = status_of(copy)
     assert s["state"] == "stopped" and s["continue"].endswith(f"--run-dir {copy} --resume")
-    assert "left: the final meta-test" in "\n".join(status_lines(s))
+    assert s["final_metatest"]["tasks"] == 3  # the run's --test-tasks, at its meta-val's pace (2 tasks)
+    assert s["final_metatest"]["low_s"] == pytest.approx(2 * s["pace"]["val_s"] * 3 / 2)
+    assert "left: the final meta-test (about " in "\n".join(status_lines(s))
     checkpoint = copy / CHECKPOINT
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     s = status_of(copy)
