@@ -276,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-chunk", type=_positive,
                    help="meta-val and meta-test tasks adapted together (default 50): fewer need less memory and "
                         "meet the same tasks; not part of the run's configuration, so it may change on --resume")
+    t.add_argument("--memory-per-class", type=_positive,
+                   help="recovered images the memory bank keeps per class for cross-task replay (first in, first "
+                        "out; default 400, the published code's): fewer need less memory and smaller checkpoints "
+                        "(the bank is classes x N images: ~0.3 GB for CIFAR-FS, ~2.2 GB for miniImageNet at 84 px)")
     t.add_argument("--shots", type=_positive,
                    help="this run's shot setting, as the paper runs each one (the published code's num_sup_train = "
                         "num_sup_test): replay K-shot tasks, select on and meta-test K-shot tasks. Default: one run "

@@ -23,12 +23,12 @@ _PHASES = (
     ("fastfree.pool.pretrain", "pool"), ("fastfree.metatest", "metatest"),  # not pool loading (pool.store)
     ("fastfree.engine.five", "five"), ("fastfree.free.five", "five"),
     ("fastfree.engine.bell", "bell"), ("fastfree.free.bell", "bell"),
-    ("fastfree.engine.replay", "replay"), ("fastfree.free.replay", "replay"),
+    ("fastfree.engine.replay", "replay"), ("fastfree.free.replay", "replay"), ("fastfree.free.memory", "bank"),
 )
 _NOTHING_SMALLER = "free memory (other programs on the device), or run it on a device with more"
 _PHASE_NAMES = {"pool": "pretraining the teacher pool", "metatest": "meta-val / meta-test adaptation",
                 "five": "FIVE (the k-step inversion of the sampled teachers)", "bell": "BELL (distillation)",
-                "replay": "cross-task replay"}
+                "replay": "cross-task replay", "bank": "the memory bank (recovered images kept for replay)"}
 
 
 def _allocation_failed(error: BaseException) -> bool:
@@ -95,6 +95,11 @@ def _train_advice(args, phase: str | None, gpu: bool) -> str:
                 "smaller --batch-size needs less memory: `fastfree pretrain --out POOL` with this command's preset "
                 "and data flags; then pass `--pool POOL` to train")
     b = args.teachers_per_iteration or preset.free.teachers_per_iteration
+    kept = args.memory_per_class or preset.free.memory_per_class
+    if phase == "bank":  # it grows a block of classes at a time, `kept` images per class
+        return (f"fewer images kept per class need less memory (--memory-per-class, now {kept}; the bank holds "
+                "that many for every class recovered). It is part of the run's configuration, which --resume "
+                "keeps: start again with it in another --run-dir")
     flags = [f"fewer teachers per iteration (--teachers-per-iteration, now {b})"]
     fast = args.engine != "reference"
     if fast and phase in (None, "five", "bell") and not args.amp:
@@ -105,6 +110,8 @@ def _train_advice(args, phase: str | None, gpu: bool) -> str:
         flags.append("--no-cuda-graphs (a captured graph keeps its own memory)")
     if phase in (None, "replay") and not args.replay_first_order:
         flags.append("--replay-first-order (no second-order graph through replay's inner steps)")
+    if phase is None:
+        flags.append(f"fewer images kept per class in the memory bank (--memory-per-class, now {kept})")
     return ("settings that need less memory: " + "; ".join(flags) + ". They are part of the run's configuration, "
             "which --resume keeps: start again with them in another --run-dir (an iteration's shapes are those of "
             "the first one; only the memory bank of recovered images grows, as classes are recovered)")

@@ -493,16 +493,20 @@ def test_short_free_run_on_real_cifar_fs(cifar_fs_root, tmp_path):
     assert r["config"]["data"]["source"] == "cifar-fs" and r["results"]["Random"]["1"]["tasks"] == 3
 
 
-def test_train_ablation_flags_reach_the_config(pool_dir, tmp_path):
+def test_train_ablation_flags_reach_the_config(pool_dir, tmp_path, capsys):
     out = tmp_path / "a.json"
     flags = ["--generator", "sequential", "--learner-update", "erm", "--targets", "hard", "--replay-first-order",
-             "--k", "2"]
+             "--k", "2", "--memory-per-class", "30"]
     assert main(["train", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "abl"), "--json", str(out),
                  *TINY_FREE, *SMALL, *flags]) == 0
     free = json.loads(out.read_text())["config"]["free"]
     assert free["generator"] == "sequential" and free["five"]["k"] == 2
     assert free["bell"]["mode"] == "erm" and free["bell"]["targets"] == "hard"
-    assert free["replay"]["second_order"] is False
+    assert free["replay"]["second_order"] is False and free["memory_per_class"] == 30
+    # a bank smaller than a replay task's images per class is refused before anything is written
+    assert main(["train", "--pool", str(pool_dir), "--run-dir", str(tmp_path / "small"), "--memory-per-class", "10",
+                 *TINY_FREE, *SMALL]) == 2
+    assert "raise --memory-per-class" in capsys.readouterr().err and not (tmp_path / "small").exists()
     # BELL's own update (erm does not run it): parsed into the config without a run
     from fastfree.cli import build_parser
     from fastfree.commands.train import free_config

@@ -56,7 +56,7 @@ def _raised_in(module: str):
 
 @pytest.mark.parametrize("module, phase", [
     ("fastfree.engine.five", "five"), ("fastfree.free.five", "five"), ("fastfree.engine.bell", "bell"),
-    ("fastfree.free.replay", "replay"), ("fastfree.metatest.adapt", "metatest"), ("fastfree.pool.pretrain", "pool"), ("fastfree.pool.store", None),
+    ("fastfree.free.replay", "replay"), ("fastfree.free.memory", "bank"), ("fastfree.metatest.adapt", "metatest"), ("fastfree.pool.pretrain", "pool"), ("fastfree.pool.store", None),
     ("fastfree.engine.trainer", None), ("fastfree.engine.fivefold", None), ("tests.x", None)])
 def test_the_phase_is_the_innermost_fastfree_module_that_belongs_to_one(module, phase):
     assert phase_of(_raised_in(module).__traceback__) == phase
@@ -117,6 +117,10 @@ def test_train_advice_names_only_the_flags_that_help_in_that_phase_and_are_not_s
     assert " in BELL " in bell and "--amp" in bell and "--teacher-map" not in bell
     val = out_of_memory_message(_raised_in("fastfree.metatest.protocol"), _args("train", "--eval-chunk", "20"))
     assert "adapt 20 tasks at once" in val and "--resume --eval-chunk 5" in val
+    bank = out_of_memory_message(_raised_in("fastfree.free.memory"), _args("train", "--memory-per-class", "100"))
+    assert " in the memory bank " in bank and "--memory-per-class, now 100" in bank and "--amp" not in bank
+    assert "--memory-per-class, now 400" in out_of_memory_message(_raised_in("tests.x"), _args("train"))
+    assert "--memory-per-class" not in message  # FIVE's own: not the bank's
     pool = out_of_memory_message(_raised_in("fastfree.pool.pretrain"), _args("train"))
     assert "`fastfree pretrain --out POOL`" in pool and "--pool POOL" in pool
 

@@ -53,7 +53,8 @@ def engine_options(args, device):
 def free_config(args, base: FreeConfig) -> FreeConfig:
     cfg = base
     top = {"iterations": args.iterations, "warmup": args.warmup, "teachers_per_iteration": args.teachers_per_iteration,
-           "seed": args.seed, "eval_every": args.eval_every, "val_tasks": args.val_tasks}
+           "seed": args.seed, "eval_every": args.eval_every, "val_tasks": args.val_tasks,
+           "memory_per_class": args.memory_per_class}
     cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})
     if args.k is not None:
         cfg = replace(cfg, five=replace(cfg.five, k=args.k))

@@ -60,7 +60,7 @@ class FreeConfig:
         need = self.replay.shots + self.replay.queries
         if self.replay_enabled and need > self.memory_per_class:
             problems.append(f"replay tasks need shots + queries = {need} images per class but the bank keeps "
-                            f"memory_per_class={self.memory_per_class} (lower --shots)")
+                            f"memory_per_class={self.memory_per_class} (lower --shots, or raise --memory-per-class)")
         if self.generator_optimizer not in ("persistent", "fresh"):
             problems.append(f"generator_optimizer={self.generator_optimizer!r} (use persistent or fresh)")
         elif self.generator_optimizer == "fresh" and self.generator == "sequential":
