@@ -303,6 +303,32 @@ def test_cuda_graph_replays_equal_eager_over_three_epochs(compile, vectorize):
     assert graphed._epochs[True, 2].replays == 3
 
 
+@pytest.mark.gpu
+def test_a_graphed_epoch_keeps_each_calls_adapted_generator():
+    """The sequential generator carries FiveOutputs.adapted to the next teacher: under a CUDA graph it must be
+    a copy, not the graph's static buffer that the next replay overwrites."""
+    cuda = torch.device("cuda")
+    gen, ts, learner = _setup()
+    gen, learner = gen.float().to(cuda), learner.float().to(cuda)
+    stack = StackedTeachers([t.float().to(cuda) for t in ts])
+    cfg = FiveConfig(k=2, lr=0.01, images_per_class=4)
+    graphed = FastFive(gen, stack, learner, NORM, cfg, EngineOptions.for_device(cuda, compile=False), cuda)
+    eager = FastFive(gen, stack, learner, NORM, cfg, EngineOptions.for_device(cuda, cuda_graphs=False,
+                                                                             compile=False), cuda)
+    theta, lp = dict(gen.named_parameters()), dict(learner.named_parameters())
+    kept, wanted = [], []
+    for seed in range(3):
+        z = torch.randn(1, 20, 8, generator=torch.Generator().manual_seed(seed)).to(cuda)
+        draws = draw_table(1, cfg.k + 1, 4, torch.Generator().manual_seed(seed)).to(cuda)
+        ids = torch.tensor([seed], device=cuda)
+        kept.append(graphed(theta, z, ids, draws, lp, task_labels(5, 4, cuda), True, keep_adapted=True).adapted)
+        wanted.append(eager(theta, z, ids, draws, lp, task_labels(5, 4, cuda), True, keep_adapted=True).adapted)
+    assert graphed._epochs[True, 1].replays == 3
+    for got, want in zip(kept, wanted):  # each call's own, after later replays
+        for n in want:
+            assert (got[n] - want[n]).norm() <= 1e-4 * want[n].norm() + 1e-6, n
+
+
 @pytest.mark.parametrize("vmap_teachers", [False, True], ids=["loop", "vmap"])
 def test_compiled_graphs_hold_grouped_convolutions_only_when_teachers_are_vmapped(vmap_teachers):
     """What --teacher-map changes in the graphs the compiler gets (after AOT autograd, which sees
