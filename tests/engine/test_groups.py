@@ -65,11 +65,13 @@ def _state(cfg):
 
 
 @pytest.mark.parametrize("vectorize", [False, True], ids=["loop", "vmap"])
-@pytest.mark.parametrize("adversarial", [True, False], ids=["eq1", "warmup"])
-def test_grouped_five_equals_the_reference_per_teacher(vectorize, adversarial):
+@pytest.mark.parametrize("adversarial, generator", [(True, "meta"), (False, "meta"), (True, "sequential")],
+                         ids=["eq1", "warmup", "eq1-sequential"])
+def test_grouped_five_equals_the_reference_per_teacher(vectorize, adversarial, generator):
+    """sequential: each teacher (of either group) starts from the generator the previous one left."""
     teachers = _mixed_teachers()
     cfg = FreeConfig(iterations=2, warmup=1, teachers_per_iteration=3, ngf=4, latent_dim=8, learner_width=4,
-                     five=FiveConfig(k=2, lr=0.01, images_per_class=4))
+                     five=FiveConfig(k=2, lr=0.01, images_per_class=4), generator=generator)
     ref_state, fast_state = _state(cfg), _state(cfg)
     want_tasks, want_grad = ReferenceEngine(teachers).recover(ref_state, IDS, NORM, cfg, adversarial)
     engine = FastEngine(teachers, EngineOptions(vectorize=vectorize), CPU)
@@ -84,6 +86,11 @@ def test_grouped_five_equals_the_reference_per_teacher(vectorize, adversarial):
         assert got.final_loss == pytest.approx(want.final_loss, rel=1e-10)
     for k in ("latent", "augment"):  # the same draws, in the same order
         assert torch.equal(fast_state.rngs[k].get_state(), ref_state.rngs[k].get_state()), k
+    moved = ref_state.generator.state_dict()  # sequential: the last teacher's adapted generator; meta: unchanged
+    for name, p in fast_state.generator.state_dict().items():
+        torch.testing.assert_close(p, moved[name], rtol=1e-10, atol=1e-13, msg=name)
+    assert (generator == "sequential") == any(not torch.equal(p, q) for p, q in zip(
+        moved.values(), _state(cfg).generator.state_dict().values()))
 
 
 @pytest.mark.parametrize("bell", [BellConfig(inner_lr=0.05, epsilon=0.3), BellConfig(mode="erm")], ids=["bell", "erm"])
