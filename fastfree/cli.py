@@ -276,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-chunk", type=_positive,
                    help="meta-val and meta-test tasks adapted together (default 50): fewer need less memory and "
                         "meet the same tasks; not part of the run's configuration, so it may change on --resume")
+    t.add_argument("--checkpoint-every", type=_positive,
+                   help="iterations between checkpoints (default: the preset's, 10; the demo 5): a stop by an error "
+                        "or a kill loses at most this many, Ctrl-C / SIGTERM none. It may change on --resume "
+                        "(it changes no result); without it a resumed run keeps its own")
     t.add_argument("--memory-per-class", type=_positive,
                    help="recovered images the memory bank keeps per class for cross-task replay (first in, first "
                         "out; default 400, the published code's): fewer need less memory and smaller checkpoints "

@@ -356,6 +356,33 @@ def test_train_resume_keeps_the_runs_own_length_and_a_refused_start_its_files(po
     assert (run_dir / "results.json").read_text() == results and (run_dir / "learners").is_dir()
 
 
+def test_resume_may_change_how_often_a_run_checkpoints(pool_dir, tmp_path, monkeypatch):
+    """--checkpoint-every changes no result, so a resume may change it (config.json then records the new one);
+    a resume without it keeps the run's own, not the preset's."""
+    import fastfree.commands.train as train_command
+
+    real = train_command.train_free
+
+    def stop_after(n):
+        monkeypatch.setattr(train_command, "train_free", lambda ctx, resume, progress=None, stop=None: real(
+            ctx, resume, progress, stop_after=n, stop=stop))
+
+    run_dir = tmp_path / "run"
+    train = ["train", "--pool", str(pool_dir), "--run-dir", str(run_dir), *TINY_FREE, *SMALL]
+
+    def interval() -> int:
+        return json.loads((run_dir / "config.json").read_text())["free"]["checkpoint_every"]
+
+    stop_after(1)
+    assert main([*train, "--checkpoint-every", "1"]) == 0 and interval() == 1
+    stop_after(2)
+    assert main([*train, "--resume"]) == 0 and interval() == 1
+    monkeypatch.setattr(train_command, "train_free", real)
+    assert main([*train, "--resume", "--checkpoint-every", "2"]) == 0 and interval() == 2
+    assert json.loads((run_dir / "results.json").read_text())["iterations"] == 3
+    assert [json.loads(x)["iteration"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
 def test_resume_continues_on_the_runs_own_teachers(pool_dir, tmp_path, capsys, monkeypatch):
     """Another pool at the run's pool path (re-pretrained, overwritten) was taken silently on --resume; the
     same pool under another path (moved, absolute vs relative) was refused. Both now follow the weights."""

@@ -54,7 +54,7 @@ def free_config(args, base: FreeConfig) -> FreeConfig:
     cfg = base
     top = {"iterations": args.iterations, "warmup": args.warmup, "teachers_per_iteration": args.teachers_per_iteration,
            "seed": args.seed, "eval_every": args.eval_every, "val_tasks": args.val_tasks,
-           "memory_per_class": args.memory_per_class}
+           "memory_per_class": args.memory_per_class, "checkpoint_every": args.checkpoint_every}
     cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})
     if args.k is not None:
         cfg = replace(cfg, five=replace(cfg.five, k=args.k))
@@ -183,9 +183,12 @@ def run(args) -> dict:
         raise FastFreeError(f"{run_dir} holds a finished run ({', '.join(finished)}) without its {CHECKPOINT}, "
                             "so it cannot be continued: choose another --run-dir, or delete the folder to start over")
     started_at = completed_iterations(run_dir) if args.resume else 0  # train_seconds counts this call's only
-    if args.resume and args.iterations is None and config_path.is_file():
-        # the run's own length: only an explicit --iterations lengthens it (not the preset's default)
-        cfg = replace(cfg, iterations=read_run_config(run_dir)["free"]["iterations"])
+    if args.resume and config_path.is_file():
+        own = read_run_config(run_dir)["free"]
+        if args.iterations is None:  # the run's own length: only an explicit --iterations lengthens it
+            cfg = replace(cfg, iterations=own["iterations"])
+        if args.checkpoint_every is None and "checkpoint_every" in own:  # likewise its own interval
+            cfg = replace(cfg, checkpoint_every=own["checkpoint_every"])
     options, engine_settings = engine_options(args, device)
     if domains:
         resolved = {"preset": preset.name, "domains": [absolute_root(c.__dict__) for c in domains], "free": cfg.to_dict(),
@@ -210,6 +213,9 @@ def run(args) -> dict:
         free = stored.get("free", {})
         if "augment" not in free.get("bell", {}):  # a run started before BELL's augmentation was an option
             free.setdefault("bell", {})["augment"] = False  # had none
+        # how often it checkpoints changes no result (a resume is bit-exact): it may change; config.json then says so
+        interval_changed = free.get("checkpoint_every") != cfg.checkpoint_every
+        free["checkpoint_every"] = cfg.checkpoint_every
         free.setdefault("generator_optimizer", "persistent")  # likewise, before the generator's optimiser was
         unused_settings_as_defaults(free)  # a run from before such settings were refused where they do not act
         now = json.loads(json.dumps(resolved))
@@ -237,7 +243,7 @@ def run(args) -> dict:
                                 f"started with ({config_path}: {settings_diff(stored, now)}); resume with the same "
                                 f"flags")
     else:
-        lengthen, moves = False, []
+        lengthen, moves, interval_changed = False, [], False
     if domains:
         dataset = load_domains(domains, device)
         pools = domain_pools(args, preset, dataset, run_dir, dtype)
@@ -270,7 +276,7 @@ def run(args) -> dict:
         write_json(config_path, resolved)
     if not args.resume or not (run_dir / POOL_RECORD).is_file():  # a run from before it: its pool now
         write_json(run_dir / POOL_RECORD, {"pools": [pool_identity(p) for p in pools]})
-    if not args.resume or not config_path.is_file() or moves:
+    if not args.resume or not config_path.is_file() or moves or interval_changed:
         write_json(config_path, resolved)
     if unrecorded:  # a fresh run, or one from before data.json: its data now
         record_data(run_dir, dataset)
