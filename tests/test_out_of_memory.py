@@ -56,7 +56,8 @@ def _raised_in(module: str):
 
 @pytest.mark.parametrize("module, phase", [
     ("fastfree.engine.five", "five"), ("fastfree.free.five", "five"), ("fastfree.engine.bell", "bell"),
-    ("fastfree.free.replay", "replay"), ("fastfree.free.memory", "bank"), ("fastfree.metatest.adapt", "metatest"), ("fastfree.pool.pretrain", "pool"), ("fastfree.pool.store", None),
+    ("fastfree.free.replay", "replay"), ("fastfree.free.memory", "bank"), ("fastfree.metatest.adapt", "metatest"),
+    ("fastfree.pool.pretrain", "pool"), ("fastfree.pool.store", None),
     ("fastfree.engine.trainer", None), ("fastfree.engine.fivefold", None), ("tests.x", None)])
 def test_the_phase_is_the_innermost_fastfree_module_that_belongs_to_one(module, phase):
     assert phase_of(_raised_in(module).__traceback__) == phase

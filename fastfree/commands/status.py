@@ -274,7 +274,8 @@ def run_status(run_dir: Path) -> dict:
         "checkpoint_every": free.get("checkpoint_every"),
         "logged": logged, "checkpointed": checkpointed, "checkpoint_damaged": damaged,
         "last_logged_ago_s": time.time() - metrics_file.stat().st_mtime if metrics_file.is_file() else None,
-        "pace": speed, "left": left, "final_metatest": final, "meta_val": run["meta_val"][-1] if run["meta_val"] else None, "picks": picks,
+        "pace": speed, "left": left, "final_metatest": final,
+        "meta_val": run["meta_val"][-1] if run["meta_val"] else None, "picks": picks,
         "results": results, "earlier_ends": sorted(run["earlier_ends"]),
         "train_seconds": run.get("train_seconds"), "device_name": run.get("device_name"),
     }
