@@ -96,7 +96,8 @@ def final_metatest(record: dict | None, speed: dict, val_tasks: int) -> dict | N
     val_tasks tasks), or None where that or the meta-test's task count (the recorded command's --test-tasks,
     else its preset's) is not known. It tests the last learner and Random on every shot count, and each
     shot count's meta-val pick that is not the last learner: two to three learners' worth (measured: the
-    20 x 60 CIFAR-FS runs' 600 tasks took 268-271 s where meta-val took 37 s per 200)."""
+    20 x 60 CIFAR-FS runs' 600 tasks took 268-271 s where meta-val took 37 s per 200; a load that changes since
+    meta-val's last evaluations moves it, on those runs from 0.7x to 1.1x of the bounds)."""
     from fastfree.config import PRESETS
 
     args = _parsed(list(record["argv"])) if record else None
