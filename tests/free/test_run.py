@@ -213,7 +213,8 @@ def test_resume_and_overwrite_errors(tiny_dataset, tmp_path):
 def test_bad_free_config():
     with pytest.raises(FastFreeError, match=r"warmup=5 \(need .*: pass --warmup below --iterations"):
         FreeConfig(iterations=5, warmup=5)
-    with pytest.raises(FastFreeError, match=r"shots \+ queries = 21 .* memory_per_class=20 \(lower --shots\)"):
+    with pytest.raises(FastFreeError, match=r"shots \+ queries = 21 .* memory_per_class=20 "
+                                            r"\(lower --shots, or raise --memory-per-class\)"):
         FreeConfig(memory_per_class=20, replay=ReplayConfig(shots=6))  # stops at the start, not at the first replay
     # options that would do nothing are refused rather than recorded as if they had acted
     with pytest.raises(FastFreeError, match="drop --generator-optimizer"):
