@@ -183,8 +183,9 @@ def run(args) -> dict:
         raise FastFreeError(f"{run_dir} holds a finished run ({', '.join(finished)}) without its {CHECKPOINT}, "
                             "so it cannot be continued: choose another --run-dir, or delete the folder to start over")
     started_at = completed_iterations(run_dir) if args.resume else 0  # train_seconds counts this call's only
-    if args.resume and config_path.is_file():
-        own = read_run_config(run_dir)["free"]
+    stored = read_run_config(run_dir) if args.resume and config_path.is_file() else None  # the run's own settings
+    if stored is not None:
+        own = stored["free"]
         if args.iterations is None:  # the run's own length: only an explicit --iterations lengthens it
             cfg = replace(cfg, iterations=own["iterations"])
         if args.checkpoint_every is None and "checkpoint_every" in own:  # likewise its own interval
@@ -199,8 +200,7 @@ def run(args) -> dict:
                     "pool": args.pool[0] if args.pool else None, "engine": engine_settings, "dtype": args.dtype}
     if args.shots is not None:  # recorded only when given, so runs from before the flag resume as they were
         resolved["shots"] = [args.shots]
-    if args.resume and config_path.is_file():
-        stored = read_run_config(run_dir)
+    if stored is not None:
         if stored.get("data"):  # a run from before roots were recorded absolute: as typed, from here
             stored["data"] = absolute_root(stored["data"])
         if stored.get("domains"):
