@@ -84,7 +84,9 @@ def test_clear_errors(tmp_path, capsys):
                           (["eval", "--steps", "-1"], "must be an integer >= 0, got -1"),
                           (["adapt", "--steps", "1.5"], "'1.5' is not an integer"),
                           (["eval", "--seed", "-1"], "must be an integer >= 0, got -1"),
-                          (["pretrain", "--seed", "-3"], "must be an integer >= 0, got -3")):
+                          (["pretrain", "--seed", "-3"], "must be an integer >= 0, got -3"),
+                          (["train", "--k", "-1"], "argument --k: must be an integer >= 0, got -1"),
+                          (["train", "--warmup", "-2"], "argument --warmup: must be an integer >= 0, got -2")):
         with pytest.raises(SystemExit):
             main(argv)
         assert message in capsys.readouterr().err, argv
