@@ -264,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--iterations", type=_positive, help="outer iterations of Algorithm 3")
     t.add_argument("--warmup", type=_non_negative, help="warm-up iterations (generator only)")
     t.add_argument("--teachers-per-iteration", type=_positive, help="b: teachers sampled per iteration")
-    t.add_argument("--k", type=_non_negative, help="FIVE inner steps (5: FREE_5, 2: FREE_2; 0: no per-teacher adaptation, the "
-                                         "meta-generator's own images)")
+    t.add_argument("--k", type=_non_negative, help="FIVE inner steps (5: FREE_5, 2: FREE_2; 0: no per-teacher "
+                                                   "adaptation, the meta-generator's own images)")
     t.add_argument("--seed", type=_non_negative, help="seed of the generator, the meta-learner and the training's random "
                                             "draws (teachers, latent codes, augmentation, replay tasks); meta-val and meta-test tasks "
                                             "have their own fixed seed, so runs of any seed meet the same tasks")
