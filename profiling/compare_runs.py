@@ -35,6 +35,7 @@ from fastfree.free.run import meta_val_log, meta_val_per_task, metric_records, s
 from fastfree.metatest.protocol import MetaTestConfig, task_protocol
 from fastfree.read_back import read_json
 from fastfree.settings_diff import settings_diff
+from fastfree.profiling.seed_groups import averaged_minus_first, seed_groups, seeds_markdown
 
 
 def _read(path: Path) -> dict:
@@ -148,11 +149,12 @@ def _teachers(run_dir: str | Path) -> list[str] | None:
     return [p.get("weights_sha256") for p in _read(path)["pools"]] if path.is_file() else None
 
 
-def differences(runs: list[dict], at: int | None = None) -> list[str]:
-    """For every run after the first: its settings that differ from the first run's, in words (with
-    `at`, --iterations is left out: lengthened runs compared at one length). Pools are compared by
-    their weights where both runs recorded them: the same teachers given by another path (or as a
-    run's own pool) are the same; another pool at the same path (pretrained again) is not."""
+def normalized_configs(runs: list[dict], at: int | None = None) -> list[dict]:
+    """The runs' configurations, each after the first made comparable with the first's (with `at`,
+    --iterations is left out: lengthened runs compared at one length). Pools are compared by their
+    weights where both runs recorded them: the same teachers given by another path (or as a run's own
+    pool) are the same; another pool at the same path (pretrained again) is not. Data likewise, by
+    its digests."""
     configs = [json.loads(json.dumps(r["config"])) for r in runs]
     if at is not None:
         for c in configs:
@@ -171,6 +173,13 @@ def differences(runs: list[dict], at: int | None = None) -> list[str]:
         elif c.get("pool") == configs[0].get("pool"):
             c["pool"] = (f"{c.get('pool') or 'its own pool'} (other teachers: weights sha256 "
                          f"{', '.join(t[:12] for t in teachers)})")
+    return configs
+
+
+def differences(runs: list[dict], at: int | None = None) -> list[str]:
+    """For every run after the first: its settings that differ from the first run's (as
+    normalized_configs compares them), in words."""
+    configs = normalized_configs(runs, at)
     return [settings_diff(configs[0], c) if c != configs[0] else "the same configuration" for c in configs[1:]]
 
 
@@ -260,9 +269,11 @@ def unique_names(run_dirs: list[Path]) -> list[str]:
 
 
 def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None = None,
-            val_every: list[Path] | None = None) -> tuple[dict, str]:
+            val_every: list[Path] | None = None, average_seeds: bool = False) -> tuple[dict, str]:
     """The comparison as JSON and as markdown (`at`: every run as it was at that many iterations;
-    `val_every`: per-task meta-val of runs that did not store it, see attach_val_evaluation)."""
+    `val_every`: per-task meta-val of runs that did not store it, see attach_val_evaluation;
+    `average_seeds`: also runs that differ only in --seed grouped and averaged per task, see
+    seed_groups)."""
     if len(run_dirs) < 2:
         raise FastFreeError("compare at least two run directories")
     if names and len(set(names)) != len(names):
@@ -305,12 +316,20 @@ def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None
            for n, r in zip(names, runs)]
     payload = {"runs": dict(zip(names, runs)), "differences_from_first": dict(zip(names[1:], diff)),
                "paired_minus_first": paired, "meta_val_paired_minus_first": val_paired}
+    if average_seeds:
+        configs = normalized_configs(runs, at)
+        groups = seed_groups(configs, names)
+        averaged = averaged_minus_first([r["per_task"] for r in runs], groups)
+        md += seeds_markdown(names, configs, groups, averaged)
+        payload["seed_groups"] = [[names[i] for i in group] for group in groups]
+        payload["seeds_averaged_minus_first"] = averaged if isinstance(averaged, str) else {
+            f"group {g + 1}": table for g, table in averaged.items()}
     return payload, "\n".join(md) + "\n"
 
 
 def run(args) -> dict:
     """`fastfree compare` (fastfree/cli.py holds its flags)."""
-    payload, md = compare(args.runs, args.name, args.at, args.val_every)
+    payload, md = compare(args.runs, args.name, args.at, args.val_every, args.average_seeds)
     print(md, end="")
     write_json(args.json, {"what": args.what, "at_iterations": args.at, **payload})
     return payload

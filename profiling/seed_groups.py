@@ -1,0 +1,107 @@
+"""`fastfree compare --average-seeds`: runs that differ only in their training seed, grouped, and each
+group's learners averaged task by task before the groups are compared.
+
+One seed is one draw: two FREE runs of the same setting and another --seed differ by a point or more
+on CIFAR-FS's meta-test. An ablation over several seeds (FREE and hard labels, each with seeds 42 and
+7) is read as each setting's learners averaged per meta-test task over its seeds, minus the first
+setting's average, with a paired 95% interval: the seeds' runs meet the same meta-test tasks (the task
+draw does not depend on --seed), so the average is taken task by task, not of the runs' means.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+from fastfree.commands.every_learner import paired_difference
+from fastfree.errors import FastFreeError
+from fastfree.settings_diff import settings_diff
+
+LEARNERS = (("FREE (selected", "FREE (selected)"), ("FREE (last)", "FREE (last)"))
+
+
+def _seed(config: dict) -> int | None:
+    return config.get("free", {}).get("seed")
+
+
+def _without_seed(config: dict) -> dict:
+    config = json.loads(json.dumps(config))
+    config.get("free", {}).pop("seed", None)
+    return config
+
+
+def seed_groups(configs: list[dict], names: list[str]) -> list[list[int]]:
+    """Indices of the runs grouped by their configuration without free.seed (configs as
+    compare_runs.normalized_configs makes them comparable), in order of first appearance: the first
+    group holds the first run. Two runs of one setting and one seed are refused: a rerun is not
+    another seed."""
+    groups: dict[str, list[int]] = {}
+    for i, config in enumerate(configs):
+        group = groups.setdefault(json.dumps(_without_seed(config), sort_keys=True), [])
+        twin = next((j for j in group if _seed(configs[j]) == _seed(config)), None)
+        if twin is not None:
+            raise FastFreeError(f"--average-seeds: {names[twin]} and {names[i]} have the same settings and seed "
+                                f"({_seed(config)}): a rerun is not another seed; compare one of them")
+        group.append(i)
+    return list(groups.values())
+
+
+def _per_task_mean(tables: list[dict], prefix: str, shots: str) -> list[float] | None:
+    """Each task's accuracy averaged over the runs (None where a run lacks the learner or shot count)."""
+    columns = []
+    for table in tables:
+        learner = next((v for k, v in table.items() if k.startswith(prefix)), None)
+        if learner is None or shots not in learner:
+            return None
+        columns.append(learner[shots])
+    if len({len(c) for c in columns}) != 1:
+        return None
+    return [statistics.fmean(task) for task in zip(*columns)]
+
+
+def averaged_minus_first(per_task: list[dict | None], groups: list[list[int]]) -> dict | str:
+    """For every group after the first: its learners averaged per task over its runs, minus the first
+    group's, {group index: {learner: {shots: {mean, ci95, tasks, first_mean, group_mean}}}}; or why
+    not (a string): every run needs results_per_task.json, and Random must score alike on every task
+    in all of them (the proof they met the same tasks)."""
+    if any(t is None for t in per_task):
+        return "a run has no results_per_task.json (no meta-test yet, or from before runs stored it)"
+    if len({json.dumps(t.get("Random"), sort_keys=True) for t in per_task}) != 1 or not per_task[0].get("Random"):
+        return "Random scored differently: not the same meta-test tasks in every run"
+    shots = sorted(per_task[0]["Random"], key=int)
+    out = {}
+    for g, group in enumerate(groups[1:], 1):
+        out[g] = {}
+        for prefix, label in LEARNERS:
+            cells = {}
+            for s in shots:
+                base = _per_task_mean([per_task[i] for i in groups[0]], prefix, s)
+                mine = _per_task_mean([per_task[i] for i in group], prefix, s)
+                if base is not None and mine is not None and len(base) == len(mine):
+                    cells[s] = {**paired_difference(mine, base), "first_mean": statistics.fmean(base),
+                                "group_mean": statistics.fmean(mine)}
+            if cells:
+                out[g][label] = cells
+    return out
+
+
+def seeds_markdown(names: list[str], configs: list[dict], groups: list[list[int]],
+                   averaged: dict | str) -> list[str]:
+    """The groups and their averaged differences, as compare's markdown lines."""
+    def label(group):
+        return ", ".join(f"{names[i]} (seed {_seed(configs[i])})" for i in group)
+
+    md = ["", "Seeds averaged task by task (runs that differ only in --seed grouped; each group's learners "
+              "averaged per meta-test task over its seeds, minus the first group's; points, 95% interval):", ""]
+    md += [f"- group {g + 1}: {label(group)}" for g, group in enumerate(groups)]
+    if len(groups) < 2:
+        return md + ["", "one group only: every run is the same setting, nothing to compare across settings"]
+    if isinstance(averaged, str):
+        return md + ["", f"not averaged: {averaged}"]
+    for g, table in averaged.items():
+        what = settings_diff(_without_seed(configs[groups[0][0]]), _without_seed(configs[groups[g][0]]))
+        md += ["", f"group {g + 1} - group 1 ({what}):", ""]
+        md += [f"- {learner}: " + ", ".join(f"{s}-shot {v['mean']:+.2f} +- {v['ci95']:.2f} ({v['group_mean']:.2f} vs "
+                                            f"{v['first_mean']:.2f})" for s, v in cells.items())
+               for learner, cells in table.items()]
+    return md
