@@ -14,7 +14,8 @@ compared task by task: a paired difference with its own interval. Meta-val is pa
 at every evaluation both runs made on the same tasks (metrics.jsonl's val_per_task; a run from
 before those were stored gets them from `fastfree eval --run RUN --method learner --learner every
 --split val --tasks N --per-task --json F`, passed as --val-every F, which must reproduce the run's
-logged meta-val). Times: `iteration_seconds` sums
+logged meta-val). With --average-seeds, runs that differ only in --seed are grouped and each group's
+learners averaged per meta-test task (seed_groups.py). Times: `iteration_seconds` sums
 metrics.jsonl's per-iteration wall time over every call of the run (a resumed or lengthened run
 included; meta-val evaluations excluded), `train_seconds` is the last call's wall time only.
 """
@@ -33,9 +34,9 @@ from fastfree.commands.train import PER_TASK, POOL_RECORD, kept_name
 from fastfree.errors import FastFreeError
 from fastfree.free.run import meta_val_log, meta_val_per_task, metric_records, shot_cells
 from fastfree.metatest.protocol import MetaTestConfig, task_protocol
+from fastfree.profiling.seed_groups import averaged_minus_first, seed_groups, seeds_markdown
 from fastfree.read_back import read_json
 from fastfree.settings_diff import settings_diff
-from fastfree.profiling.seed_groups import averaged_minus_first, seed_groups, seeds_markdown
 
 
 def _read(path: Path) -> dict:
