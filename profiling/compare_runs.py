@@ -34,7 +34,7 @@ from fastfree.commands.train import PER_TASK, POOL_RECORD, kept_name
 from fastfree.errors import FastFreeError
 from fastfree.free.run import meta_val_log, meta_val_per_task, metric_records, shot_cells
 from fastfree.metatest.protocol import MetaTestConfig, task_protocol
-from fastfree.profiling.seed_groups import averaged_minus_first, seed_groups, seeds_markdown
+from fastfree.profiling.seed_groups import LEARNERS, averaged_minus_first, method, seed_groups, seeds_markdown
 from fastfree.read_back import read_json
 from fastfree.settings_diff import settings_diff
 
@@ -184,11 +184,6 @@ def differences(runs: list[dict], at: int | None = None) -> list[str]:
     return [settings_diff(configs[0], c) if c != configs[0] else "the same configuration" for c in configs[1:]]
 
 
-def _method(per_task: dict, prefix: str) -> dict | None:
-    """The method whose name starts with prefix ("FREE (selected" names its pick's iteration)."""
-    return next((v for k, v in per_task.items() if k.startswith(prefix)), None)
-
-
 def paired_differences(base: dict, other: dict) -> dict | None:
     """Each FREE learner of `other` minus `base`'s, task by task: {method: {shots: {mean, ci95,
     tasks}}} in points. The meta-test draws the same tasks in every run of a data set and seed, so
@@ -198,8 +193,8 @@ def paired_differences(base: dict, other: dict) -> dict | None:
     if base.get("Random") != other.get("Random") or not base.get("Random"):
         return None
     out = {}
-    for prefix, label in (("FREE (selected", "FREE (selected)"), ("FREE (last)", "FREE (last)")):
-        a, b = _method(base, prefix), _method(other, prefix)
+    for prefix, label in LEARNERS:
+        a, b = method(base, prefix), method(other, prefix)
         if a is None or b is None:
             continue
         out[label] = {

@@ -17,7 +17,14 @@ from fastfree.commands.every_learner import paired_difference
 from fastfree.errors import FastFreeError
 from fastfree.settings_diff import settings_diff
 
+# results_per_task.json's learners, by name prefix ("FREE (selected" names its pick's iteration) and
+# label: the learners compare pairs across runs (shared with compare_runs.paired_differences)
 LEARNERS = (("FREE (selected", "FREE (selected)"), ("FREE (last)", "FREE (last)"))
+
+
+def method(per_task: dict, prefix: str) -> dict | None:
+    """The method of a results_per_task.json table whose name starts with prefix."""
+    return next((v for k, v in per_task.items() if k.startswith(prefix)), None)
 
 
 def _seed(config: dict) -> int | None:
@@ -50,7 +57,7 @@ def _per_task_mean(tables: list[dict], prefix: str, shots: str) -> list[float] |
     """Each task's accuracy averaged over the runs (None where a run lacks the learner or shot count)."""
     columns = []
     for table in tables:
-        learner = next((v for k, v in table.items() if k.startswith(prefix)), None)
+        learner = method(table, prefix)
         if learner is None or shots not in learner:
             return None
         columns.append(learner[shots])
