@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--method learner --learner every --split val --tasks N --per-task --json F` (repeat per run)")
     c.add_argument("--average-seeds", action="store_true",
                    help="also group the runs that differ only in --seed and compare the groups, each one's learners "
-                        "averaged per meta-test task over its seeds (one seed is one draw)")
+                        "averaged per meta-test task (and meta-val task) over its seeds (one seed is one draw)")
     c.add_argument("--what", default="", help="the question the comparison answers (recorded in the JSON)")
     c.add_argument("--json", metavar="PATH", help="write the comparison here")
 

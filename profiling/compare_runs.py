@@ -15,7 +15,8 @@ at every evaluation both runs made on the same tasks (metrics.jsonl's val_per_ta
 before those were stored gets them from `fastfree eval --run RUN --method learner --learner every
 --split val --tasks N --per-task --json F`, passed as --val-every F, which must reproduce the run's
 logged meta-val). With --average-seeds, runs that differ only in --seed are grouped and each group's
-learners averaged per meta-test task (seed_groups.py). Times: `iteration_seconds` sums
+learners averaged per meta-test task, and per meta-val task at the evaluations all of them made
+(seed_groups.py). Times: `iteration_seconds` sums
 metrics.jsonl's per-iteration wall time over every call of the run (a resumed or lengthened run
 included; meta-val evaluations excluded), `train_seconds` is the last call's wall time only.
 """
@@ -34,7 +35,8 @@ from fastfree.commands.train import PER_TASK, POOL_RECORD, kept_name
 from fastfree.errors import FastFreeError
 from fastfree.free.run import meta_val_log, meta_val_per_task, metric_records, shot_cells
 from fastfree.metatest.protocol import MetaTestConfig, task_protocol
-from fastfree.profiling.seed_groups import LEARNERS, averaged_minus_first, method, seed_groups, seeds_markdown
+from fastfree.profiling.seed_groups import (LEARNERS, averaged_minus_first, averaged_val_minus_first, method,
+                                            seed_groups, seeds_markdown)
 from fastfree.read_back import read_json
 from fastfree.settings_diff import settings_diff
 
@@ -316,10 +318,13 @@ def compare(run_dirs: list[Path], names: list[str] | None = None, at: int | None
         configs = normalized_configs(runs, at)
         groups = seed_groups(configs, names)
         averaged = averaged_minus_first([r["per_task"] for r in runs], groups)
-        md += seeds_markdown(names, configs, groups, averaged)
+        val_averaged = averaged_val_minus_first([r["val_per_task"] for r in runs], groups,
+                                                [True] + [_same_data(runs[0], r) for r in runs[1:]])
+        md += seeds_markdown(names, configs, groups, averaged, val_averaged)
         payload["seed_groups"] = [[names[i] for i in group] for group in groups]
         payload["seeds_averaged_minus_first"] = averaged if isinstance(averaged, str) else {
             f"group {g + 1}": table for g, table in averaged.items()}
+        payload["seeds_meta_val_averaged_minus_first"] = {f"group {g + 1}": table for g, table in val_averaged.items()}
     return payload, "\n".join(md) + "\n"
 
 

@@ -5,7 +5,8 @@ One seed is one draw: two FREE runs of the same setting and another --seed diffe
 on CIFAR-FS's meta-test. An ablation over several seeds (FREE and hard labels, each with seeds 42 and
 7) is read as each setting's learners averaged per meta-test task over its seeds, minus the first
 setting's average, with a paired 95% interval: the seeds' runs meet the same meta-test tasks (the task
-draw does not depend on --seed), so the average is taken task by task, not of the runs' means.
+draw does not depend on --seed), so the average is taken task by task, not of the runs' means. Meta-val
+likewise, at every iteration where all runs of both groups evaluated the same tasks.
 """
 
 from __future__ import annotations
@@ -92,8 +93,39 @@ def averaged_minus_first(per_task: list[dict | None], groups: list[list[int]]) -
     return out
 
 
+def averaged_val_minus_first(val_per_task: list[dict], groups: list[list[int]],
+                             same_tasks: list[bool]) -> dict[int, dict[int, dict]]:
+    """Meta-val as averaged_minus_first does meta-test: {group index: {iteration: {shots: {mean, ci95,
+    tasks, first_mean, group_mean}}}}, at the iterations where every run of the first group and of that
+    group stored its per-task meta-val under one task protocol. `val_per_task`: each run's
+    {iteration: {"protocol", "accuracies"}}; `same_tasks[i]`: run i's data is the first run's (by
+    digest), the protocol alone does not say that."""
+    out = {}
+    for g, group in enumerate(groups[1:], 1):
+        members = groups[0] + group
+        table = {}
+        if all(same_tasks[i] for i in members):
+            for it in sorted(set.intersection(*(set(val_per_task[i]) for i in members))):
+                stored = [val_per_task[i][it] for i in members]
+                if any(v["protocol"] != stored[0]["protocol"] for v in stored):
+                    continue
+                shots = sorted(set.intersection(*(set(v["accuracies"]) for v in stored)), key=int)
+                cells = {}
+                for s in shots:
+                    base, mine = ([statistics.fmean(task) for task in zip(*(val_per_task[i][it]["accuracies"][s]
+                                                                               for i in part))]
+                                  for part in (groups[0], group))
+                    if len(base) == len(mine):
+                        cells[s] = {**paired_difference(mine, base), "first_mean": statistics.fmean(base),
+                                    "group_mean": statistics.fmean(mine)}
+                if cells:
+                    table[it] = cells
+        out[g] = table
+    return out
+
+
 def seeds_markdown(names: list[str], configs: list[dict], groups: list[list[int]],
-                   averaged: dict | str) -> list[str]:
+                   averaged: dict | str, val_averaged: dict[int, dict] | None = None) -> list[str]:
     """The groups and their averaged differences, as compare's markdown lines."""
     def label(group):
         return ", ".join(f"{names[i]} (seed {_seed(configs[i])})" for i in group)
@@ -104,11 +136,18 @@ def seeds_markdown(names: list[str], configs: list[dict], groups: list[list[int]
     if len(groups) < 2:
         return md + ["", "one group only: every run is the same setting, nothing to compare across settings"]
     if isinstance(averaged, str):
-        return md + ["", f"not averaged: {averaged}"]
-    for g, table in averaged.items():
+        md += ["", f"meta-test not averaged: {averaged}"]
+    for g, table in ({} if isinstance(averaged, str) else averaged).items():
         what = settings_diff(_without_seed(configs[groups[0][0]]), _without_seed(configs[groups[g][0]]))
         md += ["", f"group {g + 1} - group 1 ({what}):", ""]
         md += [f"- {learner}: " + ", ".join(f"{s}-shot {v['mean']:+.2f} +- {v['ci95']:.2f} ({v['group_mean']:.2f} vs "
                                             f"{v['first_mean']:.2f})" for s, v in cells.items())
                for learner, cells in table.items()]
+    for g, table in (val_averaged or {}).items():
+        if table:
+            what = settings_diff(_without_seed(configs[groups[0][0]]), _without_seed(configs[groups[g][0]]))
+            md += ["", f"group {g + 1} - group 1, meta-val averaged task by task ({what}):", ""]
+            md += [f"- at {it}: " + ", ".join(f"{s}-shot {v['mean']:+.2f} +- {v['ci95']:.2f} ({v['group_mean']:.2f} "
+                                              f"vs {v['first_mean']:.2f})" for s, v in cells.items())
+                   for it, cells in table.items()]
     return md
