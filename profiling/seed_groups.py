@@ -124,14 +124,18 @@ def averaged_val_minus_first(val_per_task: list[dict], groups: list[list[int]],
     return out
 
 
+SEEDS_HEADING = ("Seeds averaged task by task (runs that differ only in --seed grouped; each group's learners "
+                 "averaged per meta-test task over its seeds, minus the first group's; points, 95% interval):")
+
+
 def seeds_markdown(names: list[str], configs: list[dict], groups: list[list[int]],
-                   averaged: dict | str, val_averaged: dict[int, dict] | None = None) -> list[str]:
+                   averaged: dict | str, val_averaged: dict[int, dict] | None = None,
+                   heading: str = SEEDS_HEADING) -> list[str]:
     """The groups and their averaged differences, as compare's markdown lines."""
     def label(group):
         return ", ".join(f"{names[i]} (seed {_seed(configs[i])})" for i in group)
 
-    md = ["", "Seeds averaged task by task (runs that differ only in --seed grouped; each group's learners "
-              "averaged per meta-test task over its seeds, minus the first group's; points, 95% interval):", ""]
+    md = ["", heading, ""]
     md += [f"- group {g + 1}: {label(group)}" for g, group in enumerate(groups)]
     if len(groups) < 2:
         return md + ["", "one group only: every run is the same setting, nothing to compare across settings"]
