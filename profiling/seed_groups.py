@@ -62,9 +62,19 @@ def _per_task_mean(tables: list[dict], prefix: str, shots: str) -> list[float] |
         if learner is None or shots not in learner:
             return None
         columns.append(learner[shots])
+    return _task_means(columns)
+
+
+def _task_means(columns: list[list[float]]) -> list[float] | None:
+    """Each task's accuracy averaged over the runs' columns (None where the runs hold other task counts)."""
     if len({len(c) for c in columns}) != 1:
         return None
     return [statistics.fmean(task) for task in zip(*columns)]
+
+
+def _minus(mine: list[float], base: list[float]) -> dict:
+    """One cell of a table: the paired difference and both sides' means."""
+    return {**paired_difference(mine, base), "first_mean": statistics.fmean(base), "group_mean": statistics.fmean(mine)}
 
 
 def averaged_minus_first(per_task: list[dict | None], groups: list[list[int]]) -> dict | str:
@@ -86,8 +96,7 @@ def averaged_minus_first(per_task: list[dict | None], groups: list[list[int]]) -
                 base = _per_task_mean([per_task[i] for i in groups[0]], prefix, s)
                 mine = _per_task_mean([per_task[i] for i in group], prefix, s)
                 if base is not None and mine is not None and len(base) == len(mine):
-                    cells[s] = {**paired_difference(mine, base), "first_mean": statistics.fmean(base),
-                                "group_mean": statistics.fmean(mine)}
+                    cells[s] = _minus(mine, base)
             if cells:
                 out[g][label] = cells
     return out
@@ -112,12 +121,10 @@ def averaged_val_minus_first(val_per_task: list[dict], groups: list[list[int]],
                 shots = sorted(set.intersection(*(set(v["accuracies"]) for v in stored)), key=int)
                 cells = {}
                 for s in shots:
-                    base, mine = ([statistics.fmean(task) for task in zip(*(val_per_task[i][it]["accuracies"][s]
-                                                                               for i in part))]
+                    base, mine = (_task_means([val_per_task[i][it]["accuracies"][s] for i in part])
                                   for part in (groups[0], group))
-                    if len(base) == len(mine):
-                        cells[s] = {**paired_difference(mine, base), "first_mean": statistics.fmean(base),
-                                    "group_mean": statistics.fmean(mine)}
+                    if base is not None and mine is not None and len(base) == len(mine):
+                        cells[s] = _minus(mine, base)
                 if cells:
                     table[it] = cells
         out[g] = table
@@ -141,16 +148,17 @@ def seeds_markdown(names: list[str], configs: list[dict], groups: list[list[int]
         return md + ["", "one group only: every run is the same setting, nothing to compare across settings"]
     if isinstance(averaged, str):
         md += ["", f"meta-test not averaged: {averaged}"]
+    def what(g):
+        return settings_diff(_without_seed(configs[groups[0][0]]), _without_seed(configs[groups[g][0]]))
+
     for g, table in ({} if isinstance(averaged, str) else averaged).items():
-        what = settings_diff(_without_seed(configs[groups[0][0]]), _without_seed(configs[groups[g][0]]))
-        md += ["", f"group {g + 1} - group 1 ({what}):", ""]
+        md += ["", f"group {g + 1} - group 1 ({what(g)}):", ""]
         md += [f"- {learner}: " + ", ".join(f"{s}-shot {v['mean']:+.2f} +- {v['ci95']:.2f} ({v['group_mean']:.2f} vs "
                                             f"{v['first_mean']:.2f})" for s, v in cells.items())
                for learner, cells in table.items()]
     for g, table in (val_averaged or {}).items():
         if table:
-            what = settings_diff(_without_seed(configs[groups[0][0]]), _without_seed(configs[groups[g][0]]))
-            md += ["", f"group {g + 1} - group 1, meta-val averaged task by task ({what}):", ""]
+            md += ["", f"group {g + 1} - group 1, meta-val averaged task by task ({what(g)}):", ""]
             md += [f"- at {it}: " + ", ".join(f"{s}-shot {v['mean']:+.2f} +- {v['ci95']:.2f} ({v['group_mean']:.2f} "
                                               f"vs {v['first_mean']:.2f})" for s, v in cells.items())
                    for it, cells in table.items()]
