@@ -19,9 +19,9 @@ the same tasks); meta-val is averaged at the evaluations every run made under on
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from fastfree.commands.common import write_json
 from fastfree.errors import FastFreeError
 from fastfree.profiling.seed_groups import averaged_minus_first, averaged_val_minus_first, seeds_markdown
 from fastfree.read_back import read_json
@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     except FastFreeError as e:
         p.exit(2, f"replicates: {e}\n")
     print(md, end="")
-    if args.json:
-        args.json.write_text(json.dumps(payload, indent=2))
+    write_json(args.json, payload)  # atomic; nothing without --json
     return 0
 
 
