@@ -18,10 +18,10 @@ invertible linear maps (which is why it, and not CCA, is the usual choice for th
 The images are drawn uniformly (`--image-seed`) from one split of the pools' data set: meta-train (the
 default) holds every teacher's own classes among the 64; meta-test holds classes none of them saw.
 The JSON holds the matrix (teachers in the pools' order), its mean off the diagonal, the means per
-pair of architectures, per number of classes two teachers of one architecture share, per pair of
-pools, and between the teachers of one recipe (architecture, classes, seed) in two pools; `--png`
-draws the heatmap (matplotlib: `pip install -e ".[figures]"`), teachers grouped by pool and
-architecture. `--untrained` measures each teacher's architecture freshly initialised
+pair of architectures, per number of classes two teachers of one pool and architecture share, per
+pair of pools, and between the teachers of one recipe (architecture, classes, seed) in two pools;
+`--png` draws the heatmap (matplotlib: `pip install -e ".[figures]"`), teachers grouped by pool
+and architecture. `--untrained` measures each teacher's architecture freshly initialised
 instead: the scale a pool's numbers read against (networks that learned nothing already agree in
 part on the same inputs). The paper's Fig. 8b (pools of different data sets) needs images both
 sides can read; this compares pools of one data set.
@@ -99,9 +99,9 @@ def _mean(values: list[float]) -> dict:
 
 def summarize(cka: torch.Tensor, teachers: list[dict]) -> dict:
     """Means of `cka` off the diagonal: all pairs, per pair of architectures, per number of shared
-    classes (pairs of one architecture, so the two are not confounded), per pair of pools, and over the
-    pairs of two pools' teachers of one recipe (architecture, classes and seed: one teacher trained
-    twice, e.g. for 8 and for 60 epochs)."""
+    classes (pairs of one pool and architecture, so neither is confounded with it), per pair of
+    pools, and over the pairs of two pools' teachers of one recipe (architecture, classes and seed:
+    one teacher trained twice, e.g. for 8 and for 60 epochs)."""
     pairs = list(combinations(range(len(teachers)), 2))
     value = {(i, j): cka[i, j].item() for i, j in pairs}
     by_arch: dict[str, list[float]] = {}
@@ -113,7 +113,7 @@ def summarize(cka: torch.Tensor, teachers: list[dict]) -> dict:
         if a["pool"] != b["pool"] and all(a[k] == b[k] for k in ("arch", "classes", "seed")):
             same_recipe.append(v)
         by_arch.setdefault(" / ".join(sorted((a["arch"], b["arch"]))), []).append(v)
-        if a["arch"] == b["arch"]:
+        if a["arch"] == b["arch"] and a["pool"] == b["pool"]:
             shared = len(set(a["classes"]) & set(b["classes"]))
             by_shared.setdefault(a["arch"], {}).setdefault(shared, []).append(v)
         by_pool.setdefault(" / ".join(map(str, sorted((a["pool"], b["pool"])))), []).append(v)

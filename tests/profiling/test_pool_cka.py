@@ -79,7 +79,9 @@ def test_summary_groups_pairs():
     assert s["by_pool_pair"] == {"0 / 0": {"pairs": 1, "mean": 0.5}, "0 / 1": {"pairs": 2, "mean": pytest.approx(0.3)}}
     assert s["same_recipe_across_pools"] == {"pairs": 0, "mean": None}  # the architectures differ
     teachers[2]["arch"] = "conv4"
-    assert pool_cka.summarize(cka, teachers)["same_recipe_across_pools"] == {"pairs": 1, "mean": 0.2}
+    s = pool_cka.summarize(cka, teachers)
+    assert s["same_recipe_across_pools"] == {"pairs": 1, "mean": 0.2}
+    assert s["by_shared_classes"] == {"conv4": {"1": {"pairs": 1, "mean": 0.5}}}  # pairs within one pool only
 
 
 def test_a_pool_end_to_end(make_tiny_pool, tmp_path):
