@@ -19,7 +19,9 @@ The images are drawn uniformly (`--image-seed`) from one split of the pools' dat
 default) holds every teacher's own classes among the 64; meta-test holds classes none of them saw.
 The JSON holds the matrix (teachers in the pools' order), its mean off the diagonal, the means per
 pair of architectures, per number of classes two teachers of one pool and architecture share, per
-pair of pools, and between the teachers of one recipe (architecture, classes, seed) in two pools;
+pair of pools, between the teachers of one recipe (architecture, classes, seed) in two pools, and
+how each later pool's CKA differs from the first's over the pairs of recipes both hold (a pool
+trained longer from the same recipes: are its teachers more alike or less?);
 `--png` draws the heatmap (matplotlib: `pip install -e ".[figures]"`), teachers grouped by pool
 and architecture. `--untrained` measures each teacher's architecture freshly initialised
 instead: the scale a pool's numbers read against (networks that learned nothing already agree in
@@ -110,7 +112,7 @@ def summarize(cka: torch.Tensor, teachers: list[dict]) -> dict:
     same_recipe: list[float] = []
     for (i, j), v in value.items():
         a, b = teachers[i], teachers[j]
-        if a["pool"] != b["pool"] and all(a[k] == b[k] for k in ("arch", "classes", "seed")):
+        if a["pool"] != b["pool"] and _recipe(a) == _recipe(b):
             same_recipe.append(v)
         by_arch.setdefault(" / ".join(sorted((a["arch"], b["arch"]))), []).append(v)
         if a["arch"] == b["arch"] and a["pool"] == b["pool"]:
@@ -122,7 +124,8 @@ def summarize(cka: torch.Tensor, teachers: list[dict]) -> dict:
             "by_shared_classes": {arch: {str(k): _mean(v) for k, v in sorted(d.items())}
                                   for arch, d in sorted(by_shared.items())},
             "by_pool_pair": {k: _mean(v) for k, v in sorted(by_pool.items())},
-            "same_recipe_across_pools": _mean(same_recipe)}
+            "same_recipe_across_pools": _mean(same_recipe),
+            "within_pool_change": within_pool_change(cka, teachers)}
 
 
 def untrained_twin(pool: Pool, i: int, device: torch.device) -> nn.Module:
@@ -131,6 +134,35 @@ def untrained_twin(pool: Pool, i: int, device: torch.device) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(i)
         return build_model(r.arch, r.num_classes, r.width, r.image_size).to(device).eval()
+
+
+def _recipe(teacher: dict) -> tuple:
+    return teacher["arch"], tuple(teacher["classes"]), teacher["seed"]
+
+
+def within_pool_change(cka: torch.Tensor, teachers: list[dict]) -> dict:
+    """Each later pool against the first, over the pairs of recipes both hold (one teacher's recipe:
+    architecture, classes, seed): the mean of the later pool's CKA minus the first's, the share of pairs
+    lower, and a jackknife standard error over recipes (the pairs share teachers, so they are not
+    independent samples and a per-pair interval would be too narrow)."""
+    first = {_recipe(t): k for k, t in enumerate(teachers) if t["pool"] == 0}
+    out = {}
+    for p in sorted({t["pool"] for t in teachers} - {0}):
+        later = {_recipe(t): k for k, t in enumerate(teachers) if t["pool"] == p}
+        recipes = [r for r in later if r in first]
+        m = len(recipes)
+        if m < 3:  # a jackknife over fewer than 3 recipes says nothing
+            out[f"{p} - 0"] = {"recipes": m, "mean": None}
+            continue
+        a, b = torch.tensor([first[r] for r in recipes]), torch.tensor([later[r] for r in recipes])
+        diff = cka[b][:, b] - cka[a][:, a]
+        off = ~torch.eye(m, dtype=torch.bool)
+        leave_one_out = torch.stack([diff[keep][:, keep][off[1:, 1:]].mean()
+                                     for keep in (torch.arange(m) != k for k in range(m))])
+        se = ((m - 1) / m * (leave_one_out - leave_one_out.mean()).square().sum()).sqrt()
+        out[f"{p} - 0"] = {"recipes": m, "pairs": m * (m - 1) // 2, "mean": diff[off].mean().item(),
+                           "jackknife_se": se.item(), "share_lower": (diff[off] < 0).double().mean().item()}
+    return out
 
 
 def pools_cka(pools: Sequence[Pool], split: ImageSplit, images: int, seed: int, batch: int = 500,
@@ -220,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     if s["same_recipe_across_pools"]["pairs"]:
         m = s["same_recipe_across_pools"]
         print(f"    one recipe in two pools: {m['mean']:.3f} ({m['pairs']} pairs)", flush=True)
+    for name, m in s["within_pool_change"].items():
+        if m["mean"] is not None:
+            print(f"    pool {name}, pairs of one recipe in both: {m['mean']:+.3f} +- {m['jackknife_se']:.3f} "
+                  f"(jackknife se over {m['recipes']} recipes; {100 * m['share_lower']:.0f} % of pairs lower)",
+                  flush=True)
     for arch, shared in s["by_shared_classes"].items():
         print(f"    {arch}, by classes shared: " + ", ".join(f"{k}: {m['mean']:.3f} ({m['pairs']})"
                                                           for k, m in shared.items()), flush=True)

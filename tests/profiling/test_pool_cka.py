@@ -126,3 +126,28 @@ def test_untrained_twins_are_the_teachers_architectures_freshly_initialised(make
     assert fresh["untrained"] and not trained["untrained"]
     assert [t["features"] for t in fresh["teachers"]] == [t["features"] for t in trained["teachers"]]
     assert fresh["cka"] != trained["cka"]
+
+
+def test_within_pool_change_matches_recipes_and_its_jackknife():
+    recipes = [("conv4", [k, k + 1], k) for k in range(4)]
+    first = [{"pool": 0, "arch": a, "classes": c, "seed": sd} for a, c, sd in recipes]
+    later = [{"pool": 1, "arch": a, "classes": c, "seed": sd} for a, c, sd in reversed(recipes)]  # listed backwards
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(4, 4, generator=g, dtype=torch.float64)
+    base = (base + base.T) / 2
+    base.fill_diagonal_(1.0)
+    shift = torch.full((4, 4), -0.1, dtype=torch.float64)
+    shift[0, 1] = shift[1, 0] = +0.2  # one pair of recipes rose
+    flip = torch.arange(3, -1, -1)
+    cka = torch.eye(8, dtype=torch.float64)
+    cka[:4, :4] = base
+    cka[4:, 4:] = (base + shift)[flip][:, flip]  # pool 1's teachers in its own (reversed) order
+    change = pool_cka.summarize(cka, first + later)["within_pool_change"]["1 - 0"]
+    assert change["recipes"] == 4 and change["pairs"] == 6
+    assert change["mean"] == pytest.approx((5 * -0.1 + 0.2) / 6)
+    assert change["share_lower"] == pytest.approx(5 / 6)
+    # the jackknife by hand: leaving out recipe 0 or 1 leaves 3 pairs at -0.1; recipe 2 or 3, 3 pairs with the +0.2
+    loo = torch.tensor([-0.1, -0.1, 0.0, 0.0], dtype=torch.float64)
+    assert change["jackknife_se"] == pytest.approx((0.75 * (loo - loo.mean()).square().sum()).sqrt().item())
+    too_few = pool_cka.summarize(cka[:6, :6], first + later[:2])["within_pool_change"]["1 - 0"]
+    assert too_few == {"recipes": 2, "mean": None}
