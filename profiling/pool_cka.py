@@ -179,7 +179,7 @@ def pools_cka(pools: Sequence[Pool], split: ImageSplit, images: int, seed: int, 
             teachers.append({"pool": p, "index": i, "arch": r.arch, "classes": list(r.classes), "seed": r.seed,
                              "features": features[-1].shape[1]})
     cka = linear_cka(features)
-    return {"split": split.name, "images": images, "seed": seed, "untrained": untrained, "teachers": teachers,
+    return {"pools": [str(pool.path) for pool in pools], "split": split.name, "images": images, "seed": seed, "untrained": untrained, "teachers": teachers,
             "cka": [[round(v, 6) for v in row] for row in cka.tolist()], "summary": summarize(cka, teachers)}
 
 
@@ -206,7 +206,10 @@ def draw_heatmap(result: dict, path: str | Path, title: str) -> None:
     if len(starts) > 1:
         ends = starts[1:] + [len(groups)]
         several_pools = len({g[0] for g in groups}) > 1
-        names = [f"{groups[s][0]}:{groups[s][1]}" if several_pools else groups[s][1] for s in starts]
+        pool_names = [Path(path).name for path in result["pools"]]
+        if len(set(pool_names)) < len(pool_names):  # folders of one name in different places
+            pool_names = [f"{k}:{name}" for k, name in enumerate(pool_names)]
+        names = [f"{pool_names[groups[s][0]]}: {groups[s][1]}" if several_pools else groups[s][1] for s in starts]
         centres = [(s + e - 1) / 2 for s, e in zip(starts, ends)]
         ax.set_xticks(centres, names, rotation=30, ha="right")
         ax.set_yticks(centres, names)
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         draw_heatmap(result, args.png, f"linear CKA, {who}{len(result['teachers'])} teachers, "
                                        f"{args.images} {split.name} images")
     write_json(args.json, {"benchmark": "linear CKA between teachers' features (Appendix F)", "data": dataset.name,
-                           "pools": [str(pool.path) for pool in pools], **result, **run_metadata(device)})
+                           **result, **run_metadata(device)})
     return 0
 
 

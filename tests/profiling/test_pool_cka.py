@@ -91,6 +91,7 @@ def test_a_pool_end_to_end(make_tiny_pool, tmp_path):
                           "--split", "test", "--images", "60", "--json", str(out), "--png", str(png)]) == 0
     r = json.loads(out.read_text())
     assert r["split"] == "builtin/test" and r["images"] == 60 and len(r["teachers"]) == 3
+    assert r["pools"] == [str(tmp_path / "pool")]
     assert [t["classes"] for t in r["teachers"]] == [list(t.classes) for t in load_pool(tmp_path / "pool").records]
     cka = torch.tensor(r["cka"])
     assert cka.shape == (3, 3) and torch.allclose(cka.diagonal(), torch.ones(3))
