@@ -179,8 +179,9 @@ def pools_cka(pools: Sequence[Pool], split: ImageSplit, images: int, seed: int, 
             teachers.append({"pool": p, "index": i, "arch": r.arch, "classes": list(r.classes), "seed": r.seed,
                              "features": features[-1].shape[1]})
     cka = linear_cka(features)
-    return {"pools": [str(pool.path) for pool in pools], "split": split.name, "images": images, "seed": seed, "untrained": untrained, "teachers": teachers,
-            "cka": [[round(v, 6) for v in row] for row in cka.tolist()], "summary": summarize(cka, teachers)}
+    return {"pools": [str(pool.path) for pool in pools], "split": split.name, "images": images, "seed": seed,
+            "untrained": untrained, "teachers": teachers, "cka": [[round(v, 6) for v in row] for row in cka.tolist()],
+            "summary": summarize(cka, teachers)}
 
 
 def draw_heatmap(result: dict, path: str | Path, title: str) -> None:
