@@ -128,11 +128,11 @@ def summarize(cka: torch.Tensor, teachers: list[dict]) -> dict:
             "within_pool_change": within_pool_change(cka, teachers)}
 
 
-def untrained_twin(pool: Pool, i: int, device: torch.device) -> nn.Module:
-    """Teacher i's architecture, width and image size, freshly initialised (seeded by i), in eval mode."""
+def untrained_twin(pool: Pool, i: int, device: torch.device, seed: int) -> nn.Module:
+    """Teacher i's architecture, width and image size, freshly initialised from `seed`, in eval mode."""
     r = pool.records[i]
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(i)
+        torch.manual_seed(seed)
         return build_model(r.arch, r.num_classes, r.width, r.image_size).to(device).eval()
 
 
@@ -174,7 +174,9 @@ def pools_cka(pools: Sequence[Pool], split: ImageSplit, images: int, seed: int, 
     for p, pool in enumerate(pools):
         x = pool.normalization(split.images[idx])
         for i, r in enumerate(pool.records):
-            model = untrained_twin(pool, i, split.device) if untrained else pool.model(i, split.device)
+            # each twin its own seed (its place among all pools' teachers): two pools' teachers of one
+            # index are not one network
+            model = untrained_twin(pool, i, split.device, len(teachers)) if untrained else pool.model(i, split.device)
             features.append(classifier_inputs(model, x, batch))
             teachers.append({"pool": p, "index": i, "arch": r.arch, "classes": list(r.classes), "seed": r.seed,
                              "features": features[-1].shape[1]})

@@ -116,10 +116,10 @@ def test_untrained_twins_are_the_teachers_architectures_freshly_initialised(make
     data = make_tiny_pool(tmp_path / "pool", teachers=2)
     pool = load_pool(tmp_path / "pool")
     state = torch.random.get_rng_state()
-    twin = pool_cka.untrained_twin(pool, 1, torch.device("cpu"))
+    twin = pool_cka.untrained_twin(pool, 1, torch.device("cpu"), seed=1)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is not touched
     assert not twin.training and twin.state_dict().keys() == pool.state_dicts[1].keys()
-    again = pool_cka.untrained_twin(pool, 1, torch.device("cpu")).state_dict()
+    again = pool_cka.untrained_twin(pool, 1, torch.device("cpu"), seed=1).state_dict()
     assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), again.values()))
     assert not torch.equal(twin.state_dict()["classifier.weight"], pool.state_dicts[1]["classifier.weight"])
     trained = pool_cka.pools_cka([pool], data.test, 40, seed=0)
@@ -127,6 +127,10 @@ def test_untrained_twins_are_the_teachers_architectures_freshly_initialised(make
     assert fresh["untrained"] and not trained["untrained"]
     assert [t["features"] for t in fresh["teachers"]] == [t["features"] for t in trained["teachers"]]
     assert fresh["cka"] != trained["cka"]
+    twice = pool_cka.pools_cka([pool, pool], data.test, 40, seed=0, untrained=True)
+    assert twice["summary"]["same_recipe_across_pools"]["mean"] < 0.999  # one teacher's twins in two pools differ
+    assert pool_cka.pools_cka([pool, pool], data.test, 40, seed=0)["summary"]["same_recipe_across_pools"]["mean"] == \
+        pytest.approx(1.0)
 
 
 def test_within_pool_change_matches_recipes_and_its_jackknife():
