@@ -214,7 +214,7 @@ def draw_heatmap(result: dict, path: str | Path, title: str) -> None:
             pool_names = [f"{k}:{name}" for k, name in enumerate(pool_names)]
         names = [f"{pool_names[groups[s][0]]}: {groups[s][1]}" if several_pools else groups[s][1] for s in starts]
         centres = [(s + e - 1) / 2 for s, e in zip(starts, ends)]
-        ax.set_xticks(centres, names, rotation=30, ha="right")
+        ax.set_xticks(centres, names, rotation=90)  # upright, small groups sit side by side
         ax.set_yticks(centres, names)
     else:
         from matplotlib.ticker import MaxNLocator
