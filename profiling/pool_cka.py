@@ -169,6 +169,9 @@ def pools_cka(pools: Sequence[Pool], split: ImageSplit, images: int, seed: int, 
               untrained: bool = False) -> dict:
     """Every teacher of `pools` on the same `images` of `split`: the teachers, the CKA matrix, its summary.
     `untrained`: each teacher's untrained twin instead (the scale: how alike the architectures alone make them)."""
+    if sum(len(pool) for pool in pools) < 2:
+        raise FastFreeError(f"CKA compares teachers, and {pools[0].path} holds one: pass a pool of at least 2 "
+                            "teachers, or several --pool")
     idx = sample_images(split, images, seed)
     features, teachers = [], []
     for p, pool in enumerate(pools):
@@ -233,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", action="append", required=True, help="a pool directory (repeat: pools of one data set)")
     p.add_argument("--split", choices=("train", "val", "test"), default="train",
                    help="the split whose images every teacher sees (train: the teachers' own classes among others)")
-    p.add_argument("--images", type=int, default=1000, help="images drawn from the split (default 1000)")
+    p.add_argument("--images", type=int, default=1000,
+                   help="images drawn from the split (default 1000; linear CKA reads high on a few hundred)")
     p.add_argument("--image-seed", type=int, default=0, help="which images (default 0)")
     p.add_argument("--untrained", action="store_true",
                    help="each teacher's architecture freshly initialised instead of its weights: the scale against "

@@ -107,6 +107,10 @@ def test_the_same_images_give_the_same_matrix_and_a_pool_of_another_data_set_is_
     assert a["cka"] != pool_cka.pools_cka([pool], data.val, 30, seed=6)["cka"]
     with pytest.raises(FastFreeError, match="--images 1: .* pass --images between 2 and"):
         pool_cka.pools_cka([pool], data.val, 1, seed=5)
+    make_tiny_pool(tmp_path / "one", teachers=1)
+    with pytest.raises(FastFreeError, match="holds one: pass a pool of at least 2 teachers, or several --pool"):
+        pool_cka.pools_cka([load_pool(tmp_path / "one")], data.val, 30, seed=5)
+    assert len(pool_cka.pools_cka([load_pool(tmp_path / "one")] * 2, data.val, 30, seed=5)["teachers"]) == 2
     make_tiny_pool(tmp_path / "other", teachers=1, dataset_name="elsewhere")
     with pytest.raises(FastFreeError, match="trained on 'elsewhere'"):
         pool_cka.main(["--data", "builtin", "--images-per-class", "20", "--pool", str(tmp_path / "other")])
