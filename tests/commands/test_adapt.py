@@ -49,8 +49,8 @@ def _adapt(tmp_path, run_dir, *extra) -> dict:
 
 
 @pytest.mark.parametrize("shots", [1, 5])
-def test_adapt_gives_the_meta_tests_result_on_the_same_task(run, tmp_path, shots):
-    run_dir, _ = run
+def test_adapt_gives_the_meta_tests_result_on_the_same_task(one_pick_run, tmp_path, shots):
+    run_dir, _ = one_pick_run
     sampler = _write_task(run_dir, tmp_path, shots)
     got = _adapt(tmp_path, run_dir, "--dtype", "float64")
     target = load_run_learner(run_dir, "selected", CPU, torch.float64)
@@ -64,7 +64,7 @@ def test_adapt_gives_the_meta_tests_result_on_the_same_task(run, tmp_path, shots
                                            10, 0.01)[0].softmax(-1)
     assert torch.allclose(torch.tensor([p["probabilities"] for p in got["predictions"]], dtype=torch.float64),
                           probs, rtol=0, atol=1e-10)
-    # this run's 1- and 5-shot picks are one learner (the same weights), and the label says so
+    # this copy's 1- and 5-shot picks are one learner (the same weights), and the label says so
     assert "selected on meta-val for 1- and 5-shot tasks" in got["learner"]
     assert got["shots_per_class"] == [shots] * 5 and got["ways"] == got["learner_ways"] == 5
     assert [p["label"] for p in got["predictions"]] == [got["classes"][i] for i in batch.query_labels[0].tolist()]

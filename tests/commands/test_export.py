@@ -37,8 +37,8 @@ def _equal_states(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.parametrize("shots", [1, 5])
-def test_the_file_adapts_as_the_run_does_without_the_run(run, tmp_path, shots):
-    run_dir, _ = run
+def test_the_file_adapts_as_the_run_does_without_the_run(one_pick_run, tmp_path, shots):
+    run_dir, _ = one_pick_run
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     file = tmp_path / "out" / "learner.safetensors"
@@ -119,8 +119,8 @@ def test_a_run_from_before_per_shot_selection(run, tmp_path, capsys):
     assert _equal_states(state, saved["learner"])
 
 
-def test_refusals_name_the_fix(run, tmp_path, capsys):
-    run_dir, _ = run
+def test_refusals_name_the_fix(one_pick_run, tmp_path, capsys):
+    run_dir, _ = one_pick_run
     file = tmp_path / "l.safetensors"
     _export(run_dir, file)
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "l.pt")]) == 2
@@ -153,9 +153,9 @@ def test_refusals_name_the_fix(run, tmp_path, capsys):
         main(args)
 
 
-def test_eval_meta_tests_the_file_as_the_run(run, tmp_path, capsys):
+def test_eval_meta_tests_the_file_as_the_run(one_pick_run, tmp_path, capsys):
     """`eval --learner-file` on the run's data gives `eval --run`'s task accuracies, task for task."""
-    run_dir, _ = run
+    run_dir, _ = one_pick_run
     file = tmp_path / "l.safetensors"
     _export(run_dir, file)
     common = ["eval", "--method", "learner", "--tasks", "4", "--device", "cpu", "--dtype", "float64", "--per-task"]
