@@ -8,9 +8,10 @@ class FastFreeError(ValueError):
     """A problem with the user's input: the message names the problem and the fix."""
 
 
-def exit_like_the_cli(main: Callable[[], int]) -> NoReturn:
-    """Run a `python -m` tool's main: a refusal ends it as the `fastfree` command's do, with its one-line
-    message on stderr and exit status 1, and no traceback; anything else propagates."""
+def exit_on_refusal(main: Callable[[], int]) -> NoReturn:
+    """Run a `python -m` tool's main: a refusal ends it with its one-line message on stderr ("error: ...")
+    and exit status 1, no traceback (the `fastfree` command prints the same line and exits 2); anything
+    else propagates."""
     try:
         raise SystemExit(main())
     except FastFreeError as e:

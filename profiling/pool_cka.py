@@ -42,7 +42,7 @@ from torch import nn
 from fastfree.cli import add_common_flags
 from fastfree.commands.common import data_config, load_on_device, run_metadata, setup, write_json
 from fastfree.data.split import ImageSplit
-from fastfree.errors import FastFreeError, exit_like_the_cli
+from fastfree.errors import FastFreeError, exit_on_refusal
 from fastfree.models import build_model
 from fastfree.pool.fit import check_pool_fits
 from fastfree.pool.store import Pool, load_pool
@@ -189,8 +189,8 @@ def pools_cka(pools: Sequence[Pool], split: ImageSplit, images: int, seed: int, 
             "summary": summarize(cka, teachers)}
 
 
-def draw_heatmap(result: dict, path: str | Path, title: str) -> None:
-    """The CKA matrix as a heatmap (0..1), teachers grouped by pool and architecture, lines between groups."""
+def pyplot():
+    """matplotlib's pyplot drawing to files only, or a refusal naming the install (asked before any work)."""
     try:
         import matplotlib
         matplotlib.use("Agg")  # files only: no display needed, none opened
@@ -198,6 +198,12 @@ def draw_heatmap(result: dict, path: str | Path, title: str) -> None:
     except ImportError as e:
         raise FastFreeError(f"--png needs matplotlib ({e}): pip install -e \".[figures]\" (or pip install "
                             "matplotlib), or leave out --png") from None
+    return plt
+
+
+def draw_heatmap(result: dict, path: str | Path, title: str) -> None:
+    """The CKA matrix as a heatmap (0..1), teachers grouped by pool and architecture, lines between groups."""
+    plt = pyplot()
     teachers = result["teachers"]
     order = sorted(range(len(teachers)), key=lambda t: (teachers[t]["pool"], teachers[t]["arch"], t))
     cka = torch.tensor(result["cka"])[order][:, order]
@@ -245,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", help="also draw the heatmap to this PNG (needs matplotlib)")
     add_common_flags(p)
     args = p.parse_args(argv)
+    if args.png:
+        pyplot()  # a missing matplotlib refused now, not after the teachers have run
     preset, device, _ = setup(args)
     dataset, _ = load_on_device(data_config(args, preset), device)
     pools = [load_pool(path) for path in args.pool]
@@ -270,13 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     for arch, shared in s["by_shared_classes"].items():
         print(f"    {arch}, by classes shared: " + ", ".join(f"{k}: {m['mean']:.3f} ({m['pairs']})"
                                                           for k, m in shared.items()), flush=True)
+    write_json(args.json, {"benchmark": "linear CKA between teachers' features (Appendix F)", "data": dataset.name,
+                           **result, **run_metadata(device)})
     if args.png:
         draw_heatmap(result, args.png, f"linear CKA, {who}{len(result['teachers'])} teachers, "
                                        f"{args.images} {split.name} images")
-    write_json(args.json, {"benchmark": "linear CKA between teachers' features (Appendix F)", "data": dataset.name,
-                           **result, **run_metadata(device)})
     return 0
 
 
 if __name__ == "__main__":
-    exit_like_the_cli(main)
+    exit_on_refusal(main)

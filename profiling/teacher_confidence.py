@@ -23,7 +23,7 @@ import torch
 from fastfree.cli import add_common_flags
 from fastfree.commands.common import data_config, load_on_device, run_metadata, setup, write_json
 from fastfree.data.split import ImageSplit
-from fastfree.errors import FastFreeError, exit_like_the_cli
+from fastfree.errors import FastFreeError, exit_on_refusal
 from fastfree.pool.store import Pool, load_pool
 from fastfree.pool.teachers import TeacherSpec, teacher_data
 
@@ -98,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_like_the_cli(main)
+    exit_on_refusal(main)

@@ -29,7 +29,7 @@ from torch import nn
 from fastfree.cli import add_common_flags
 from fastfree.commands.common import data_config, load_on_device, run_metadata, setup, write_json
 from fastfree.data.split import ImageSplit
-from fastfree.errors import FastFreeError, exit_like_the_cli
+from fastfree.errors import FastFreeError, exit_on_refusal
 from fastfree.pool.store import Pool, load_pool, save_pool
 from fastfree.profiling.teacher_confidence import STATS, heldout_logits, pool_on_data, teacher_stats
 
@@ -134,4 +134,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_like_the_cli(main)
+    exit_on_refusal(main)

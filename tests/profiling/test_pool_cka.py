@@ -160,3 +160,18 @@ def test_within_pool_change_matches_recipes_and_its_jackknife():
     assert change["jackknife_se"] == pytest.approx((0.75 * (loo - loo.mean()).square().sum()).sqrt().item())
     too_few = pool_cka.summarize(cka[:6, :6], first + later[:2])["within_pool_change"]["1 - 0"]
     assert too_few == {"recipes": 2, "mean": None}
+
+
+def test_a_missing_matplotlib_is_refused_before_any_work(monkeypatch, tmp_path):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    # the pool does not exist: a refusal about matplotlib, not about the pool, shows it came first
+    with pytest.raises(FastFreeError, match=r'--png needs matplotlib .*pip install -e "\.\[figures\]"'):
+        pool_cka.main(["--data", "builtin", "--pool", str(tmp_path / "none"), "--png", str(tmp_path / "x.png")])
