@@ -17,7 +17,7 @@ TINY = ["--preset", "demo", "--device", "cpu", "--iterations", "1", "--metatest-
 
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
-    """One profile of the tiny run, with --trace (its own run cost a quarter of this module's time): the
+    """One profile of the tiny run, with --trace (its own run was 33-38 s of this module's ~110): the
     trace is one more iteration, after everything the JSON measures. torch 2.11 warned on every profile
     unless acc_events was set: that warning is an error here (a module fixture takes no filterwarnings mark)."""
     out = tmp_path_factory.mktemp("profile") / "p.json"
